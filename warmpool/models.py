@@ -1,0 +1,85 @@
+"""The registry of models in Redis: specs by name, and the names clients may use for them."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from warmpool.keys import Keys
+from warmpool.redisio import awaited, text
+from warmpool.specs import ModelSpec
+
+
+class ModelExists(ValueError):
+    """A model (or one of its client names) is registered already."""
+
+
+class ModelStore:
+    """Read and write model specs. Writes are atomic (MULTI) so nothing is half-written."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
+        self.redis = redis
+        self.keys = keys or Keys()
+
+    async def get(self, name: str) -> ModelSpec | None:
+        raw = await awaited(self.redis.hget(self.keys.models, name))
+        return None if raw is None else ModelSpec.model_validate_json(raw)
+
+    async def resolve(self, client_name: str) -> ModelSpec | None:
+        """The spec a client means by `client_name` (a name, served name or alias)."""
+        name = await awaited(self.redis.hget(self.keys.aliases, client_name))
+        return await self.get(text(name) if name is not None else client_name)
+
+    async def all(self) -> list[ModelSpec]:
+        raw = await awaited(self.redis.hgetall(self.keys.models))
+        return sorted((ModelSpec.model_validate_json(v) for v in raw.values()), key=lambda s: s.name)
+
+    async def put(self, spec: ModelSpec, *, replace: bool = False) -> None:
+        """Register (or with `replace`, update) a model and its client names in one transaction."""
+        names = _client_names(spec)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.keys.models, self.keys.aliases)
+                    existing = await awaited(pipe.hget(self.keys.models, spec.name))
+                    if existing is not None and not replace:
+                        raise ModelExists(f"model {spec.name!r} is registered already: use update")
+                    if existing is None and replace:
+                        raise KeyError(f"model {spec.name!r} is not registered")
+                    owners = await awaited(pipe.hmget(self.keys.aliases, names)) if names else []
+                    for alias, owner in zip(names, owners, strict=True):
+                        if owner is not None and text(owner) != spec.name:
+                            raise ModelExists(f"name {alias!r} is used by model {text(owner)!r}")
+                    for alias in names:
+                        if await awaited(pipe.hexists(self.keys.models, alias)):
+                            raise ModelExists(f"name {alias!r} is a registered model")
+                    old = [] if existing is None else _client_names(ModelSpec.model_validate_json(existing))
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(self.keys.models, spec.name, spec.model_dump_json())
+                    stale = [n for n in old if n not in names]
+                    if stale:
+                        pipe.hdel(self.keys.aliases, *stale)
+                    if names:
+                        pipe.hset(self.keys.aliases, mapping=dict.fromkeys(names, spec.name))
+                    await pipe.execute()
+                    return
+                except aioredis.WatchError:
+                    continue
+
+    async def remove(self, name: str) -> bool:
+        spec = await self.get(name)
+        if spec is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.models, name)
+            names = _client_names(spec)
+            if names:
+                pipe.hdel(self.keys.aliases, *names)
+            pipe.delete(self.keys.schedules(name))
+            await pipe.execute()
+        return True
+
+
+def _client_names(spec: ModelSpec) -> list[str]:
+    names = {spec.client_name, *spec.aliases}
+    names.discard(spec.name)
+    return sorted(names)
