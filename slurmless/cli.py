@@ -76,3 +76,7 @@ def main() -> None:
 
 
 _mount()
+
+
+if __name__ == "__main__":
+    main()

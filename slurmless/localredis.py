@@ -84,9 +84,7 @@ class LocalRedis:
         try:
             while True:
                 if self._proc.poll() is not None:
-                    raise RedisServerError(
-                        f"redis-server exited with {self._proc.returncode}: {self._log_tail()}"
-                    )
+                    raise RedisServerError(f"redis-server exited with {self._proc.returncode}: {self._log_tail()}")
                 with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                     if client.ping():
                         return

@@ -69,9 +69,7 @@ class LauncherSettings(BaseModel):
     callback_port: int = 8099
     callback_public_url: str | None = None
     """URL jobs use to register; defaults to http://callback_host:callback_port."""
-    engine_command: list[str] = Field(
-        default_factory=lambda: ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    )
+    engine_command: list[str] = Field(default_factory=lambda: ["python3", "-m", "vllm.entrypoints.openai.api_server"])
     """argv of the engine started by each job; tests use the engine simulator."""
     job_name_prefix: str = "slurmless-"
     job_output_dir: Path = Path("/tmp/slurmless-jobs")
@@ -88,6 +86,38 @@ class LauncherSettings(BaseModel):
     """Consecutive failed starts after which a model is marked broken and not retried."""
     env_setup_lines: list[str] = Field(default_factory=list)
     """Admin-chosen lines run before the engine (module loads, apptainer wrappers)."""
+    engine_env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for the engine in every job (HF_HOME; ENGINESIM_* in tests)."""
+    helper_python: str = "python3"
+    """Python the job script's helpers (free port, callbacks) run with on the compute node."""
+    health_timeout_s: float = 3.0
+    """Timeout of one readiness/liveness probe of an engine."""
+    unhealthy_after: int = 3
+    """Consecutive failed probes after which a ready instance is declared failed."""
+    default_queue_wait_s: float = 120.0
+    """p95 Slurm queue wait assumed until one was observed (plans walltime renewal)."""
+    default_load_s: float = 300.0
+    """p95 load time assumed until one was observed (plans walltime renewal)."""
+    load_timeout_factor: float = 3.0
+    """Load budget once load times were observed: this many times their p95 (never below first_load_timeout_s / 10)."""
+    renew_margin_s: float = 30.0
+    """Extra lead for submitting a successor, on top of p95 queue wait + p95 load + the job's signal lead."""
+    signal_lead_s: int = 120
+    """Seconds of warning (USR1) a job gets before its walltime ends; it deregisters and drains then."""
+    pending_cancel_grace_s: float = 30.0
+    """A pending job is cancelled when nobody has waited for its model this long (and no policy wants it)."""
+    failure_backoff_s: float = 10.0
+    """Wait before resubmitting after a failed start; doubles per consecutive failure."""
+    max_backoff_s: float = 600.0
+    default_keepalive_s: float = 600.0
+    """Idle time before an unused model scales to zero, until its idle histogram says otherwise."""
+    preemptible_partitions: list[str] = Field(default_factory=list)
+    """Partitions whose jobs may be preempted: tried first when they start as soon as the others."""
+    preemptible_qos: list[str] = Field(default_factory=list)
+    gone_retention_s: float = 3600.0
+    """How long records of gone and failed instances stay readable before they are purged."""
+    launcher_id: str | None = None
+    """Identity in the leader lease; a random one per process when unset."""
 
 
 class SlurmSettings(BaseModel):
@@ -101,6 +131,33 @@ class SlurmSettings(BaseModel):
     default_partition: str | None = None
     local_cluster: bool = True
     """`slurmless up` starts a throwaway single-node cluster when true."""
+
+
+class PartitionLimits(BaseModel):
+    """What one Slurm partition offers a single instance; registrations beyond it are refused."""
+
+    gpu_mem_gb: float = 80.0
+    """Memory of one GPU in the partition, for estimating GPUs from a model's config.json."""
+    gpus_per_node: int = 8
+    max_nodes: int = 1
+    """Nodes one instance may span (multi-node tensor/pipeline parallelism)."""
+    cpus_per_node: int | None = None
+    mem_mb_per_node: int | None = None
+
+
+class RegistrySettings(BaseModel):
+    """What the admin API accepts when models are registered."""
+
+    partitions: dict[str, PartitionLimits] = Field(default_factory=dict)
+    """Known partitions and their limits; when non-empty, other partitions are refused."""
+    default_limits: PartitionLimits = Field(default_factory=PartitionLimits)
+    """Limits assumed for the cluster default partition and when `partitions` is empty."""
+    allow_hub_ids: bool = False
+    """Accept hub ids (org/name) as sources: only for sites whose nodes reach a model hub."""
+    check_paths_locally: bool = False
+    """Also check config.json / adapter_config.json at registration (single-machine deployments)."""
+    kv_headroom_tokens: int = 8192
+    """KV-cache room reserved per instance when estimating GPUs (capped by the model's context)."""
 
 
 class DevClusterSettings(BaseModel):
@@ -130,6 +187,7 @@ class Settings(BaseSettings):
     """Bootstrap admin bearer token; `slurmless up` generates one when unset."""
     model_roots: list[Path] = Field(default_factory=list)
     """Model paths must lie under one of these directories."""
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
     @classmethod
     def settings_customise_sources(

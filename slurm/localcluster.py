@@ -1,0 +1,647 @@
+"""A throwaway single-node Slurm cluster for tests and development.
+
+`LocalCluster` runs its own munged, slurmctld and slurmd (no systemd) with every file -- config, munge
+key and socket, state, spool, logs, pid files, fake GPU devices -- inside one directory, on free ports,
+so several clusters can run side by side on one machine. The node declares `gpus` fake GPUs through
+gres (character devices aliasing /dev/null), so jobs get `CUDA_VISIBLE_DEVICES` like on a real GPU node.
+
+The methods are synchronous (every subprocess has a timeout); `astart`/`astop` run them in a thread for
+async callers. Typical use::
+
+    with LocalCluster() as cluster:
+        subprocess.run(["sbatch", ...], env={**os.environ, **cluster.env}, timeout=30)
+
+Persistent mode (for `slurmless dev-cluster up|down|status`): `LocalCluster(base_dir=d).start()` leaves
+the daemons running after the calling process exits and records their pids in `<d>/localcluster.json`;
+`LocalCluster.load(d)` reads that file back in another process, and `.stop()` kills exactly those
+processes (checked against their recorded start times) and removes `d`.
+
+`stop()` also kills the cluster's job steps: `slurmstepd` processes holding files open in the cluster
+directory, every process below them, and any process whose environment names this cluster's
+`SLURM_CONF` together with a `SLURM_JOB_ID` (job processes that escaped their step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from slurm.localcluster_conf import (
+    NODE_NAME,
+    PARTITIONS,
+    LocalClusterSpec,
+    render_gres_conf,
+    render_slurm_conf,
+)
+
+__all__ = ["ClusterStatus", "LocalCluster", "LocalClusterError"]
+
+STATE_FILE = "localcluster.json"
+MARKER_FILE = ".slurmless-localcluster"
+_STATE_VERSION = 1
+_DAEMONS = ("munged", "slurmctld", "slurmd")
+# Linux limit for a unix socket path (sun_path), including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_COMMAND_TIMEOUT_S = 15.0
+_POLL_INTERVAL_S = 0.2
+_START_ATTEMPTS = 3
+_READY_BASE_STATES = frozenset({"IDLE", "MIXED", "ALLOCATED", "COMPLETING"})
+_UNREADY_FLAGS = frozenset({"NOT_RESPONDING", "DOWN", "DRAIN", "FAIL", "INVALID_REG", "POWERED_DOWN"})
+
+
+class LocalClusterError(RuntimeError):
+    """The local cluster could not be started, queried or stopped; the message carries the log tails."""
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What `LocalCluster.status()` saw: which daemons are alive and the node's Slurm state."""
+
+    daemons_alive: dict[str, bool]
+    node_state: str | None
+
+    @property
+    def running(self) -> bool:
+        """All three daemons are alive and the node accepts jobs."""
+        return all(self.daemons_alive.values()) and _node_ready(self.node_state)
+
+
+@dataclass(frozen=True)
+class _Proc:
+    """A process we started, identified by pid and kernel start time (guards against pid reuse)."""
+
+    pid: int
+    start_ticks: int
+
+    def alive(self) -> bool:
+        return _start_ticks(self.pid) == self.start_ticks
+
+
+class LocalCluster:
+    """A single-node Slurm cluster (munged + slurmctld + slurmd) living in one directory.
+
+    Args:
+        base_dir: directory holding every file of the cluster; a fresh temp dir when None. If it exists
+            it must be empty or a previous LocalCluster's directory (whose processes are then stopped).
+        gpus: fake GPUs declared as `Gres=gpu:<gpus>`.
+        cpus: CPUs declared for the node; default max(8, os.cpu_count()), more than a small machine has,
+            so several one-CPU jobs run at once (`SlurmdParameters=config_overrides`).
+        memory_mb: memory declared for the node (`RealMemory`), split evenly per CPU as `DefMemPerCPU`.
+        backfill_interval_s: `bf_interval` of the backfill scheduler; short so tests see starts quickly.
+        cluster_name: Slurm `ClusterName`; a random one by default.
+        slurmd_timeout_s: `SlurmdTimeout`, how long a silent slurmd takes to be marked down.
+        default_time_min: partitions' `DefaultTime` for jobs that give no `--time`.
+        max_time_min: partitions' `MaxTime`.
+        start_timeout_s: how long `start()` waits for the node to become idle.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        *,
+        gpus: int = 4,
+        cpus: int | None = None,
+        memory_mb: int = 8000,
+        backfill_interval_s: int = 1,
+        cluster_name: str | None = None,
+        slurmd_timeout_s: int = 30,
+        default_time_min: int = 60,
+        max_time_min: int = 8 * 60,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        if gpus < 0:
+            raise ValueError("gpus must be >= 0")
+        self._owns_tempdir = base_dir is None
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else _new_tempdir()
+        self.gpus = gpus
+        self.cpus = cpus if cpus is not None else max(8, os.cpu_count() or 1)
+        self.memory_mb = memory_mb
+        self.backfill_interval_s = backfill_interval_s
+        self.cluster_name = cluster_name or f"sl{secrets.token_hex(4)}"
+        self.slurmd_timeout_s = slurmd_timeout_s
+        self.default_time_min = default_time_min
+        self.max_time_min = max_time_min
+        self.start_timeout_s = start_timeout_s
+        self.node_name = NODE_NAME
+        self.partitions: tuple[str, ...] = PARTITIONS
+        self.slurmctld_port: int | None = None
+        self.slurmd_port: int | None = None
+        self._procs: dict[str, _Proc] = {}
+        self._popens: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- public surface -------------------------------------------------------------------------------
+
+    @property
+    def conf_path(self) -> Path:
+        """Path of this cluster's slurm.conf."""
+        return self.base_dir / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm client commands: `env={**os.environ, **cluster.env}`."""
+        return {"SLURM_CONF": str(self.conf_path)}
+
+    @property
+    def log_dir(self) -> Path:
+        return self.base_dir / "log"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Pids of the daemons this object started or loaded."""
+        return {name: proc.pid for name, proc in self._procs.items()}
+
+    def start(self) -> None:
+        """Start munged, slurmctld and slurmd and wait until the node is idle.
+
+        Raises LocalClusterError (with log tails) if a daemon dies or the node is not idle within
+        `start_timeout_s`; whatever was started is stopped again first.
+        """
+        if self._procs:
+            raise LocalClusterError(f"cluster in {self.base_dir} already started")
+        for attempt in range(_START_ATTEMPTS):
+            try:
+                self._start_once()
+                return
+            except BaseException as exc:
+                # A temp dir nobody named is removed with the processes; a named one is kept for its logs.
+                if self._owns_tempdir:
+                    self.stop()
+                else:
+                    self._kill_everything()
+                    self._procs.clear()
+                    self._popens.clear()
+                # The free ports were picked before the daemons bound them; another process may have won.
+                port_lost = isinstance(exc, LocalClusterError) and "Address already in use" in str(exc)
+                if not port_lost or attempt == _START_ATTEMPTS - 1:
+                    raise
+
+    def _start_once(self) -> None:
+        self._prepare_dir()
+        spec = LocalClusterSpec(
+            base_dir=self.base_dir,
+            cluster_name=self.cluster_name,
+            hostname=socket.gethostname().split(".")[0],
+            slurmctld_port=_free_port(),
+            slurmd_port=_free_port(),
+            gpus=self.gpus,
+            cpus=self.cpus,
+            memory_mb=self.memory_mb,
+            backfill_interval_s=self.backfill_interval_s,
+            slurmd_timeout_s=self.slurmd_timeout_s,
+            default_time_min=self.default_time_min,
+            max_time_min=self.max_time_min,
+        )
+        self.slurmctld_port, self.slurmd_port = spec.slurmctld_port, spec.slurmd_port
+        self._write_files(spec)
+        deadline = time.monotonic() + self.start_timeout_s
+        self._start_munged(spec, deadline)
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(spec.conf_path)])
+        self._write_state()
+        self._spawn("slurmd", self._slurmd_args())
+        self._write_state()
+        self.wait_node_ready(timeout_s=max(1.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Kill every process of the cluster (daemons, job steps, their jobs), then remove its directory."""
+        self._kill_everything()
+        if self.base_dir.exists() and self._is_ours(self.base_dir):
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        self._procs.clear()
+        self._popens.clear()
+
+    async def astart(self) -> None:
+        """`start()` in a worker thread."""
+        await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        """`stop()` in a worker thread."""
+        await asyncio.to_thread(self.stop)
+
+    def status(self) -> ClusterStatus:
+        """Which daemons are alive, and the node's state as Slurm reports it (None if unreachable)."""
+        alive = {name: (name in self._procs and self._procs[name].alive()) for name in _DAEMONS}
+        state = self.node_state() if alive["slurmctld"] else None
+        return ClusterStatus(daemons_alive=alive, node_state=state)
+
+    def node_state(self) -> str | None:
+        """The node's `State=` from `scontrol show node` (e.g. `IDLE`, `MIXED`, `IDLE+NOT_RESPONDING`)."""
+        try:
+            out = self.run(["scontrol", "-o", "show", "node", self.node_name], timeout_s=5.0)
+        except (LocalClusterError, subprocess.TimeoutExpired):
+            return None
+        for field in out.split():
+            if field.startswith("State="):
+                return field.removeprefix("State=")
+        return None
+
+    def wait_node_ready(self, timeout_s: float = 60.0) -> str:
+        """Poll until the node accepts jobs (idle, mixed or allocated; not down/drained); return its state."""
+        deadline = time.monotonic() + timeout_s
+        state: str | None = None
+        while time.monotonic() < deadline:
+            self._check_daemons_alive()
+            state = self.node_state()
+            if _node_ready(state):
+                return state or ""
+            time.sleep(_POLL_INTERVAL_S)
+        raise LocalClusterError(
+            f"node {self.node_name} not ready after {timeout_s:.0f}s (last state {state!r})\n" + self.log_tails()
+        )
+
+    def wait_node_state(self, states: Iterable[str], timeout_s: float = 60.0) -> str:
+        """Poll until the node's state has one of `states` as base or flag (e.g. `NOT_RESPONDING`, `DOWN`)."""
+        wanted = set(states)
+        deadline = time.monotonic() + timeout_s
+        state: str | None = None
+        while time.monotonic() < deadline:
+            state = self.node_state()
+            if state is not None and wanted & set(_state_parts(state)):
+                return state
+            time.sleep(_POLL_INTERVAL_S)
+        raise LocalClusterError(f"node never reached {sorted(wanted)} within {timeout_s:.0f}s (last {state!r})")
+
+    def stop_slurmd(self) -> None:
+        """Kill slurmd with SIGKILL, like a crashed node daemon; running job steps are left alone."""
+        proc = self._procs.pop("slurmd", None)
+        if proc is not None and proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            _wait_dead([proc], timeout_s=5.0)
+        popen = self._popens.pop("slurmd", None)
+        if popen is not None:
+            popen.wait(timeout=5.0)
+        self._write_state()
+
+    def start_slurmd(self, *, wait_ready: bool = True, timeout_s: float = 60.0) -> None:
+        """Start slurmd again after `stop_slurmd()`; by default wait until the node accepts jobs."""
+        if "slurmd" in self._procs and self._procs["slurmd"].alive():
+            raise LocalClusterError("slurmd is already running")
+        self._spawn("slurmd", self._slurmd_args())
+        self._write_state()
+        if wait_ready:
+            self.wait_node_ready(timeout_s=timeout_s)
+
+    def run(self, args: Sequence[str], *, timeout_s: float = _COMMAND_TIMEOUT_S) -> str:
+        """Run a Slurm client command against this cluster and return its stdout; raise on failure."""
+        proc = subprocess.run(
+            list(args),
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LocalClusterError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def log_tails(self, lines: int = 20) -> str:
+        """The last `lines` lines of every log in the cluster's log directory, for error messages."""
+        parts: list[str] = []
+        for path in sorted(self.log_dir.glob("*")) if self.log_dir.is_dir() else []:
+            try:
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            parts.append(f"--- {path.name} ---\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    @classmethod
+    def load(cls, base_dir: Path) -> LocalCluster:
+        """Rebuild the handle of a cluster started (possibly by another process) in `base_dir`."""
+        base_dir = Path(base_dir).resolve()
+        try:
+            state = json.loads((base_dir / STATE_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise LocalClusterError(f"no local cluster state in {base_dir}: {exc}") from exc
+        if state.get("version") != _STATE_VERSION:
+            raise LocalClusterError(f"unknown local cluster state version in {base_dir}")
+        cluster = cls(
+            base_dir,
+            gpus=int(state["gpus"]),
+            cpus=int(state["cpus"]),
+            memory_mb=int(state["memory_mb"]),
+            cluster_name=str(state["cluster_name"]),
+        )
+        cluster.slurmctld_port = state.get("slurmctld_port")
+        cluster.slurmd_port = state.get("slurmd_port")
+        cluster._procs = {
+            name: _Proc(pid=int(p["pid"]), start_ticks=int(p["start_ticks"])) for name, p in state["processes"].items()
+        }
+        return cluster
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.astop()
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _slurmd_args(self) -> list[str]:
+        return ["slurmd", "-D", "-N", self.node_name, "-f", str(self.conf_path)]
+
+    def _prepare_dir(self) -> None:
+        d = self.base_dir
+        longest = d / "spool" / f"{self.node_name}_4294967295.4294967295"
+        if len(str(longest)) > _MAX_SOCKET_PATH:
+            raise LocalClusterError(f"{d} is too long for unix socket paths; use a shorter base_dir")
+        # munged refuses a socket whose ancestors not everyone may traverse (pytest's tmp_path, for one).
+        closed = [p for p in d.parents if p.exists() and not p.stat().st_mode & stat.S_IXOTH]
+        if closed:
+            raise LocalClusterError(
+                f"{closed[0]} is not world-traversable (o+x), which munged requires; use another base_dir"
+            )
+        if d.exists():
+            if (d / STATE_FILE).exists():
+                with contextlib.suppress(LocalClusterError):
+                    LocalCluster.load(d)._kill_everything()
+            if not self._is_ours(d):
+                raise LocalClusterError(f"{d} exists and is not a local cluster directory; refusing to use it")
+            for child in d.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MARKER_FILE).write_text("slurmless local Slurm cluster; removed by LocalCluster.stop()\n")
+        # munged insists that everyone may traverse its socket's directory and nobody else may write it.
+        d.chmod(0o755)
+
+    @staticmethod
+    def _is_ours(d: Path) -> bool:
+        return (d / MARKER_FILE).exists() or (d / STATE_FILE).exists() or not any(d.iterdir())
+
+    def _write_files(self, spec: LocalClusterSpec) -> None:
+        for sub in (
+            spec.log_dir,
+            spec.state_save_dir,
+            spec.spool_dir,
+            spec.gpu_dev_dir,
+            spec.munge_socket.parent,
+        ):
+            sub.mkdir(mode=0o755, exist_ok=True)
+        key = spec.munge_socket.parent / "munge.key"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(1024))
+        for i in range(spec.gpus):
+            _make_fake_device(spec.gpu_device(i))
+        spec.conf_path.write_text(render_slurm_conf(spec))
+        (self.base_dir / "gres.conf").write_text(render_gres_conf(spec))
+        # An explicit cgroup.conf keeps slurmd from reading the system's; nothing here uses cgroups.
+        (self.base_dir / "cgroup.conf").write_text("CgroupAutomount=no\n")
+
+    def _start_munged(self, spec: LocalClusterSpec, deadline: float) -> None:
+        mdir = spec.munge_socket.parent
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                f"--socket={spec.munge_socket}",
+                f"--key-file={mdir / 'munge.key'}",
+                f"--pid-file={mdir / 'munged.pid'}",
+                f"--log-file={spec.log_dir / 'munged.log'}",
+                f"--seed-file={mdir / 'munged.seed'}",
+            ],
+        )
+        self._write_state()
+        while not spec.munge_socket.exists():
+            self._check_daemons_alive()
+            if time.monotonic() > deadline:
+                raise LocalClusterError("munged did not create its socket in time\n" + self.log_tails())
+            time.sleep(0.05)
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        out = open(self.log_dir / f"{name}.out", "ab")  # noqa: SIM115 -- handed to the child, closed below
+        try:
+            # A new session: the daemons survive the caller (persistent mode) and its terminal's signals.
+            popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                start_new_session=True,
+                env={**os.environ, **self.env},
+            )
+        finally:
+            out.close()
+        ticks = _start_ticks(popen.pid)
+        if ticks is None:
+            popen.wait(timeout=5.0)
+            raise LocalClusterError(f"{name} exited at once\n" + self.log_tails())
+        self._popens[name] = popen
+        self._procs[name] = _Proc(pid=popen.pid, start_ticks=ticks)
+
+    def _write_state(self) -> None:
+        state: dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "cluster_name": self.cluster_name,
+            "gpus": self.gpus,
+            "cpus": self.cpus,
+            "memory_mb": self.memory_mb,
+            "slurmctld_port": self.slurmctld_port,
+            "slurmd_port": self.slurmd_port,
+            "processes": {n: {"pid": p.pid, "start_ticks": p.start_ticks} for n, p in self._procs.items()},
+        }
+        tmp = self.base_dir / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.base_dir / STATE_FILE)
+
+    def _check_daemons_alive(self) -> None:
+        for name, proc in self._procs.items():
+            if not proc.alive():
+                raise LocalClusterError(f"{name} (pid {proc.pid}) died\n" + self.log_tails())
+
+    def _kill_everything(self) -> None:
+        """Kill job steps and their descendants, then the daemons; reap children we own."""
+        # slurmd first, so it starts no new steps while we sweep them.
+        order = [n for n in ("slurmd", "slurmctld") if n in self._procs]
+        daemons = [self._procs[n] for n in order]
+        _signal_all(daemons, signal.SIGTERM)
+        _wait_dead(daemons, timeout_s=5.0)
+        _signal_all(daemons, signal.SIGKILL)
+        killed: list[_Proc] = [*self._procs.values()]
+        for _ in range(5):
+            victims = self._job_processes()
+            if not victims:
+                break
+            # Freeze first so nothing forks between listing the tree and killing it.
+            _signal_all(victims, signal.SIGSTOP)
+            victims = self._job_processes()
+            _signal_all(victims, signal.SIGKILL)
+            _wait_dead(victims, timeout_s=5.0)
+            killed.extend(victims)
+        # munged last: slurmd and slurmctld need it while shutting down.
+        munged = [self._procs[n] for n in ("munged",) if n in self._procs]
+        _signal_all(munged, signal.SIGTERM)
+        _wait_dead(munged, timeout_s=5.0)
+        _signal_all(munged, signal.SIGKILL)
+        _wait_dead([*daemons, *munged], timeout_s=5.0)
+        for popen in self._popens.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=5.0)
+        # Reap by pid whatever of this is our child (daemons loaded from a state file may be).
+        # Never waitpid(-1): that would steal other children's exit statuses.
+        for proc in killed:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(proc.pid, os.WNOHANG)
+
+    def _job_processes(self) -> list[_Proc]:
+        """This cluster's slurmstepd processes and job processes, with all their descendants."""
+        base = str(self.base_dir) + os.sep
+        conf_marker = f"SLURM_CONF={self.conf_path}".encode()
+        me = os.getpid()
+        children: dict[int, list[int]] = {}
+        roots: set[int] = set()
+        for pid in _all_pids():
+            if pid == me:
+                continue
+            info = _read_stat(pid)
+            if info is None:
+                continue
+            comm, state, ppid, _ = info
+            if state == "Z":
+                continue
+            children.setdefault(ppid, []).append(pid)
+            if (comm == "slurmstepd" and _has_fd_under(pid, base)) or _is_job_process(pid, conf_marker):
+                roots.add(pid)
+        found: set[int] = set()
+        stack = list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid in found or pid == me:
+                continue
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+        procs = []
+        for pid in found:
+            ticks = _start_ticks(pid)
+            if ticks is not None:
+                procs.append(_Proc(pid, ticks))
+        return procs
+
+
+# -- process helpers (Linux /proc) -----------------------------------------------------------------------
+
+
+def _new_tempdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="slurmless-cluster-")).resolve()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _make_fake_device(path: Path) -> None:
+    """A character device with /dev/null's numbers: slurmd wants a real device file for a gres `File=`."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        # Without CAP_MKNOD a plain file still works; slurmd logs an error and drops the device binding.
+        path.touch()
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _read_stat(pid: int) -> tuple[str, str, int, int] | None:
+    """(comm, state, ppid, start_ticks) from /proc/<pid>/stat, or None if the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: it runs to the last ')'.
+    lpar, rpar = raw.index("("), raw.rindex(")")
+    comm = raw[lpar + 1 : rpar]
+    rest = raw[rpar + 2 :].split()
+    return comm, rest[0], int(rest[1]), int(rest[19])
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Kernel start time of a live (non-zombie) process, or None."""
+    info = _read_stat(pid)
+    if info is None or info[1] in ("Z", "X"):
+        return None
+    return info[3]
+
+
+def _has_fd_under(pid: int, prefix: str) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{fd_dir}/{fd}").startswith(prefix):
+                return True
+    return False
+
+
+def _is_job_process(pid: int, conf_marker: bytes) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return conf_marker in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env)
+
+
+def _signal_all(procs: Iterable[_Proc], sig: signal.Signals) -> None:
+    for proc in procs:
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, sig)
+
+
+def _wait_dead(procs: Sequence[_Proc], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(p.alive() for p in procs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _state_parts(state: str) -> list[str]:
+    return state.rstrip("*~#!%$@^-").split("+")
+
+
+def _node_ready(state: str | None) -> bool:
+    if not state:
+        return False
+    parts = _state_parts(state)
+    return parts[0] in _READY_BASE_STATES and not (_UNREADY_FLAGS & set(parts[1:]))

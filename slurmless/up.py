@@ -1,0 +1,204 @@
+"""`slurmless up`: the whole stack on one machine, in the foreground, on embedded defaults.
+
+Starts a Redis server of its own, the local Slurm cluster (unless `slurm.local_cluster` is false),
+the launcher and the gateway as child processes, registers a demo model and prints the API URL and a
+fresh key. Ctrl-C (or SIGTERM) stops everything it started, in reverse order, and nothing is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import redis.asyncio as aioredis
+import typer
+from rich.console import Console
+
+from slurmless.localredis import LocalRedis
+from slurmless.settings import Settings, load_settings
+from warmpool.apikeys import ApiKeyStore
+from warmpool.keys import Keys
+from warmpool.models import ModelStore
+from warmpool.specs import ModelSpec, Policy, Resources
+
+console = Console()
+
+DEMO_MODEL = "demo"
+SIM_LOAD_TIME_S = 5.0
+"""The simulated engine's load time: long enough to see the cold start, short enough to wait for."""
+
+
+def engine_choice() -> tuple[str, list[str]]:
+    """Real vLLM when installed (opt-in), else the simulator; returns (label, argv)."""
+    if importlib.util.find_spec("vllm") is not None:
+        return "vLLM (CPU build)", [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    return "engine simulator", [sys.executable, "-m", "enginesim", "--sim-load-time-s", str(SIM_LOAD_TIME_S)]
+
+
+class Stack:
+    """The processes `up` owns, stopped in reverse order of start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis: LocalRedis | None = None
+        self.cluster: object | None = None
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start_redis(self) -> str:
+        self.redis = LocalRedis(self.settings.state_dir / "redis", appendonly=True)
+        self.redis.start()
+        return self.redis.url
+
+    def start_cluster(self) -> dict[str, str]:
+        from slurm.localcluster import LocalCluster
+
+        base = self.settings.dev_cluster.base_dir
+        if (base / "localcluster.json").exists():
+            with contextlib.suppress(Exception):
+                LocalCluster.load(base).stop()
+        cluster = LocalCluster(base, gpus=self.settings.dev_cluster.gpus)
+        cluster.start()
+        self.cluster = cluster
+        return cluster.env
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = (self.settings.state_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.children.append((name, proc))
+
+    def check_children(self) -> str | None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                return f"{name} exited with {proc.returncode}: see {self.settings.state_dir / (name + '.log')}"
+        return None
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for _name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.children.clear()
+        if self.cluster is not None:
+            from slurm.localcluster import LocalCluster
+
+            assert isinstance(self.cluster, LocalCluster)
+            self.cluster.stop()
+            self.cluster = None
+        if self.redis is not None:
+            self.redis.stop(remove=False)
+            self.redis = None
+
+
+async def _bootstrap(settings: Settings, redis_url: str, engine_label: str) -> str:
+    """Register the demo model (idempotently) and make a fresh key for this session."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = Keys(settings.redis.key_prefix)
+        store = ModelStore(client, keys)
+        spec = ModelSpec(
+            name=DEMO_MODEL,
+            source="/opt/slurmless/demo" if engine_label != "engine simulator" else "slurmless/demo",
+            resources=Resources(gpus=1, cpus=1, mem_mb=1000, time_limit_min=60, time_min_min=10),
+            policy=Policy(min_replicas=0, max_replicas=1, keepalive_min_s=120, keepalive_max_s=300),
+            created_s=time.time(),
+        )
+        await store.put(spec, replace=await store.get(DEMO_MODEL) is not None)
+        plaintext, _ = await ApiKeyStore(client, keys).create(tenant="demo", name="slurmless-up", now_s=time.time())
+        return plaintext
+    finally:
+        await client.aclose()
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def up_command(
+    gateway_port: int = typer.Option(None, "--port", help="Gateway port (default: settings gateway.port, 8000)."),
+) -> None:
+    """Run the whole stack locally in the foreground: Redis, Slurm, launcher, gateway, a demo model."""
+    settings = load_settings()
+    if gateway_port is not None:
+        settings.gateway.port = gateway_port
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.launcher.job_output_dir.mkdir(parents=True, exist_ok=True)
+    engine_label, engine_argv = engine_choice()
+    stack = Stack(settings)
+    stopping = False
+
+    def _on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        redis_url = stack.start_redis()
+        console.print(f"[green]redis[/green]     {redis_url} (AOF in {settings.state_dir / 'redis'})")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURMLESS_")}
+        env.update(
+            {
+                "SLURMLESS_REDIS__URL": redis_url,
+                "SLURMLESS_GATEWAY__HOST": settings.gateway.host,
+                "SLURMLESS_GATEWAY__PORT": str(settings.gateway.port),
+                "SLURMLESS_LAUNCHER__ENGINE_COMMAND": json.dumps(engine_argv),
+                "SLURMLESS_LAUNCHER__JOB_OUTPUT_DIR": str(settings.launcher.job_output_dir),
+            }
+        )
+        if settings.slurm.local_cluster:
+            cluster_env = stack.start_cluster()
+            env.update(cluster_env)
+            env["SLURMLESS_SLURM__CONF"] = cluster_env["SLURM_CONF"]
+            console.print(f"[green]slurm[/green]     local cluster in {settings.dev_cluster.base_dir}")
+        else:
+            console.print("[green]slurm[/green]     the configured cluster")
+        key = asyncio.run(_bootstrap(settings, redis_url, engine_label))
+        stack.spawn("launcher", [sys.executable, "-m", "launcher"], env)
+        stack.spawn("gateway", [sys.executable, "-m", "queue_gateway"], env)
+        base_url = f"http://{settings.gateway.host}:{settings.gateway.port}"
+        if not _wait_http(base_url + "/healthz", 30):
+            raise RuntimeError(stack.check_children() or f"gateway did not answer on {base_url} within 30 s")
+        console.print(f"[green]gateway[/green]   {base_url}/v1  (model '{DEMO_MODEL}' on the {engine_label})")
+        console.print(f"[bold]API key[/bold]   {key}")
+        console.print(
+            f"\nexport SLURMLESS_KEY={key}\ncurl -N {base_url}/v1/chat/completions "
+            '-H "Authorization: Bearer $SLURMLESS_KEY" -H "Content-Type: application/json" '
+            f'-d \'{{"model": "{DEMO_MODEL}", "stream": true, '
+            '"messages": [{"role": "user", "content": "Hello"}]}\'\n'
+        )
+        console.print("Ctrl-C stops everything.")
+        while True:
+            problem = stack.check_children()
+            if problem:
+                raise RuntimeError(problem)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        stopping = True
+    except Exception as exc:
+        console.print(f"[red]slurmless: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        console.print("stopping ..." if stopping else "cleaning up ...")
+        stack.stop()
+        console.print("stopped; nothing left running")
