@@ -58,6 +58,14 @@ class GatewaySettings(BaseModel):
     upstream_read_timeout_s: float = 600.0
     """Longest silence tolerated from an engine while streaming."""
     upstream_max_connections: int = 2000
+    upstream_retries: int = 1
+    """Retries on another instance when an engine fails before the first byte reached the client."""
+    model_cache_ttl_s: float = 2.0
+    """How long a resolved model spec is trusted in-process; registrations and changes show after this."""
+    grant_check_interval_s: float = 1.0
+    """Safety net: how often held tickets are looked up in case a grant message was lost."""
+    async_max_running: int = 256
+    """Async requests one gateway process runs (holds or proxies) at once."""
 
 
 class LauncherSettings(BaseModel):

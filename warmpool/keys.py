@@ -19,12 +19,13 @@
 {p}demand                  pubsub model names whose queue got its first ticket
 {p}dem:{model}             hash   time slot index -> requests in that slot
 {p}idle:{model}            hash   idle-gap bucket (minutes) -> count
-{p}mstat:{model}           hash   last_request_s, ...
+{p}mstat:{model}           hash   last_request_s, last_cold_start_s (launcher: requested -> ready), ...
 {p}phase:{model}           string ModelPhase JSON: what waiting clients are told
 {p}desired                 hash   model -> desired replicas JSON (with reasons)
 {p}events                  stream decisions and lifecycle events
 {p}launcher:leader         string leader lease (launcher id)
 {p}schedules:{model}       hash   schedule id -> ScheduleSpec JSON
+{p}warm:{model}            string WarmRequest JSON (`models warm`); expires when the request does
 {p}tenants                 hash   tenant -> TenantSpec JSON
 {p}apikeys                 hash   sha256(key) -> ApiKeyRecord JSON
 {p}async:{rid}             hash   async request: state, body, result
@@ -127,6 +128,9 @@ class Keys:
 
     def schedules(self, model: str) -> str:
         return f"{self.prefix}schedules:{model}"
+
+    def warm(self, model: str) -> str:
+        return f"{self.prefix}warm:{model}"
 
     @property
     def tenants(self) -> str:

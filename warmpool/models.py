@@ -13,6 +13,10 @@ class ModelExists(ValueError):
     """A model (or one of its client names) is registered already."""
 
 
+class QuotaExceeded(ValueError):
+    """The owning tenant already has as many models as its quota allows."""
+
+
 class ModelStore:
     """Read and write model specs. Writes are atomic (MULTI) so nothing is half-written."""
 
@@ -33,8 +37,13 @@ class ModelStore:
         raw = await awaited(self.redis.hgetall(self.keys.models))
         return sorted((ModelSpec.model_validate_json(v) for v in raw.values()), key=lambda s: s.name)
 
-    async def put(self, spec: ModelSpec, *, replace: bool = False) -> None:
-        """Register (or with `replace`, update) a model and its client names in one transaction."""
+    async def put(self, spec: ModelSpec, *, replace: bool = False, owner_quota: int | None = None) -> None:
+        """Register (or with `replace`, update) a model and its client names in one transaction.
+
+        With `owner_quota`, a model that is new to `spec.owner_tenant` is refused (QuotaExceeded) when
+        the tenant owns that many already; the count is taken inside the transaction, so concurrent
+        registrations cannot overshoot it.
+        """
         names = _client_names(spec)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -45,6 +54,14 @@ class ModelStore:
                         raise ModelExists(f"model {spec.name!r} is registered already: use update")
                     if existing is None and replace:
                         raise KeyError(f"model {spec.name!r} is not registered")
+                    if owner_quota is not None and spec.owner_tenant is not None:
+                        old_owner = None if existing is None else ModelSpec.model_validate_json(existing).owner_tenant
+                        if old_owner != spec.owner_tenant:
+                            owned = await self._owned(pipe, spec.owner_tenant)
+                            if owned >= owner_quota:
+                                raise QuotaExceeded(
+                                    f"tenant {spec.owner_tenant!r} owns {owned} model(s), its quota is {owner_quota}"
+                                )
                     owners = await awaited(pipe.hmget(self.keys.aliases, names)) if names else []
                     for alias, owner in zip(names, owners, strict=True):
                         if owner is not None and text(owner) != spec.name:
@@ -65,6 +82,14 @@ class ModelStore:
                 except aioredis.WatchError:
                     continue
 
+    async def _owned(self, pipe: aioredis.client.Pipeline, tenant: str) -> int:
+        raw = await awaited(pipe.hvals(self.keys.models))
+        return sum(1 for v in raw if ModelSpec.model_validate_json(v).owner_tenant == tenant)
+
+    async def owned_by(self, tenant: str) -> list[ModelSpec]:
+        """Models whose owner is `tenant`."""
+        return [s for s in await self.all() if s.owner_tenant == tenant]
+
     async def remove(self, name: str) -> bool:
         spec = await self.get(name)
         if spec is None:
@@ -74,7 +99,7 @@ class ModelStore:
             names = _client_names(spec)
             if names:
                 pipe.hdel(self.keys.aliases, *names)
-            pipe.delete(self.keys.schedules(name))
+            pipe.delete(self.keys.schedules(name), self.keys.warm(name))
             await pipe.execute()
         return True
 

@@ -1,0 +1,97 @@
+"""LoRA adapters on a base model's instances: many adapters share one GPU.
+
+A base model with registered adapters is started with `--enable-lora` and with
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` in the job's environment; before a request for an adapter is
+routed to a base instance, `ensure_adapter_loaded` loads it there (`/v1/load_lora_adapter`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+
+from slurm.validate import EngineArgValue
+from warmpool.specs import ModelKind, ModelSpec
+
+LORA_JOB_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+"""Environment the job of a LoRA-serving base needs: vLLM refuses runtime loading without it."""
+MAX_LORAS_PER_BATCH = 4
+"""`--max-loras` default: adapters mixed in one batch; more stay loaded and are swapped in."""
+LORA_CALL_TIMEOUT_S = 60.0
+"""Loading an adapter reads its weights from the shared filesystem: seconds, rarely more."""
+
+
+class AdapterLoadError(RuntimeError):
+    """The engine refused or failed to load an adapter."""
+
+
+def lora_engine_args(base: ModelSpec, adapters: Sequence[ModelSpec]) -> dict[str, EngineArgValue]:
+    """The base's engine arguments, with LoRA switched on when it has adapters.
+
+    Arguments the admin set on the base (`--max-loras`, `--max-lora-rank`) win over the defaults.
+    """
+    args: dict[str, EngineArgValue] = dict(base.engine_args)
+    mine = [a for a in adapters if a.kind is ModelKind.LORA and a.base_model == base.name]
+    if not mine:
+        return args
+    args["--enable-lora"] = True
+    args.setdefault("--max-loras", max(1, min(len(mine), MAX_LORAS_PER_BATCH)))
+    return args
+
+
+def lora_job_env(base: ModelSpec, adapters: Sequence[ModelSpec]) -> dict[str, str]:
+    """Extra job environment for the base (empty when it serves no adapters)."""
+    return dict(LORA_JOB_ENV) if any(a.base_model == base.name for a in adapters) else {}
+
+
+async def ensure_adapter_loaded(
+    instance_url: str,
+    api_key: str,
+    adapter_name: str,
+    adapter_path: str,
+    client: httpx.AsyncClient,
+    *,
+    timeout_s: float = LORA_CALL_TIMEOUT_S,
+) -> bool:
+    """Load `adapter_name` from `adapter_path` on the instance; True if loaded now, False if it was already.
+
+    Raises AdapterLoadError when the engine refuses (LoRA not enabled, bad path).
+    """
+    response = await client.post(
+        f"{instance_url.rstrip('/')}/v1/load_lora_adapter",
+        json={"lora_name": adapter_name, "lora_path": adapter_path},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=timeout_s,
+    )
+    if response.status_code == 200:
+        return True
+    body = response.text
+    # vLLM answers 400 "... has already been loaded" for a second load: that is success for us.
+    if response.status_code == 400 and "already been loaded" in body:
+        return False
+    raise AdapterLoadError(f"loading adapter {adapter_name!r} failed: HTTP {response.status_code}: {body[:300]}")
+
+
+async def unload_adapter(
+    instance_url: str,
+    api_key: str,
+    adapter_name: str,
+    client: httpx.AsyncClient,
+    *,
+    timeout_s: float = LORA_CALL_TIMEOUT_S,
+) -> bool:
+    """Unload an adapter; True if it was loaded, False if the engine did not know it."""
+    response = await client.post(
+        f"{instance_url.rstrip('/')}/v1/unload_lora_adapter",
+        json={"lora_name": adapter_name},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=timeout_s,
+    )
+    if response.status_code == 200:
+        return True
+    if response.status_code == 404:
+        return False
+    raise AdapterLoadError(
+        f"unloading adapter {adapter_name!r} failed: HTTP {response.status_code}: {response.text[:300]}"
+    )

@@ -1,0 +1,97 @@
+"""The warm pool's one decision: how many replicas a model should have now, and why.
+
+    desired = clamp(max(reactive, keep-alive, forecast, schedule, min_replicas), 0, max_replicas)
+
+then fitted to the cluster's GPU budget by `policies.budget`. Each term is a pure function of the
+model's state and `now_s`; every term leaves a `Reason`, so "why is this model warm?" has an answer.
+The forecast also conditions the keep-alive: when the time-of-day model says the coming slots almost
+never see demand (P < `PolicyMix.shorten_threshold`), the learnt window is cut to the floor.
+"""
+
+from __future__ import annotations
+
+from policies import forecast as fc_mod
+from policies.idle import keep_warm, keepalive_for
+from policies.reactive import moving_average_replicas, reactive_replicas
+from policies.schedules import scheduled_replicas
+from policies.types import Decision, ModelState, PolicyMix, Reason
+
+# The simulator's and the docs' names for the policy configurations compared on the traces.
+POLICY_MIXES: dict[str, PolicyMix] = {
+    "always-on": PolicyMix(keepalive="none", forecast=False, schedules=False, always_on=True),
+    "keepalive-5m": PolicyMix(keepalive="fixed", fixed_keepalive_s=300.0, forecast=False, schedules=False),
+    "keepalive-10m": PolicyMix(keepalive="fixed", fixed_keepalive_s=600.0, forecast=False, schedules=False),
+    "keepalive-60m": PolicyMix(keepalive="fixed", fixed_keepalive_s=3600.0, forecast=False, schedules=False),
+    "reactive-avg": PolicyMix(keepalive="avg", avg_window_s=300.0, forecast=False, schedules=False),
+    "hybrid-histogram": PolicyMix(keepalive="histogram", forecast=False, schedules=False),
+    "forecast": PolicyMix(keepalive="none", forecast=True, schedules=False),
+    "slurmless": PolicyMix(keepalive="histogram", forecast=True, schedules=True),
+}
+
+
+def decide(state: ModelState, now_s: float) -> Decision:
+    """The desired replicas for one model at `now_s`, with reasons and the next instant to recheck."""
+    spec, load, mix = state.spec, state.load, state.mix
+    reasons: list[Reason] = []
+    recheck_s = float("inf")
+
+    if mix.keepalive == "avg":
+        react, react_why = moving_average_replicas(load, spec, spec.mean_service_s)
+    else:
+        react, react_why = reactive_replicas(load, spec)
+    reasons.append(Reason("reactive", react, react_why))
+
+    keepalive_s = keepalive_for(state.idle, spec, mix)
+    label = {"histogram": "learnt keep-alive", "fixed": "fixed keep-alive", "avg": "average window"}.get(
+        mix.keepalive, "keep-alive floor"
+    )
+    fc_replicas = 0
+    if mix.forecast and state.forecast is not None:
+        fc_replicas, fc_why, fc_recheck_s = fc_mod.prewarm(
+            state.forecast, spec, now_s, threshold=mix.prewarm_threshold
+        )
+        reasons.append(Reason("forecast", fc_replicas, fc_why))
+        recheck_s = min(recheck_s, fc_recheck_s)
+        if mix.keepalive == "histogram" and keepalive_s > spec.keepalive_floor_s and load.last_activity_s is not None:
+            p_max = fc_mod.max_p_between(state.forecast, now_s, load.last_activity_s + keepalive_s)
+            if p_max is not None and p_max < mix.shorten_threshold:
+                keepalive_s = spec.keepalive_floor_s
+                label = f"keep-alive floor (forecast P={p_max:.2f} ahead)"
+
+    # The keep-alive's own deadline is not a recheck instant: it moves with every request, and the
+    # runner reads it from `keepalive_s` and the last activity.
+    idle_replicas, idle_why, _deadline_s = keep_warm(load, keepalive_s, now_s, label=label)
+    reasons.append(Reason("idle-to-zero", idle_replicas, idle_why))
+
+    sched_replicas = 0
+    if mix.schedules and state.occurrences:
+        sched_replicas, sched_why, sched_recheck_s = scheduled_replicas(
+            state.occurrences, now_s, spec.cold_start_p99_s
+        )
+        reasons.append(Reason("schedule", sched_replicas, sched_why))
+        recheck_s = min(recheck_s, sched_recheck_s)
+
+    floor = spec.min_replicas
+    if mix.always_on:
+        floor = max(floor, 1)
+        reasons.append(Reason("always-on", 1, "never scales to zero"))
+    elif spec.min_replicas:
+        reasons.append(Reason("min-replicas", spec.min_replicas, "configured minimum"))
+
+    desired = max(react, idle_replicas, fc_replicas, sched_replicas, floor)
+    if desired > spec.max_replicas:
+        reasons.append(Reason("max-replicas", spec.max_replicas, f"capped from {desired}"))
+        desired = spec.max_replicas
+    desired = max(desired, 0)
+    return Decision(
+        replicas=desired,
+        reasons=tuple(reasons),
+        recheck_at_s=recheck_s,
+        keepalive_s=keepalive_s if idle_replicas > 0 else None,
+    )
+
+
+def desired_replicas(state: ModelState, now_s: float) -> tuple[int, list[Reason]]:
+    """`decide` for callers that only want the number and its reasons."""
+    decision = decide(state, now_s)
+    return decision.replicas, list(decision.reasons)

@@ -1,0 +1,171 @@
+"""The data the warm-pool policies take and give back.
+
+Every policy is a pure function of (state, now_s): no I/O, no clock, no randomness. Times are float
+epoch seconds; durations are seconds with `_s` in their names. All shapes are frozen dataclasses so a
+runner (the launcher, or the trace simulator) can hold them, replace fields, and pass them around.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+INF_S = math.inf
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why one policy asked for a number of replicas (one line of the events stream)."""
+
+    policy: str
+    replicas: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The desired replicas for one model, with every policy's reason.
+
+    `recheck_at_s` is the earliest instant at which the answer can change if nothing happens (no
+    request arrives or ends, no replica changes state), the keep-alive aside. `keepalive_s` is the
+    idle-to-zero window holding the model (None when the keep-alive does not hold it): that hold ends
+    `keepalive_s` after the last activity, so it moves with every request. A runner may tick more
+    often than these instants; it never needs to tick less often.
+    """
+
+    replicas: int
+    reasons: tuple[Reason, ...]
+    recheck_at_s: float = INF_S
+    keepalive_s: float | None = None
+
+    def explain(self) -> str:
+        """One line an operator reads: which policy asked for what."""
+        parts = [f"{r.policy}={r.replicas} ({r.detail})" for r in self.reasons]
+        return f"desired={self.replicas}: " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """What a model is doing right now, as the gateway and the instances report it.
+
+    `last_activity_s` is the end of the last request (or its arrival while it is in flight); None when
+    the model has never served anything. `num_requests_waiting` and `kv_cache_usage_perc` are vLLM's
+    metrics summed / averaged over ready instances, None when not scraped.
+    """
+
+    queue_depth: int = 0
+    oldest_wait_s: float = 0.0
+    in_flight: float = 0.0
+    ready_replicas: int = 0
+    held_replicas: int = 0
+    last_activity_s: float | None = None
+    num_requests_waiting: float | None = None
+    kv_cache_usage_perc: float | None = None
+    recent_rate_per_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Per-model settings the policies need.
+
+    `expected_cold_start_s` is the mean Slurm queue wait plus load time (it prices a cold start and
+    sets the forecast's lead); `cold_start_p99_s` is the lead for schedules, which promise readiness.
+    `cold_start_value_s` is how many idle GPU-seconds one avoided cold start is worth: the exchange
+    rate the keep-alive and forecast policies trade idle time against cold starts with.
+    """
+
+    name: str
+    min_replicas: int = 0
+    max_replicas: int = 8
+    gpus_per_replica: int = 1
+    target_concurrency: float = 16.0
+    expected_cold_start_s: float = 150.0
+    cold_start_p99_s: float = 420.0
+    cold_start_value_s: float = 600.0
+    keepalive_floor_factor: float = 1.0
+    default_keepalive_s: float = 600.0
+    max_keepalive_s: float = 4 * 3600.0
+    mean_service_s: float = 5.0
+
+    @property
+    def keepalive_floor_s(self) -> float:
+        """Never scale to zero sooner than this after the last request: cold starts cost minutes."""
+        return self.keepalive_floor_factor * self.expected_cold_start_s
+
+
+@dataclass(frozen=True)
+class IdleHistogram:
+    """Idle times between a model's requests, in bins of `bin_s` up to `bins * bin_s`.
+
+    `overflow` counts idle times beyond the range. `keepalive_s` is the keep-alive learnt from the
+    histogram (recomputed by `policies.idle.observe_idle`); None while history is too short.
+    """
+
+    bin_s: float = 60.0
+    counts: tuple[int, ...] = (0,) * 240
+    overflow: int = 0
+    keepalive_s: float | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts) + self.overflow
+
+
+@dataclass(frozen=True)
+class SeasonalForecast:
+    """A seasonal EWMA per time slot: P(at least one request in the slot) and the request rate.
+
+    Day slots index the time of day, week slots the time of week; `*_seen` count how many times each
+    slot was observed so that an unseen slot says "don't know" rather than "no demand".
+    `utc_offset_s` shifts epoch time to local time so slots follow the users' day.
+    """
+
+    slot_s: float = 600.0
+    alpha: float = 0.3
+    utc_offset_s: float = 0.0
+    day_p: tuple[float, ...] = ()
+    day_rate: tuple[float, ...] = ()
+    day_seen: tuple[int, ...] = ()
+    week_p: tuple[float, ...] = ()
+    week_rate: tuple[float, ...] = ()
+    week_seen: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One scheduled warm window: `replicas` ready from `start_s` until `end_s`."""
+
+    start_s: float
+    end_s: float
+    replicas: int
+    source: str
+
+
+@dataclass(frozen=True)
+class PolicyMix:
+    """Which policies a model runs. The named configurations live in `policies.combine.POLICY_MIXES`.
+
+    keepalive: "histogram" (learnt), "fixed" (`fixed_keepalive_s`), "avg" (moving-average reactive,
+    Chat AI style: warm while the average load over `avg_window_s` is non-zero) or "none".
+    """
+
+    keepalive: str = "histogram"
+    fixed_keepalive_s: float = 600.0
+    avg_window_s: float = 300.0
+    forecast: bool = True
+    schedules: bool = True
+    always_on: bool = False
+    prewarm_threshold: float | None = None
+    shorten_threshold: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Everything `policies.combine.decide` reads for one model."""
+
+    spec: ModelSpec
+    load: LoadSnapshot = field(default_factory=LoadSnapshot)
+    idle: IdleHistogram = field(default_factory=IdleHistogram)
+    forecast: SeasonalForecast | None = None
+    occurrences: tuple[Occurrence, ...] = ()
+    mix: PolicyMix = field(default_factory=PolicyMix)

@@ -1,0 +1,806 @@
+"""The admin API: models, LoRA adapters, schedules, keys, tenants, status and events, as JSON.
+
+Mounted by the gateway at `/admin`; the routes here are relative to that mount
+(`/v1/models` is served as `/admin/v1/models`). The OpenAPI 3.1 document is at `/openapi.json`.
+
+Who may do what:
+- the bootstrap `Settings.admin_token`, or an API key with `admin`: everything;
+- a key with `can_register` (self-service): models owned by its tenant (registered private to it by
+  default, within the tenant's `max_models`), their schedules and warm requests, and the status of
+  models it can see. A model it may not see answers 404, as if it did not exist;
+- any other key: 403. No or a wrong token: 401.
+
+Errors are OpenAI-shaped: `{"error": {"message", "type", "code", "param"}}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from slurmless.settings import Settings
+from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
+from warmpool.events import EventLog
+from warmpool.keys import Keys
+from warmpool.models import ModelExists, ModelStore, QuotaExceeded
+from warmpool.phase import ModelPhase, PhaseBoard
+from warmpool.redisio import awaited, text
+from warmpool.registry import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    RegistryError,
+    check_model_dir,
+    check_name,
+    check_source,
+    check_tenant_name,
+    flag_name,
+    one_line,
+    read_model_config,
+    validate_spec,
+    visible_to,
+)
+from warmpool.schedule_store import ScheduleKind, ScheduleSpec, ScheduleStore
+from warmpool.specs import ModelKind, ModelSpec, Visibility
+from warmpool.tenants import TenantExists, TenantSpec, TenantStore
+from warmpool.warm import WarmBoard, WarmRequest
+
+Clock = Callable[[], float]
+Handler = Callable[[Request], Awaitable[Response]]
+
+MAX_BODY_BYTES = 2_000_000
+"""Largest request body: an .ics timetable is the biggest thing anyone sends."""
+FS_TIMEOUT_S = 10.0
+"""Reading a model's config.json on a shared filesystem; a hung mount must not hang the API."""
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+}
+
+
+class ApiError(Exception):
+    """An error answered to the client as OpenAI-shaped JSON."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None) -> Response:
+    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "code": code, "param": param}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+# Request bodies that are not stored specs themselves.
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    name: str = Field("", max_length=100)
+    admin: bool = False
+    can_register: bool = False
+    rpm_limit: int | None = Field(None, ge=1)
+    concurrency_limit: int | None = Field(None, ge=1)
+
+
+class KeyCreated(BaseModel):
+    key: str
+    """The plaintext key: shown once, never stored."""
+    record: ApiKeyRecord
+
+
+class TenantQuota(BaseModel):
+    """Quota changes: a given number sets a quota, null makes it unlimited, absent leaves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_requests: int | None = Field(None, ge=1)
+    max_models: int | None = Field(None, ge=0)
+
+
+class WarmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    duration_s: float = Field(1800.0, gt=0, le=7 * 86400)
+    replicas: int = Field(1, ge=1, le=64)
+
+
+class ScheduleCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ScheduleKind
+    expression: str | None = None
+    ics: str | None = None
+    timezone: str = "UTC"
+    replicas: int = Field(1, ge=1, le=64)
+    duration_s: float | None = None
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the bootstrap token, an admin key, or a self-service key of a tenant."""
+
+    admin: bool
+    tenant: str | None
+    key_id: str | None
+
+    @property
+    def label(self) -> str:
+        return "admin-token" if self.key_id is None else f"key:{self.key_id}"
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any], *, drop_none: bool = False) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, drop_none=key == "engine_args")
+        elif value is None and drop_none:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+class AdminApi:
+    """The handlers, sharing the stores of one deployment."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings, clock: Clock) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.clock = clock
+        self.keys = Keys(settings.redis.key_prefix)
+        self.models = ModelStore(redis, self.keys)
+        self.api_keys = ApiKeyStore(redis, self.keys)
+        self.tenants = TenantStore(redis, self.keys)
+        self.schedules = ScheduleStore(redis, self.keys)
+        self.phases = PhaseBoard(redis, self.keys)
+        self.warm_board = WarmBoard(redis, self.keys)
+        self.events = EventLog(redis, self.keys)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def authenticate(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing bearer token: pass --token or set SLURMLESS_ADMIN_TOKEN", code="missing_token")
+        bootstrap = self.settings.admin_token
+        if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
+            return Principal(admin=True, tenant=None, key_id=None)
+        record = await self.api_keys.verify(token)
+        if record is None:
+            raise ApiError(401, "invalid or revoked token", code="invalid_token")
+        if record.admin:
+            return Principal(admin=True, tenant=record.tenant, key_id=record.key_id)
+        if record.can_register:
+            return Principal(admin=False, tenant=record.tenant, key_id=record.key_id)
+        raise ApiError(403, "this key may not use the admin API", code="not_admin")
+
+    @staticmethod
+    def require_admin(who: Principal) -> None:
+        if not who.admin:
+            raise ApiError(403, "this needs an admin key", code="not_admin")
+
+    @staticmethod
+    async def body(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        if not raw:
+            return {}
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return data
+
+    async def visible_model(self, who: Principal, name: str) -> ModelSpec:
+        """The model, or 404 when it does not exist or the caller may not see it."""
+        spec = await self.models.get(name)
+        if spec is None or not (who.admin or visible_to(spec, who.tenant)):
+            raise NotFound(f"model {name!r} does not exist", param="name")
+        return spec
+
+    async def owned_model(self, who: Principal, name: str) -> ModelSpec:
+        """The model, when the caller may change it (admins, or the owning tenant's self-service keys)."""
+        spec = await self.visible_model(who, name)
+        if not who.admin and spec.owner_tenant != who.tenant:
+            raise Forbidden(
+                f"model {name!r} belongs to {spec.owner_tenant or 'the site'}: only its owner may change it"
+            )
+        return spec
+
+    # --- models -----------------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        specs = [s for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
+        phases = await self.phases.many(sorted({s.instance_model for s in specs}))
+        data = [
+            {"model": s.model_dump(mode="json"), "phase": phases[s.instance_model].model_dump(mode="json")}
+            for s in specs
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def show_model(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        spec = await self.visible_model(who, request.path_params["name"])
+        return _json(await self._model_view(spec))
+
+    async def _model_view(self, spec: ModelSpec) -> dict[str, Any]:
+        row = (await self._status_rows([spec]))[0]
+        adapters = [s.name for s in await self.models.all() if s.base_model == spec.name]
+        schedules = await self.schedules.of_model(spec.name)
+        return {
+            "model": spec.model_dump(mode="json"),
+            "status": row,
+            "adapters": adapters,
+            "schedules": [s.model_dump(mode="json", exclude={"ics"}) | {"summary": s.summary()} for s in schedules],
+        }
+
+    async def _prepare(
+        self, who: Principal, data: dict[str, Any], *, gpus_given: bool, existing: ModelSpec | None
+    ) -> tuple[ModelSpec, list[str]]:
+        check_name(data.get("name"))
+        if not who.admin:
+            data["owner_tenant"] = who.tenant
+            visibility = data.get("visibility")
+            if existing is None and visibility is None:
+                data["visibility"] = {"public": False, "tenants": []}
+            elif isinstance(visibility, dict):
+                previous = existing.visibility if existing is not None else Visibility(public=False)
+                if visibility.get("public") and not previous.public:
+                    raise Forbidden("only an admin can make a model public", param="visibility.public")
+                if any(t != who.tenant for t in visibility.get("tenants") or [] if t not in previous.tenants):
+                    raise Forbidden("a self-service key can share a model only with its own tenant", param="visibility")
+        data["created_s"] = existing.created_s if existing is not None else self.clock()
+        try:
+            spec = ModelSpec.model_validate(data)
+        except ValidationError as exc:
+            raise RegistryError(one_line(exc)) from None
+        base: ModelSpec | None = None
+        if spec.kind is ModelKind.LORA and spec.base_model is not None:
+            base = await self.models.get(spec.base_model)
+            if base is None or not (who.admin or visible_to(base, who.tenant)):
+                raise NotFound(f"base model {spec.base_model!r} does not exist", param="base_model")
+        reg = self.settings.registry
+        config: dict[str, Any] | None = None
+        if spec.source.startswith("/"):
+            # Check the roots before touching the filesystem, so that no hostile path is ever read.
+            check_source(spec.source, roots=self.settings.model_roots, allow_hub_ids=reg.allow_hub_ids)
+            if reg.check_paths_locally:
+                with anyio.fail_after(FS_TIMEOUT_S):
+                    problem = await anyio.to_thread.run_sync(
+                        check_model_dir, spec.source, spec.kind, list(self.settings.model_roots)
+                    )
+                if problem is not None:
+                    raise RegistryError(problem, param="source")
+            if spec.kind is ModelKind.BASE and not gpus_given:
+                with anyio.fail_after(FS_TIMEOUT_S):
+                    config = await anyio.to_thread.run_sync(read_model_config, spec.source)
+        return validate_spec(
+            spec, reg, roots=self.settings.model_roots, base=base, gpus_given=gpus_given, config=config
+        )
+
+    async def _owner_quota(self, who: Principal, spec: ModelSpec) -> int | None:
+        if who.admin:
+            return None
+        assert who.tenant is not None
+        tenant = await self.tenants.get(who.tenant)
+        if tenant is None:
+            raise Forbidden(f"tenant {who.tenant!r} does not exist: ask an admin to create it")
+        return tenant.max_models
+
+    async def _check_owner_exists(self, spec: ModelSpec) -> None:
+        for tenant in {*(spec.visibility.tenants), *([spec.owner_tenant] if spec.owner_tenant else [])}:
+            if await self.tenants.get(tenant) is None:
+                raise NotFound(f"tenant {tenant!r} does not exist", param="tenant")
+
+    async def register_model(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        data = await self.body(request)
+        resources = data.get("resources")
+        gpus_given = isinstance(resources, dict) and "gpus" in resources
+        spec, notes = await self._prepare(who, data, gpus_given=gpus_given, existing=None)
+        await self._check_owner_exists(spec)
+        await self.models.put(spec, owner_quota=await self._owner_quota(who, spec))
+        await self.events.record("model_registered", now_s=self.clock(), model=spec.name, by=who.label)
+        return _json({"model": spec.model_dump(mode="json"), "notes": notes}, status=201)
+
+    async def update_model(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        name = request.path_params["name"]
+        existing = await self.owned_model(who, name)
+        patch = await self.body(request)
+        if patch.get("name", name) != name:
+            raise RegistryError("a model cannot be renamed: register the new name and remove the old", param="name")
+        if "kind" in patch and patch["kind"] != existing.kind.value:
+            raise RegistryError("a model's kind cannot change: remove it and register again", param="kind")
+        if not who.admin and "owner_tenant" in patch and patch["owner_tenant"] != who.tenant:
+            raise Forbidden("only an admin can change a model's owner", param="owner_tenant")
+        resources = patch.get("resources")
+        gpus_given = "source" not in patch or (isinstance(resources, dict) and "gpus" in resources)
+        if isinstance(patch.get("engine_args"), dict):
+            patch["engine_args"] = {flag_name(str(k)): v for k, v in patch["engine_args"].items()}
+        merged = _merge(existing.model_dump(mode="json"), patch)
+        spec, notes = await self._prepare(who, merged, gpus_given=gpus_given, existing=existing)
+        await self._check_owner_exists(spec)
+        try:
+            await self.models.put(spec, replace=True, owner_quota=await self._owner_quota(who, spec))
+        except KeyError:
+            raise NotFound(f"model {name!r} does not exist", param="name") from None
+        await self.events.record("model_updated", now_s=self.clock(), model=name, by=who.label)
+        return _json({"model": spec.model_dump(mode="json"), "notes": notes})
+
+    async def remove_model(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        spec = await self.owned_model(who, request.path_params["name"])
+        adapters = [s.name for s in await self.models.all() if s.base_model == spec.name]
+        if adapters:
+            raise Conflict(f"model {spec.name!r} is the base of adapter(s) {', '.join(adapters)}: remove them first")
+        removed = await self.models.remove(spec.name)
+        if not removed:
+            raise NotFound(f"model {spec.name!r} does not exist", param="name")
+        await self.events.record("model_removed", now_s=self.clock(), model=spec.name, by=who.label)
+        return _json({"deleted": True, "name": spec.name})
+
+    async def warm_model(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        spec = await self.owned_model(who, request.path_params["name"])
+        try:
+            body = WarmBody.model_validate(await self.body(request))
+        except ValidationError as exc:
+            raise RegistryError(one_line(exc)) from None
+        target = spec if spec.kind is ModelKind.BASE else await self.models.get(spec.instance_model)
+        if target is None:
+            raise NotFound(f"base model {spec.instance_model!r} does not exist", param="base_model")
+        if body.replicas > target.policy.max_replicas:
+            raise RegistryError(
+                f"{body.replicas} replicas exceed max_replicas {target.policy.max_replicas} of {target.name}",
+                param="replicas",
+            )
+        now_s = self.clock()
+        warm = WarmRequest(
+            model=target.name,
+            replicas=body.replicas,
+            until_s=now_s + body.duration_s,
+            requested_s=now_s,
+            requested_by=who.label,
+        )
+        await self.warm_board.request(warm)
+        await self.events.record(
+            "warm_requested",
+            now_s=now_s,
+            model=target.name,
+            replicas=warm.replicas,
+            until_s=warm.until_s,
+            by=who.label,
+            via=spec.name,
+        )
+        phase = await self.phases.get(target.name)
+        return _json({"warm": warm.model_dump(mode="json"), "phase": phase.model_dump(mode="json")}, status=202)
+
+    # --- schedules --------------------------------------------------------------------------
+
+    async def list_schedules(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        name = request.path_params.get("name")
+        if name is not None:
+            models = [(await self.visible_model(who, name)).name]
+        else:
+            models = [s.name for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
+        specs = await self.schedules.all(models)
+        data = [s.model_dump(mode="json", exclude={"ics"}) | {"summary": s.summary()} for s in specs]
+        return _json({"object": "list", "data": data})
+
+    async def add_schedule(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        spec = await self.owned_model(who, request.path_params["name"])
+        try:
+            body = ScheduleCreate.model_validate(await self.body(request))
+            schedule = ScheduleSpec(model=spec.name, created_s=self.clock(), **body.model_dump())
+        except ValidationError as exc:
+            raise RegistryError(one_line(exc)) from None
+        target = spec if spec.kind is ModelKind.BASE else await self.models.get(spec.instance_model)
+        if target is not None and schedule.replicas > target.policy.max_replicas:
+            raise RegistryError(
+                f"{schedule.replicas} replicas exceed max_replicas {target.policy.max_replicas} of {target.name}",
+                param="replicas",
+            )
+        try:
+            await self.schedules.add(schedule)
+        except KeyError:
+            raise NotFound(f"model {spec.name!r} does not exist", param="name") from None
+        await self.events.record(
+            "schedule_added", now_s=self.clock(), model=spec.name, schedule=schedule.id, by=who.label
+        )
+        data = schedule.model_dump(mode="json", exclude={"ics"}) | {"summary": schedule.summary()}
+        return _json({"schedule": data}, status=201)
+
+    async def remove_schedule(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        spec = await self.owned_model(who, request.path_params["name"])
+        sid = request.path_params["sid"]
+        if not await self.schedules.remove(spec.name, sid):
+            raise NotFound(f"model {spec.name!r} has no schedule {sid!r}", param="schedule")
+        await self.events.record("schedule_removed", now_s=self.clock(), model=spec.name, schedule=sid, by=who.label)
+        return _json({"deleted": True, "id": sid})
+
+    # --- keys -------------------------------------------------------------------------------
+
+    async def list_keys(self, request: Request) -> Response:
+        self.require_admin(await self.authenticate(request))
+        tenant = request.query_params.get("tenant")
+        records = await self.api_keys.list(tenant)
+        return _json({"object": "list", "data": [r.model_dump(mode="json") for r in records]})
+
+    async def create_key(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        self.require_admin(who)
+        try:
+            body = KeyCreate.model_validate(await self.body(request))
+        except ValidationError as exc:
+            raise RegistryError(one_line(exc)) from None
+        check_tenant_name(body.tenant)
+        if await self.tenants.get(body.tenant) is None:
+            raise NotFound(f"tenant {body.tenant!r} does not exist: create it first", param="tenant")
+        plaintext, record = await self.api_keys.create(
+            tenant=body.tenant,
+            now_s=self.clock(),
+            name=body.name,
+            admin=body.admin,
+            can_register=body.can_register,
+            rpm_limit=body.rpm_limit,
+            concurrency_limit=body.concurrency_limit,
+        )
+        await self.events.record(
+            "key_created", now_s=self.clock(), key_id=record.key_id, tenant=body.tenant, by=who.label
+        )
+        return _json(KeyCreated(key=plaintext, record=record).model_dump(mode="json"), status=201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        self.require_admin(who)
+        key_id = request.path_params["key_id"]
+        if not await self.api_keys.revoke(key_id):
+            raise NotFound(f"key {key_id!r} does not exist", param="key_id")
+        await self.events.record("key_revoked", now_s=self.clock(), key_id=key_id, by=who.label)
+        return _json({"revoked": True, "key_id": key_id})
+
+    # --- tenants ----------------------------------------------------------------------------
+
+    async def _tenant_view(self, tenant: TenantSpec, specs: list[ModelSpec]) -> dict[str, Any]:
+        return tenant.model_dump(mode="json") | {"models": sum(1 for s in specs if s.owner_tenant == tenant.name)}
+
+    async def list_tenants(self, request: Request) -> Response:
+        self.require_admin(await self.authenticate(request))
+        specs = await self.models.all()
+        data = [await self._tenant_view(t, specs) for t in await self.tenants.all()]
+        return _json({"object": "list", "data": data})
+
+    async def show_tenant(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        name = request.path_params["name"]
+        if not who.admin and name != who.tenant:
+            raise NotFound(f"tenant {name!r} does not exist", param="name")
+        tenant = await self.tenants.get(name)
+        if tenant is None:
+            raise NotFound(f"tenant {name!r} does not exist", param="name")
+        return _json(await self._tenant_view(tenant, await self.models.all()))
+
+    async def create_tenant(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        self.require_admin(who)
+        data = await self.body(request)
+        check_tenant_name(data.get("name"))
+        data["created_s"] = self.clock()
+        try:
+            tenant = TenantSpec.model_validate(data)
+        except ValidationError as exc:
+            raise RegistryError(one_line(exc)) from None
+        try:
+            await self.tenants.create(tenant)
+        except TenantExists as exc:
+            raise Conflict(str(exc), param="name") from None
+        await self.events.record("tenant_created", now_s=self.clock(), tenant=tenant.name, by=who.label)
+        return _json(tenant.model_dump(mode="json"), status=201)
+
+    async def set_quota(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        self.require_admin(who)
+        name = request.path_params["name"]
+        raw = await self.body(request)
+        try:
+            quota = TenantQuota.model_validate(raw)
+        except ValidationError as exc:
+            raise RegistryError(one_line(exc)) from None
+        clear = frozenset(k for k, v in raw.items() if v is None)
+        try:
+            tenant = await self.tenants.set_quota(
+                name,
+                max_concurrent_requests=quota.max_concurrent_requests,
+                max_models=quota.max_models,
+                clear=clear,
+            )
+        except KeyError:
+            raise NotFound(f"tenant {name!r} does not exist", param="name") from None
+        await self.events.record("tenant_quota", now_s=self.clock(), tenant=name, by=who.label, **raw)
+        return _json(tenant.model_dump(mode="json"))
+
+    # --- status and events ------------------------------------------------------------------
+
+    async def _status_rows(self, specs: list[ModelSpec]) -> list[dict[str, Any]]:
+        now_s = self.clock()
+        targets = sorted({s.instance_model for s in specs})
+        phases = await self.phases.many(targets)
+        desired_raw = await awaited(self.redis.hgetall(self.keys.desired))
+        desired = {text(k): _replicas(v) for k, v in desired_raw.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for spec in specs:
+                pipe.zcard(self.keys.ready(spec.instance_model))
+                pipe.zcard(self.keys.queue(spec.name))
+                pipe.hget(self.keys.model_stats(spec.instance_model), "last_cold_start_s")
+                pipe.get(self.keys.warm(spec.instance_model))
+            raw = await pipe.execute()
+        rows: list[dict[str, Any]] = []
+        for i, spec in enumerate(specs):
+            ready, depth, cold, warm_raw = raw[4 * i : 4 * i + 4]
+            phase: ModelPhase = phases[spec.instance_model]
+            warm = WarmRequest.model_validate_json(warm_raw) if warm_raw else None
+            rows.append(
+                {
+                    "model": spec.name,
+                    "kind": spec.kind.value,
+                    "instance_model": spec.instance_model,
+                    "phase": phase.phase.value,
+                    "slurm_reason": phase.slurm_reason,
+                    "est_start_s": phase.est_start_s,
+                    "eta_s": phase.eta_s,
+                    "detail": phase.detail,
+                    "desired": desired.get(spec.instance_model),
+                    "actual": int(ready),
+                    "coming": phase.coming_instances,
+                    "queue_depth": int(depth),
+                    "last_cold_start_s": float(cold) if cold else None,
+                    "warm_until_s": warm.until_s if warm is not None and warm.until_s > now_s else None,
+                }
+            )
+        return rows
+
+    async def status(self, request: Request) -> Response:
+        who = await self.authenticate(request)
+        specs = [s for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
+        return _json({"object": "list", "now_s": self.clock(), "data": await self._status_rows(specs)})
+
+    async def list_events(self, request: Request) -> Response:
+        self.require_admin(await self.authenticate(request))
+        params = request.query_params
+        try:
+            count = max(1, min(1000, int(params.get("count", "50"))))
+        except ValueError:
+            raise ApiError(400, "count must be an integer", param="count") from None
+        events = await self.events.recent(
+            count=count, model=params.get("model") or None, kind=params.get("kind") or None
+        )
+        data = [
+            {"id": e.id, "at_s": e.at_s, "kind": e.kind, "model": e.model, "instance": e.instance, "detail": e.detail}
+            for e in events
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def openapi(self, request: Request) -> Response:
+        return _json(openapi_document())
+
+
+def _replicas(raw: object) -> int | None:
+    try:
+        value = orjson.loads(raw if isinstance(raw, bytes | str) else b"null")
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict):
+        value = value.get("replicas")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _endpoint(handler: Handler) -> Handler:
+    """Map every refusal to an OpenAI-shaped error, at this one boundary."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+        except RegistryError as exc:
+            return error_response(exc.status, str(exc), code=exc.code, param=exc.param)
+        except QuotaExceeded as exc:
+            return error_response(403, f"quota exceeded: {exc}", code="quota_exceeded")
+        except ModelExists as exc:
+            return error_response(409, str(exc), code="exists", param="name")
+        except TimeoutError:
+            return error_response(400, "the model's directory could not be read in time", code="fs_timeout")
+
+    return wrapped
+
+
+def build_admin_app(redis: aioredis.Redis, settings: Settings, *, clock: Clock = time.time) -> Starlette:
+    """The admin API as a Starlette app, to be mounted at `/admin`."""
+    api = AdminApi(redis, settings, clock)
+    routes = [
+        Route("/openapi.json", _endpoint(api.openapi), methods=["GET"]),
+        Route("/v1/models", _endpoint(api.list_models), methods=["GET"]),
+        Route("/v1/models", _endpoint(api.register_model), methods=["POST"]),
+        Route("/v1/models/{name}", _endpoint(api.show_model), methods=["GET"]),
+        Route("/v1/models/{name}", _endpoint(api.update_model), methods=["PATCH"]),
+        Route("/v1/models/{name}", _endpoint(api.remove_model), methods=["DELETE"]),
+        Route("/v1/models/{name}/warm", _endpoint(api.warm_model), methods=["POST"]),
+        Route("/v1/models/{name}/schedules", _endpoint(api.list_schedules), methods=["GET"]),
+        Route("/v1/models/{name}/schedules", _endpoint(api.add_schedule), methods=["POST"]),
+        Route("/v1/models/{name}/schedules/{sid}", _endpoint(api.remove_schedule), methods=["DELETE"]),
+        Route("/v1/schedules", _endpoint(api.list_schedules), methods=["GET"]),
+        Route("/v1/keys", _endpoint(api.list_keys), methods=["GET"]),
+        Route("/v1/keys", _endpoint(api.create_key), methods=["POST"]),
+        Route("/v1/keys/{key_id}", _endpoint(api.revoke_key), methods=["DELETE"]),
+        Route("/v1/tenants", _endpoint(api.list_tenants), methods=["GET"]),
+        Route("/v1/tenants", _endpoint(api.create_tenant), methods=["POST"]),
+        Route("/v1/tenants/{name}", _endpoint(api.show_tenant), methods=["GET"]),
+        Route("/v1/tenants/{name}", _endpoint(api.set_quota), methods=["PATCH"]),
+        Route("/v1/status", _endpoint(api.status), methods=["GET"]),
+        Route("/v1/events", _endpoint(api.list_events), methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def openapi_document(mount: str = "/admin") -> dict[str, Any]:
+    """A minimal, honest OpenAPI 3.1 description of the admin API, its schemas from the pydantic models."""
+    models: list[type[BaseModel]] = [
+        ModelSpec,
+        ScheduleCreate,
+        ScheduleSpec,
+        TenantSpec,
+        TenantQuota,
+        KeyCreate,
+        KeyCreated,
+        ApiKeyRecord,
+        WarmBody,
+        WarmRequest,
+        ModelPhase,
+        ErrorResponse,
+    ]
+    _, schemas = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def op(
+        summary: str,
+        *,
+        body: str | None = None,
+        ok: int = 200,
+        ok_schema: dict[str, Any] | None = None,
+        params: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        errors = {
+            str(c): {"description": _ERROR_TYPES[c], "content": {"application/json": {"schema": ref("ErrorResponse")}}}
+            for c in (400, 401, 403, 404, 409)
+        }
+        out: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                str(ok): {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": ok_schema or {"type": "object"}}},
+                },
+                **errors,
+            },
+        }
+        if body is not None:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
+        if params:
+            out["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+            ]
+        return out
+
+    paths: dict[str, Any] = {
+        "/v1/models": {
+            "get": op("List models the caller can see, with their phase"),
+            "post": op("Register a model or LoRA adapter", body="ModelSpec", ok=201),
+        },
+        "/v1/models/{name}": {
+            "get": op("Show a model: spec, status, adapters, schedules", params=("name",)),
+            "patch": op("Update a model (a partial ModelSpec, merged)", params=("name",)),
+            "delete": op("Remove a model", params=("name",)),
+        },
+        "/v1/models/{name}/warm": {
+            "post": op("Keep a model warm for a while", body="WarmBody", ok=202, params=("name",)),
+        },
+        "/v1/models/{name}/schedules": {
+            "get": op("List a model's schedules", params=("name",)),
+            "post": op("Add a cron or iCalendar schedule", body="ScheduleCreate", ok=201, params=("name",)),
+        },
+        "/v1/models/{name}/schedules/{sid}": {"delete": op("Remove a schedule", params=("name", "sid"))},
+        "/v1/schedules": {"get": op("List all schedules")},
+        "/v1/keys": {
+            "get": op("List API keys (never their secrets)"),
+            "post": op(
+                "Create an API key; the key is in the answer, once",
+                body="KeyCreate",
+                ok=201,
+                ok_schema=ref("KeyCreated"),
+            ),
+        },
+        "/v1/keys/{key_id}": {"delete": op("Revoke a key", params=("key_id",))},
+        "/v1/tenants": {
+            "get": op("List tenants with their quotas and model counts"),
+            "post": op("Create a tenant", body="TenantSpec", ok=201, ok_schema=ref("TenantSpec")),
+        },
+        "/v1/tenants/{name}": {
+            "get": op("Show a tenant", params=("name",)),
+            "patch": op(
+                "Set a tenant's quotas (null: unlimited)",
+                body="TenantQuota",
+                params=("name",),
+                ok_schema=ref("TenantSpec"),
+            ),
+        },
+        "/v1/status": {"get": op("Models with phase, desired/actual replicas, queue depth, last cold start")},
+        "/v1/events": {"get": op("The events stream, newest last (query: model, kind, count)")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "slurmless admin API", "version": "1"},
+        "servers": [{"url": mount}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+__all__ = ["AdminApi", "ApiError", "Principal", "build_admin_app", "error_response", "openapi_document"]

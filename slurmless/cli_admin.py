@@ -1,0 +1,776 @@
+"""The admin commands (`slurmless models|keys|tenants|schedules|status|events`), over the admin API.
+
+Every command talks HTTP to a running gateway (`--url`, `SLURMLESS_URL`) with an admin or
+self-service token (`--token`, `SLURMLESS_ADMIN_TOKEN`); nothing here touches Redis or Slurm.
+Failures print one line, `slurmless: <message>`, and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+REQUEST_TIMEOUT_S = 30.0
+ICS_MAX_BYTES = 1_000_000
+
+console = Console()
+err_console = Console(stderr=True)
+
+Url = Annotated[str, typer.Option("--url", envvar="SLURMLESS_URL", help="Gateway URL (the admin API is at /admin).")]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="SLURMLESS_ADMIN_TOKEN", help="Admin or self-service token.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
+
+models_app = typer.Typer(help="Register and manage models and LoRA adapters.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants and their quotas.", no_args_is_help=True)
+schedules_app = typer.Typer(help="Keep models warm on a cron expression or an .ics timetable.", no_args_is_help=True)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit 1."""
+    err_console.print(f"slurmless: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+class AdminClient:
+    """A thin, synchronous client of the admin API; every error becomes `fail(...)`."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.base = url.rstrip("/") + "/admin"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def call(
+        self, method: str, path: str, *, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        try:
+            response = httpx.request(
+                method,
+                self.base + path,
+                json=body,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers=self.headers,
+                timeout=REQUEST_TIMEOUT_S,
+            )
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach {self.base}: {exc or type(exc).__name__}")
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            message = None
+            if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                message = data["error"].get("message")
+            fail(str(message or f"HTTP {response.status_code} from {self.base + path}"))
+        if not isinstance(data, dict):
+            fail(f"unexpected answer from {self.base + path}")
+        return data
+
+
+def _print_json(data: object) -> None:
+    console.print_json(json.dumps(data))
+
+
+def _ago(at_s: float | None, now_s: float) -> str:
+    if at_s is None:
+        return "-"
+    delta = at_s - now_s
+    return f"in {_dur(delta)}" if delta >= 0 else f"{_dur(-delta)} ago"
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _engine_args(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not key.strip():
+            fail(f"--engine-arg {pair!r}: expected KEY=VALUE")
+        # A bare KEY switches a flag on (`--engine-arg enforce-eager`).
+        out[key.strip()] = value if sep else "true"
+    return out
+
+
+def _spec_body(
+    *,
+    source: str | None,
+    served_name: str | None,
+    alias: list[str] | None,
+    gpus: int | None,
+    nodes: int | None,
+    cpus: int | None,
+    mem_mb: int | None,
+    partition: list[str] | None,
+    qos: list[str] | None,
+    account: str | None,
+    constraint: str | None,
+    time_limit_min: int | None,
+    time_min_min: int | None,
+    engine_arg: list[str] | None,
+    drop_engine_arg: list[str] | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    keepalive_min_s: float | None,
+    keepalive_max_s: float | None,
+    cold_wait_budget_s: float | None,
+    warm_wait_budget_s: float | None,
+    max_concurrency: int | None,
+    tenant: list[str] | None,
+    private: bool | None,
+    owner: str | None,
+    lora_of: str | None,
+) -> dict[str, Any]:
+    """The JSON of the options that were given (update merges it into the stored spec)."""
+    body: dict[str, Any] = {}
+    for key, value in (("source", source), ("served_name", served_name), ("owner_tenant", owner)):
+        if value is not None:
+            body[key] = value
+    if alias:
+        body["aliases"] = alias
+    if lora_of is not None:
+        body["kind"] = "lora"
+        body["base_model"] = lora_of
+    resources: dict[str, Any] = {
+        "gpus": gpus,
+        "nodes": nodes,
+        "cpus": cpus,
+        "mem_mb": mem_mb,
+        "partitions": partition or None,
+        "qos": qos or None,
+        "account": account,
+        "constraint": constraint,
+        "time_limit_min": time_limit_min,
+        "time_min_min": time_min_min,
+    }
+    if given := {k: v for k, v in resources.items() if v is not None}:
+        body["resources"] = given
+    policy: dict[str, Any] = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "keepalive_min_s": keepalive_min_s,
+        "keepalive_max_s": keepalive_max_s,
+        "cold_wait_budget_s": cold_wait_budget_s,
+        "warm_wait_budget_s": warm_wait_budget_s,
+        "max_concurrency": max_concurrency,
+    }
+    if given := {k: v for k, v in policy.items() if v is not None}:
+        body["policy"] = given
+    args: dict[str, Any] = _engine_args(engine_arg or [])
+    for key in drop_engine_arg or []:
+        args[key if key.startswith("--") else "--" + key.replace("_", "-")] = None
+    if args:
+        body["engine_args"] = args
+    visibility: dict[str, Any] = {}
+    if tenant:
+        visibility = {"public": False, "tenants": tenant}
+    if private is not None:
+        visibility["public"] = not private
+    if visibility:
+        body["visibility"] = visibility
+    return body
+
+
+# Options shared by `models register` and `models update`.
+Source = Annotated[str | None, typer.Option(help="Absolute path under a model root, or a hub id where allowed.")]
+ServedName = Annotated[str | None, typer.Option("--served-name", help="The name clients use (default: NAME).")]
+Alias = Annotated[list[str] | None, typer.Option("--alias", help="Another client name (repeatable).")]
+Gpus = Annotated[int | None, typer.Option(help="GPUs per node (default: estimated from config.json).")]
+Nodes = Annotated[int | None, typer.Option(help="Nodes per instance.")]
+Cpus = Annotated[int | None, typer.Option(help="CPUs per instance.")]
+MemMb = Annotated[int | None, typer.Option("--mem-mb", help="Memory per node in MB.")]
+Partition = Annotated[list[str] | None, typer.Option("--partition", help="Allowed partition (repeatable).")]
+Qos = Annotated[list[str] | None, typer.Option("--qos", help="Allowed QOS (repeatable).")]
+Account = Annotated[str | None, typer.Option(help="Slurm account.")]
+Constraint = Annotated[str | None, typer.Option(help="Slurm feature constraint.")]
+TimeLimit = Annotated[int | None, typer.Option("--time-limit-min", help="Job time limit in minutes.")]
+TimeMin = Annotated[
+    int | None, typer.Option("--time-min-min", help="--time-min in minutes (lets backfill start early).")
+]
+EngineArg = Annotated[
+    list[str] | None, typer.Option("--engine-arg", help="Allow-listed engine argument KEY=VALUE (repeatable).")
+]
+DropEngineArg = Annotated[list[str] | None, typer.Option("--drop-engine-arg", help="Remove an engine argument.")]
+MinReplicas = Annotated[int | None, typer.Option("--min-replicas")]
+MaxReplicas = Annotated[int | None, typer.Option("--max-replicas")]
+KeepaliveMin = Annotated[
+    float | None, typer.Option("--keepalive-min-s", help="Shortest idle time before scaling to zero.")
+]
+KeepaliveMax = Annotated[
+    float | None, typer.Option("--keepalive-max-s", help="Longest idle time before scaling to zero.")
+]
+ColdBudget = Annotated[float | None, typer.Option("--cold-wait-budget-s", help="Wait budget while no instance runs.")]
+WarmBudget = Annotated[float | None, typer.Option("--warm-wait-budget-s", help="Wait budget while instances are busy.")]
+MaxConcurrency = Annotated[int | None, typer.Option("--max-concurrency", help="Requests one instance serves at once.")]
+Tenants = Annotated[
+    list[str] | None, typer.Option("--tenant", help="Tenant that may use the model (repeatable; makes it private).")
+]
+Owner = Annotated[str | None, typer.Option("--owner", help="Owning tenant (admins only).")]
+LoraOf = Annotated[str | None, typer.Option("--lora-of", help="Register a LoRA adapter on this base model.")]
+
+
+def _print_notes(result: dict[str, Any]) -> None:
+    for note in result.get("notes") or []:
+        console.print(f"  note: {note}", markup=False, highlight=False)
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Model name: a DNS label.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    source: Source = None,
+    served_name: ServedName = None,
+    alias: Alias = None,
+    gpus: Gpus = None,
+    nodes: Nodes = None,
+    cpus: Cpus = None,
+    mem_mb: MemMb = None,
+    partition: Partition = None,
+    qos: Qos = None,
+    account: Account = None,
+    constraint: Constraint = None,
+    time_limit_min: TimeLimit = None,
+    time_min_min: TimeMin = None,
+    engine_arg: EngineArg = None,
+    min_replicas: MinReplicas = None,
+    max_replicas: MaxReplicas = None,
+    keepalive_min_s: KeepaliveMin = None,
+    keepalive_max_s: KeepaliveMax = None,
+    cold_wait_budget_s: ColdBudget = None,
+    warm_wait_budget_s: WarmBudget = None,
+    max_concurrency: MaxConcurrency = None,
+    tenant: Tenants = None,
+    private: Annotated[bool, typer.Option("--private", help="Visible only to its tenants.")] = False,
+    owner: Owner = None,
+    lora_of: LoraOf = None,
+) -> None:
+    """Register a model (or, with --lora-of, a LoRA adapter on a base model)."""
+    if source is None:
+        fail("models register needs --source")
+    body = {"name": name} | _spec_body(
+        source=source,
+        served_name=served_name,
+        alias=alias,
+        gpus=gpus,
+        nodes=nodes,
+        cpus=cpus,
+        mem_mb=mem_mb,
+        partition=partition,
+        qos=qos,
+        account=account,
+        constraint=constraint,
+        time_limit_min=time_limit_min,
+        time_min_min=time_min_min,
+        engine_arg=engine_arg,
+        drop_engine_arg=None,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        keepalive_min_s=keepalive_min_s,
+        keepalive_max_s=keepalive_max_s,
+        cold_wait_budget_s=cold_wait_budget_s,
+        warm_wait_budget_s=warm_wait_budget_s,
+        max_concurrency=max_concurrency,
+        tenant=tenant,
+        private=True if private else None,
+        owner=owner,
+        lora_of=lora_of,
+    )
+    result = AdminClient(url, token).call("POST", "/v1/models", body=body)
+    spec = result["model"]
+    res = spec["resources"]
+    what = (
+        f"adapter on {spec['base_model']}"
+        if spec["kind"] == "lora"
+        else f"{res['gpus']} GPU(s) x {res['nodes']} node(s)"
+    )
+    console.print(f"registered {spec['name']} ({what})", markup=False, highlight=False)
+    _print_notes(result)
+
+
+@models_app.command("update")
+def models_update(
+    name: Annotated[str, typer.Argument(help="The registered model.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    source: Source = None,
+    served_name: ServedName = None,
+    alias: Alias = None,
+    gpus: Gpus = None,
+    nodes: Nodes = None,
+    cpus: Cpus = None,
+    mem_mb: MemMb = None,
+    partition: Partition = None,
+    qos: Qos = None,
+    account: Account = None,
+    constraint: Constraint = None,
+    time_limit_min: TimeLimit = None,
+    time_min_min: TimeMin = None,
+    engine_arg: EngineArg = None,
+    drop_engine_arg: DropEngineArg = None,
+    min_replicas: MinReplicas = None,
+    max_replicas: MaxReplicas = None,
+    keepalive_min_s: KeepaliveMin = None,
+    keepalive_max_s: KeepaliveMax = None,
+    cold_wait_budget_s: ColdBudget = None,
+    warm_wait_budget_s: WarmBudget = None,
+    max_concurrency: MaxConcurrency = None,
+    tenant: Tenants = None,
+    private: Annotated[
+        bool | None, typer.Option("--private/--public", help="Make the model private or public.", show_default=False)
+    ] = None,
+    owner: Owner = None,
+) -> None:
+    """Change some fields of a model; the others keep their values."""
+    body = _spec_body(
+        source=source,
+        served_name=served_name,
+        alias=alias,
+        gpus=gpus,
+        nodes=nodes,
+        cpus=cpus,
+        mem_mb=mem_mb,
+        partition=partition,
+        qos=qos,
+        account=account,
+        constraint=constraint,
+        time_limit_min=time_limit_min,
+        time_min_min=time_min_min,
+        engine_arg=engine_arg,
+        drop_engine_arg=drop_engine_arg,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        keepalive_min_s=keepalive_min_s,
+        keepalive_max_s=keepalive_max_s,
+        cold_wait_budget_s=cold_wait_budget_s,
+        warm_wait_budget_s=warm_wait_budget_s,
+        max_concurrency=max_concurrency,
+        tenant=tenant,
+        private=private,
+        owner=owner,
+        lora_of=None,
+    )
+    if not body:
+        fail("nothing to update: give at least one option")
+    result = AdminClient(url, token).call("PATCH", f"/v1/models/{_seg(name)}", body=body)
+    console.print(f"updated {result['model']['name']}", markup=False, highlight=False)
+    _print_notes(result)
+
+
+def _seg(value: str) -> str:
+    """A path segment: names are validated server-side, but never let one add path components."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+@models_app.command("remove")
+def models_remove(name: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Remove a model (its schedules and warm requests go with it; running instances drain)."""
+    AdminClient(url, token).call("DELETE", f"/v1/models/{_seg(name)}")
+    console.print(f"removed {name}", markup=False, highlight=False)
+
+
+@models_app.command("list")
+def models_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """Models you can see, with their phase."""
+    data = AdminClient(url, token).call("GET", "/v1/models")["data"]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("model", "kind", "source", "served as", "GPUs", "replicas", "visibility", "phase")
+    for row in data:
+        spec, phase = row["model"], row["phase"]
+        res, pol, vis = spec["resources"], spec["policy"], spec["visibility"]
+        kind = f"lora of {spec['base_model']}" if spec["kind"] == "lora" else "base"
+        gpus = "-" if spec["kind"] == "lora" else f"{res['gpus']}x{res['nodes']}"
+        visible = (
+            "public" if vis["public"] else "private: " + ", ".join(vis["tenants"] or [spec.get("owner_tenant") or "-"])
+        )
+        names = ", ".join([spec.get("served_name") or spec["name"], *spec["aliases"]])
+        table.add_row(
+            spec["name"],
+            kind,
+            spec["source"],
+            names,
+            gpus,
+            f"{pol['min_replicas']}-{pol['max_replicas']}",
+            visible,
+            phase["phase"],
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """One model: its spec, status, adapters and schedules."""
+    data = AdminClient(url, token).call("GET", f"/v1/models/{_seg(name)}")
+    if as_json:
+        _print_json(data)
+        return
+    spec, status = data["model"], data["status"]
+    table = Table(show_header=False, title=spec["name"])
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key in (
+        "kind",
+        "base_model",
+        "source",
+        "served_name",
+        "aliases",
+        "owner_tenant",
+        "visibility",
+        "engine_args",
+        "resources",
+        "policy",
+    ):
+        value = spec.get(key)
+        if value in (None, [], {}):
+            continue
+        table.add_row(key, Text(json.dumps(value) if not isinstance(value, str) else value))
+    table.add_row("phase", Text(_phase_text(status, time.time())))
+    table.add_row("replicas", f"{_opt(status['desired'])} desired / {status['actual']} ready")
+    table.add_row("queue", str(status["queue_depth"]))
+    table.add_row("last cold start", _dur(status["last_cold_start_s"]))
+    if data["adapters"]:
+        table.add_row("adapters", ", ".join(data["adapters"]))
+    for sched in data["schedules"]:
+        table.add_row(
+            f"schedule {sched['id']}", Text(f"{sched['summary']}, {sched['replicas']} replica(s), {sched['timezone']}")
+        )
+    console.print(table)
+
+
+def _opt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _phase_text(status: dict[str, Any], now_s: float) -> str:
+    phase = str(status["phase"])
+    parts = [phase]
+    if status.get("slurm_reason"):
+        parts.append(f"reason {status['slurm_reason']}")
+    if status.get("est_start_s"):
+        parts.append(f"est. start {_ago(status['est_start_s'], now_s)}")
+    if status.get("eta_s") and phase != "ready":
+        parts.append(f"ready {_ago(status['eta_s'], now_s)}")
+    if status.get("detail"):
+        parts.append(str(status["detail"]))
+    return ", ".join(parts)
+
+
+_PHASE_STYLE = {"ready": "green", "loading": "yellow", "starting": "yellow", "pending": "cyan", "failed": "red"}
+
+
+@models_app.command("warm")
+def models_warm(
+    name: str,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the phases until the model answers.")] = False,
+    duration_s: Annotated[float, typer.Option("--duration-s", help="Keep it warm this long.")] = 1800.0,
+    replicas: Annotated[int, typer.Option(help="Replicas to keep warm.")] = 1,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Give up waiting after this long.")] = 3600.0,
+    poll_s: Annotated[float, typer.Option("--poll-s", help="Seconds between status polls.")] = 1.0,
+) -> None:
+    """Warm a model now (for --duration-s); with --wait, show its phases until it is ready."""
+    client = AdminClient(url, token)
+    result = client.call("POST", f"/v1/models/{_seg(name)}/warm", body={"duration_s": duration_s, "replicas": replicas})
+    warm = result["warm"]
+    console.print(
+        f"warming {warm['model']}: {warm['replicas']} replica(s) for {_dur(duration_s)}", markup=False, highlight=False
+    )
+    if not wait:
+        return
+    started = time.monotonic()
+    phases_seen: list[str] = []
+    status: dict[str, Any] = {}
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            status = client.call("GET", f"/v1/models/{_seg(name)}")["status"]
+            phase = str(status["phase"])
+            if not phases_seen or phases_seen[-1] != phase:
+                phases_seen.append(phase)
+            elapsed_s = time.monotonic() - started
+            line = Text.assemble(
+                (f"{name} ", "bold"),
+                (phase, _PHASE_STYLE.get(phase, "")),
+                f"  {_phase_text(status, time.time()).removeprefix(phase).lstrip(', ')}",
+                f"  elapsed {_dur(elapsed_s)}",
+            )
+            live.update(Group(Text("phases: " + " -> ".join(phases_seen)), line))
+            if phase in ("ready", "failed") or elapsed_s >= timeout_s:
+                break
+            time.sleep(poll_s)
+    elapsed_s = time.monotonic() - started
+    if status.get("phase") == "ready":
+        console.print(f"{name} is ready after {_dur(elapsed_s)}", markup=False, highlight=False)
+        return
+    if status.get("phase") == "failed":
+        fail(f"{name} failed to start: {status.get('detail') or 'see slurmless events --model ' + name}")
+    fail(f"{name} is not ready after {_dur(elapsed_s)} (phase {status.get('phase')})")
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+
+@schedules_app.command("add")
+def schedules_add(
+    model: str,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    cron: Annotated[str | None, typer.Option(help="Cron expression, e.g. '0 8 * * 1-5'.")] = None,
+    duration_s: Annotated[float | None, typer.Option("--duration-s", help="Length of each cron window.")] = None,
+    ics: Annotated[Path | None, typer.Option(help="An .ics timetable file.")] = None,
+    tz: Annotated[str, typer.Option("--tz", help="Time zone of the schedule.")] = "UTC",
+    replicas: Annotated[int, typer.Option(help="Replicas during each window.")] = 1,
+) -> None:
+    """Keep MODEL warm during cron windows or the events of an .ics timetable."""
+    if (cron is None) == (ics is None):
+        fail("give exactly one of --cron or --ics")
+    body: dict[str, Any] = {"timezone": tz, "replicas": replicas}
+    if cron is not None:
+        if duration_s is None:
+            fail("--cron needs --duration-s")
+        body |= {"kind": "cron", "expression": cron, "duration_s": duration_s}
+    else:
+        assert ics is not None
+        try:
+            if ics.stat().st_size > ICS_MAX_BYTES:
+                fail(f"{ics} is larger than {ICS_MAX_BYTES} bytes")
+            feed = ics.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {ics}: {exc}")
+        body |= {"kind": "ics", "ics": feed}
+    result = AdminClient(url, token).call("POST", f"/v1/models/{_seg(model)}/schedules", body=body)
+    sched = result["schedule"]
+    console.print(f"added schedule {sched['id']} to {model}: {sched['summary']}", markup=False, highlight=False)
+
+
+@schedules_app.command("list")
+def schedules_list(
+    model: Annotated[str | None, typer.Argument(help="Only this model's schedules.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Schedules of one model or all."""
+    path = f"/v1/models/{_seg(model)}/schedules" if model else "/v1/schedules"
+    data = AdminClient(url, token).call("GET", path)["data"]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("id", "model", "kind", "schedule", "tz", "replicas")
+    for s in data:
+        table.add_row(s["id"], s["model"], s["kind"], s["summary"], s["timezone"], str(s["replicas"]))
+    console.print(table)
+
+
+@schedules_app.command("remove")
+def schedules_remove(model: str, schedule_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Remove one schedule of a model."""
+    AdminClient(url, token).call("DELETE", f"/v1/models/{_seg(model)}/schedules/{_seg(schedule_id)}")
+    console.print(f"removed schedule {schedule_id} of {model}", markup=False, highlight=False)
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The key's tenant.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    name: Annotated[str, typer.Option(help="A label, e.g. the holder's name.")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="May use the whole admin API.")] = False,
+    can_register: Annotated[bool, typer.Option("--can-register", help="May register models for its tenant.")] = False,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+) -> None:
+    """Create a key and print it: this is the only time it is shown."""
+    body = {
+        "tenant": tenant,
+        "name": name,
+        "admin": admin,
+        "can_register": can_register,
+        "rpm_limit": rpm,
+        "concurrency_limit": concurrency,
+    }
+    result = AdminClient(url, token).call("POST", "/v1/keys", body=body)
+    record = result["record"]
+    err_console.print(
+        f"created key {record['key_id']} for tenant {record['tenant']}; store it now, it is not shown again:",
+        markup=False,
+        highlight=False,
+    )
+    # The key alone on stdout, so that `KEY=$(slurmless keys create ...)` works.
+    print(result["key"])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Revoke a key by its id (gateways stop accepting it within their key cache TTL)."""
+    AdminClient(url, token).call("DELETE", f"/v1/keys/{_seg(key_id)}")
+    console.print(f"revoked {key_id}", markup=False, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Keys (ids and rights, never the secrets)."""
+    data = AdminClient(url, token).call("GET", "/v1/keys", params={"tenant": tenant})["data"]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("key id", "tenant", "name", "rights", "rpm", "concurrency", "state")
+    for r in data:
+        rights = ", ".join(x for x, on in (("admin", r["admin"]), ("register", r["can_register"])) if on) or "use"
+        table.add_row(
+            r["key_id"],
+            r["tenant"],
+            r["name"],
+            rights,
+            _opt(r["rpm_limit"]),
+            _opt(r["concurrency_limit"]),
+            "revoked" if r["revoked"] else "active",
+        )
+    console.print(table)
+
+
+# --- tenants -------------------------------------------------------------------------------
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: str,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    description: Annotated[str, typer.Option(help="What the tenant is.")] = "",
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="Requests in flight at once.")] = None,
+    max_models: Annotated[int | None, typer.Option("--max-models", help="Models it may own.")] = None,
+) -> None:
+    """Create a tenant (a group, course or project) with optional quotas."""
+    body = {
+        "name": name,
+        "description": description,
+        "max_concurrent_requests": max_concurrent,
+        "max_models": max_models,
+    }
+    AdminClient(url, token).call("POST", "/v1/tenants", body=body)
+    console.print(f"created tenant {name}", markup=False, highlight=False)
+
+
+@tenants_app.command("list")
+def tenants_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """Tenants, their quotas and how many models they own."""
+    data = AdminClient(url, token).call("GET", "/v1/tenants")["data"]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("tenant", "description", "max concurrent", "models / max")
+    for t in data:
+        table.add_row(
+            t["name"],
+            t["description"],
+            _opt(t["max_concurrent_requests"]),
+            f"{t['models']} / {_opt(t['max_models'])}",
+        )
+    console.print(table)
+
+
+@tenants_app.command("set-quota")
+def tenants_set_quota(
+    name: str,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent")] = None,
+    max_models: Annotated[int | None, typer.Option("--max-models")] = None,
+    unlimited_concurrent: Annotated[bool, typer.Option("--unlimited-concurrent")] = False,
+    unlimited_models: Annotated[bool, typer.Option("--unlimited-models")] = False,
+) -> None:
+    """Change a tenant's quotas."""
+    body: dict[str, Any] = {}
+    if max_concurrent is not None or unlimited_concurrent:
+        body["max_concurrent_requests"] = None if unlimited_concurrent else max_concurrent
+    if max_models is not None or unlimited_models:
+        body["max_models"] = None if unlimited_models else max_models
+    if not body:
+        fail("nothing to set: give --max-concurrent, --max-models or an --unlimited-* flag")
+    t = AdminClient(url, token).call("PATCH", f"/v1/tenants/{_seg(name)}", body=body)
+    console.print(
+        f"tenant {t['name']}: max concurrent {_opt(t['max_concurrent_requests'])}, max models {_opt(t['max_models'])}",
+        markup=False,
+        highlight=False,
+    )
+
+
+# --- status and events ---------------------------------------------------------------------
+
+
+def status_command(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """Models with their phase, desired/actual replicas, queue depth and last cold start."""
+    result = AdminClient(url, token).call("GET", "/v1/status")
+    if as_json:
+        _print_json(result["data"])
+        return
+    now_s = float(result.get("now_s") or time.time())
+    table = Table("model", "phase", "replicas (desired/ready)", "queue", "last cold start", "warm until")
+    for row in result["data"]:
+        phase = str(row["phase"])
+        name = row["model"] if row["kind"] == "base" else f"{row['model']} (on {row['instance_model']})"
+        table.add_row(
+            name,
+            Text(_phase_text(row, now_s), style=_PHASE_STYLE.get(phase, "")),
+            f"{_opt(row['desired'])}/{row['actual']}",
+            str(row["queue_depth"]),
+            _dur(row["last_cold_start_s"]),
+            _ago(row["warm_until_s"], now_s) if row["warm_until_s"] else "-",
+        )
+    console.print(table)
+
+
+def events_command(
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    model: Annotated[str | None, typer.Option(help="Only this model's events.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only events of this kind.")] = None,
+    count: Annotated[int, typer.Option(help="How many (newest).")] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """The events stream, newest last: why a model is warm, cold, pending or failed."""
+    data = AdminClient(url, token).call("GET", "/v1/events", params={"model": model, "kind": kind, "count": count})[
+        "data"
+    ]
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("time", "kind", "model", "instance", "detail")
+    for e in data:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at_s"]))
+        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
+        table.add_row(at, e["kind"], e["model"], e["instance"], Text(detail))
+    console.print(table)

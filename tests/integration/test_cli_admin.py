@@ -1,0 +1,318 @@
+"""The admin CLI end to end: typer's CliRunner against a real uvicorn server and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from slurmless.cli import app
+from slurmless.localredis import LocalRedis
+from tests.integration.test_admin_api import (
+    ADMIN_TOKEN,
+    LECTURES_ICS,
+    AdminServer,
+    Clock,
+    make_model_roots,
+    make_settings,
+)
+from warmpool.keys import Keys
+from warmpool.phase import ModelPhase, Phase
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def server(redis_server: LocalRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminServer]:
+    root = make_model_roots(tmp_path_factory.mktemp("cli"))
+    srv = AdminServer(make_settings(redis_server.url, root), Clock())
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def db(server: AdminServer, redis_server: LocalRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def root(server: AdminServer) -> Path:
+    return server.settings.model_roots[0]
+
+
+def stored_spec(db: redis.Redis, name: str) -> dict[str, Any]:
+    raw = cast(bytes | None, db.hget(Keys().models, name))
+    assert raw is not None
+    spec: dict[str, Any] = json.loads(raw)
+    return spec
+
+
+def cli(server: AdminServer, *args: str, token: str = ADMIN_TOKEN) -> tuple[int, str, str]:
+    env = {"SLURMLESS_URL": server.url, "SLURMLESS_ADMIN_TOKEN": token, "COLUMNS": "200"}
+    result = runner.invoke(app, list(args), env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def ok(server: AdminServer, *args: str, token: str = ADMIN_TOKEN) -> str:
+    code, out, err = cli(server, *args, token=token)
+    assert code == 0, (args, out, err)
+    return out
+
+
+def refused(server: AdminServer, *args: str, token: str = ADMIN_TOKEN) -> str:
+    code, out, err = cli(server, *args, token=token)
+    assert code == 1, (args, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slurmless: "), err
+    assert "Traceback" not in out + err
+    return lines[0]
+
+
+def test_tenants_and_keys(server: AdminServer, db: redis.Redis) -> None:
+    assert "created tenant physics" in ok(server, "tenants", "create", "physics", "--max-models", "1")
+    assert "exists already" in refused(server, "tenants", "create", "physics")
+    out = ok(server, "tenants", "set-quota", "physics", "--max-concurrent", "20")
+    assert "max concurrent 20, max models 1" in out
+    listed = json.loads(ok(server, "tenants", "list", "--json"))
+    assert [(t["name"], t["max_concurrent_requests"], t["max_models"]) for t in listed] == [("physics", 20, 1)]
+    assert "physics" in ok(server, "tenants", "list")
+
+    code, out, err = cli(server, "keys", "create", "--tenant", "physics", "--can-register", "--rpm", "60")
+    assert code == 0 and "not shown again" in err
+    key = out.strip()
+    assert key.startswith("sk-sl-") and key.encode() not in b"".join(cast(list[bytes], db.hvals(Keys().api_keys)))
+    table = ok(server, "keys", "list")
+    key_id = key.split("-")[2]
+    assert key_id in table and "register" in table and key not in table
+    assert "revoked" in ok(server, "keys", "revoke", key_id)
+    assert json.loads(ok(server, "keys", "list", "--json"))[0]["revoked"] is True
+    assert refused(server, "keys", "revoke", "nokey") == "slurmless: key 'nokey' does not exist"
+    assert "create it first" in refused(server, "keys", "create", "--tenant", "nobody")
+
+
+def test_models_lifecycle(server: AdminServer, db: redis.Redis, root: Path) -> None:
+    ok(server, "tenants", "create", "physics")
+    out = ok(
+        server,
+        "models",
+        "register",
+        "llama-8b",
+        "--source",
+        f"{root}/llama-8b",
+        "--alias",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--engine-arg",
+        "max_model_len=8192",
+        "--engine-arg",
+        "enforce-eager",
+        "--partition",
+        "gpu",
+        "--qos",
+        "normal",
+        "--time-limit-min",
+        "120",
+        "--time-min-min",
+        "30",
+        "--max-replicas",
+        "2",
+        "--keepalive-min-s",
+        "300",
+        "--cold-wait-budget-s",
+        "600",
+    )
+    assert "registered llama-8b (1 GPU(s) x 1 node(s))" in out and "estimated ~8.0B parameters" in out
+    stored = stored_spec(db, "llama-8b")
+    assert stored["engine_args"] == {"--max-model-len": 8192, "--enforce-eager": True}
+    assert stored["resources"]["partitions"] == ["gpu"] and stored["resources"]["time_min_min"] == 30
+    assert stored["policy"]["keepalive_min_s"] == 300 and stored["policy"]["cold_wait_budget_s"] == 600
+
+    ok(server, "models", "register", "tutor", "--source", f"{root}/tutor", "--lora-of", "llama-8b")
+    listed = ok(server, "models", "list")
+    assert "llama-8b" in listed and "lora of llama-8b" in listed
+    shown = ok(server, "models", "show", "llama-8b")
+    assert "adapters" in shown and "tutor" in shown and "cold" in shown
+
+    assert "updated llama-8b" in ok(
+        server,
+        "models",
+        "update",
+        "llama-8b",
+        "--gpus",
+        "2",
+        "--drop-engine-arg",
+        "enforce-eager",
+        "--private",
+        "--tenant",
+        "physics",
+    )
+    stored = stored_spec(db, "llama-8b")
+    assert stored["resources"]["gpus"] == 2 and stored["engine_args"] == {"--max-model-len": 8192}
+    assert stored["visibility"] == {"public": False, "tenants": ["physics"]}
+    assert stored["policy"]["max_replicas"] == 2
+    assert "nothing to update" in refused(server, "models", "update", "llama-8b")
+
+    assert "is the base of adapter(s) tutor" in refused(server, "models", "remove", "llama-8b")
+    ok(server, "models", "remove", "tutor")
+    ok(server, "models", "remove", "llama-8b")
+    assert db.hlen(Keys().models) == 0
+    assert refused(server, "models", "show", "llama-8b") == "slurmless: model 'llama-8b' does not exist"
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["bad;name", "--source", "{root}/llama-8b"], "DNS label"),
+        (["ok", "--source", "{root}/../outside"], "'..'"),
+        (["ok", "--source", "{root}/escape"], "symlink escape"),
+        (["ok", "--source", "/etc/passwd"], "outside the model roots"),
+        (["ok", "--source", "{root}/llama-8b", "--engine-arg", "trust-remote-code=true"], "not in the allow-list"),
+        (["ok", "--source", "{root}/llama-8b", "--engine-arg", "dtype=$(reboot)"], "plain word"),
+        (["ok", "--source", "{root}/llama-8b", "--engine-arg", "=1"], "expected KEY=VALUE"),
+        (["ok", "--source", "{root}/llama-8b", "--gpus", "16"], "GPUs per node"),
+        (["ok", "--source", "{root}/llama-405b"], "offers at most 4"),
+        (["ok", "--source", "{root}/llama-8b", "--partition", "x;y"], "invalid partition"),
+        (["ok"], "needs --source"),
+    ],
+)
+def test_hostile_registrations(server: AdminServer, db: redis.Redis, root: Path, args: list[str], why: str) -> None:
+    line = refused(server, "models", "register", *(a.replace("{root}", str(root)) for a in args))
+    assert why in line, line
+    assert db.dbsize() == 0
+
+
+def test_errors_are_one_line(server: AdminServer, db: redis.Redis) -> None:
+    assert "invalid or revoked token" in refused(server, "models", "list", token="sk-sl-wrong-key")
+    assert "missing bearer token" in refused(server, "status", token="")
+    code, _, err = cli(server, "models", "list", "--url", "http://127.0.0.1:1")
+    assert code == 1 and err.startswith("slurmless: cannot reach http://127.0.0.1:1/admin") and "Traceback" not in err
+
+
+def test_self_service_from_the_cli(server: AdminServer, db: redis.Redis, root: Path) -> None:
+    ok(server, "tenants", "create", "physics", "--max-models", "1")
+    ok(server, "tenants", "create", "chem")
+    physics = ok(server, "keys", "create", "--tenant", "physics", "--can-register").strip()
+    chem = ok(server, "keys", "create", "--tenant", "chem", "--can-register").strip()
+    ok(server, "models", "register", "phys-llama", "--source", f"{root}/llama-8b", token=physics)
+    assert "quota exceeded" in refused(
+        server, "models", "register", "phys-two", "--source", f"{root}/llama-8b", token=physics
+    )
+    assert "phys-llama" not in ok(server, "models", "list", token=chem)
+    assert "does not exist" in refused(server, "models", "show", "phys-llama", token=chem)
+    assert "does not exist" in refused(server, "models", "warm", "phys-llama", token=chem)
+    assert "needs an admin key" in refused(server, "keys", "list", token=physics)
+    assert "private: physics" in ok(server, "models", "list", token=physics)
+
+
+def test_schedules(server: AdminServer, db: redis.Redis, root: Path, tmp_path: Path) -> None:
+    ok(server, "models", "register", "llama-8b", "--source", f"{root}/llama-8b", "--max-replicas", "2")
+    out = ok(
+        server,
+        "schedules",
+        "add",
+        "llama-8b",
+        "--cron",
+        "0 8 * * 1-5",
+        "--duration-s",
+        "3600",
+        "--tz",
+        "Europe/Berlin",
+        "--replicas",
+        "2",
+    )
+    assert "cron '0 8 * * 1-5' for 3600s" in out
+    feed = tmp_path / "lectures.ics"
+    feed.write_text(LECTURES_ICS)
+    assert "ics feed with 1 event(s)" in ok(server, "schedules", "add", "llama-8b", "--ics", str(feed))
+    data = json.loads(ok(server, "schedules", "list", "llama-8b", "--json"))
+    assert sorted(s["kind"] for s in data) == ["cron", "ics"]
+    assert "Europe/Berlin" in ok(server, "schedules", "list")
+    assert "exactly one of --cron or --ics" in refused(server, "schedules", "add", "llama-8b")
+    assert "needs --duration-s" in refused(server, "schedules", "add", "llama-8b", "--cron", "0 8 * * *")
+    assert "invalid cron expression" in refused(
+        server, "schedules", "add", "llama-8b", "--cron", "0 8 * *; id", "--duration-s", "60"
+    )
+    assert "cannot read" in refused(server, "schedules", "add", "llama-8b", "--ics", str(tmp_path / "missing.ics"))
+    cron_id = next(s["id"] for s in data if s["kind"] == "cron")
+    assert "removed schedule" in ok(server, "schedules", "remove", "llama-8b", cron_id)
+    assert db.hlen(Keys().schedules("llama-8b")) == 1
+
+
+def test_status_and_events(server: AdminServer, db: redis.Redis, root: Path) -> None:
+    keys = Keys()
+    ok(server, "models", "register", "llama-8b", "--source", f"{root}/llama-8b")
+    db.set(keys.phase("llama-8b"), ModelPhase(phase=Phase.PENDING, slurm_reason="Priority").model_dump_json())
+    db.hset(keys.desired, "llama-8b", json.dumps({"replicas": 1}))
+    db.zadd(keys.queue("llama-8b"), {"t1": 1, "t2": 2, "t3": 3})
+    db.hset(keys.model_stats("llama-8b"), "last_cold_start_s", "95")
+    rows = json.loads(ok(server, "status", "--json"))
+    assert [
+        (r["model"], r["phase"], r["desired"], r["actual"], r["queue_depth"], r["last_cold_start_s"]) for r in rows
+    ] == [("llama-8b", "pending", 1, 0, 3, 95.0)]
+    table = ok(server, "status")
+    assert "pending, reason Priority" in table and "1/0" in table and "95s" in table
+    events = ok(server, "events", "--model", "llama-8b")
+    assert "model_registered" in events
+
+
+def test_warm_wait_follows_phases_until_ready(server: AdminServer, db: redis.Redis, root: Path) -> None:
+    """`models warm --wait` against a stand-in for the launcher: it reacts to the demand signal and
+    moves the phase on each time the CLI has looked, so every phase is seen without sleeps."""
+    keys = Keys()
+    ok(server, "models", "register", "llama-8b", "--source", f"{root}/llama-8b")
+    path = "/admin/v1/models/llama-8b"
+    pubsub = db.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(keys.demand_channel)
+    assert pubsub.get_message(timeout=5) is not None  # the subscribe confirmation
+    failures: list[BaseException] = []
+
+    def launcher_stand_in() -> None:
+        try:
+            message = None
+            while message is None:
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
+            assert message["data"] == b"llama-8b"
+            seen = server.counter.counts.get(path, 0)
+            for phase in (
+                ModelPhase(phase=Phase.PENDING, slurm_reason="Resources", est_start_s=2e9, coming_instances=1),
+                ModelPhase(phase=Phase.LOADING, coming_instances=1),
+                ModelPhase(phase=Phase.READY, ready_instances=1),
+            ):
+                db.set(keys.phase("llama-8b"), phase.model_dump_json())
+                seen = server.counter.wait_beyond(path, seen)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=launcher_stand_in)
+    thread.start()
+    try:
+        out = ok(server, "models", "warm", "llama-8b", "--wait", "--poll-s", "0.02", "--duration-s", "600")
+    finally:
+        thread.join(30)
+        pubsub.close()
+    assert not failures, failures
+    assert "warming llama-8b: 1 replica(s) for 10m" in out
+    assert "pending -> loading -> ready" in out
+    assert "llama-8b is ready after" in out
+    assert json.loads(cast(bytes, db.get(keys.warm("llama-8b"))))["replicas"] == 1
+
+
+def test_warm_wait_reports_failure(server: AdminServer, db: redis.Redis, root: Path) -> None:
+    ok(server, "models", "register", "llama-8b", "--source", f"{root}/llama-8b")
+    db.set(Keys().phase("llama-8b"), ModelPhase(phase=Phase.FAILED, detail="engine exited 1").model_dump_json())
+    line = refused(server, "models", "warm", "llama-8b", "--wait", "--poll-s", "0.01")
+    assert line == "slurmless: llama-8b failed to start: engine exited 1"
