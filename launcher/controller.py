@@ -1,0 +1,790 @@
+"""The launcher's one step: reconcile instances with Slurm and the engines, and scale to demand.
+
+`Launcher.tick(now_s)` runs one reconciliation (exactly one `squeue` for all jobs); `on_demand`
+is the fast path from zero, run the moment a gateway signals demand; `on_register` and
+`on_deregister` are the jobs' callbacks. All four take the same lock, so concurrent triggers for
+one model become one submission. The time is passed in; only the runner loop reads a clock.
+
+An instance's life (DESIGN.md section 3)::
+
+    requested -> pending -> starting -> loading -> ready -> draining -> gone
+             \\-------------------------------------------------------> failed (with a reason)
+
+A record is written (`requested`) before `sbatch` runs, so a launcher that dies in between leaves
+a trace its successor reconciles against `squeue` (the job carries the instance id in its
+comment): nothing is submitted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+
+from launcher.desired import ModelLoad, desired_replicas
+from launcher.health import Health, Probe, Prober
+from launcher.history import LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory, p95
+from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
+from launcher.metrics import LauncherMetrics
+from policies.placement import PlacementOption, pick_placement
+from slurm.backend import SlurmBackend
+from slurm.errors import ScriptValidationError, SlurmError
+from slurm.jobscript import render_job_script
+from slurm.types import JobState, SlurmJob
+from slurmless.settings import LauncherSettings
+from warmpool.events import EventLog
+from warmpool.instance_store import InstanceStore
+from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
+from warmpool.keys import Keys
+from warmpool.models import ModelStore
+from warmpool.phase import ModelPhase, Phase, PhaseBoard
+from warmpool.redisio import awaited, text
+from warmpool.routing import Routing
+from warmpool.specs import ModelKind, ModelSpec
+
+S = InstanceState
+LAST_DEMAND = "last_demand_s"
+CANCEL_SENT = "cancel_sent"
+"""Timestamp key: when the launcher itself asked Slurm to end the job."""
+JOB_DRAIN = "job_drain"
+"""Timestamp key: when the job said it stops (walltime warning, SIGTERM); it ends by itself."""
+SUBMIT_GRACE_S = 120.0
+"""How long a `requested` record without a job may wait for its job to show up in squeue."""
+
+# How a job that ended tells us why, when the launcher did not end it itself.
+_END_REASONS: dict[JobState, str] = {
+    JobState.CANCELLED: "job cancelled outside slurmless",
+    JobState.NODE_FAIL: "node failure",
+    JobState.FAILED: "job failed",
+    JobState.BOOT_FAIL: "node boot failure",
+    JobState.OUT_OF_MEMORY: "out of memory",
+    JobState.DEADLINE: "deadline reached",
+    JobState.COMPLETED: "job ended",
+    JobState.TIMEOUT: "walltime reached",
+    JobState.PREEMPTED: "preempted",
+}
+# Endings that are the normal fate of a serving job: they drain, they do not count as failures.
+_EXPECTED_ENDS = frozenset({JobState.TIMEOUT, JobState.PREEMPTED})
+
+
+@dataclass
+class TickReport:
+    """What one tick did, for tests and logs."""
+
+    submitted: list[str] = field(default_factory=list)
+    ready: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    draining: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    desired: dict[str, int] = field(default_factory=dict)
+    slurm_error: str | None = None
+
+
+class Launcher:
+    """The owner of every instance's life; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        slurm: SlurmBackend,
+        settings: LauncherSettings,
+        *,
+        callback_url: str,
+        keys: Keys | None = None,
+        prober: Prober | None = None,
+        metrics: LauncherMetrics | None = None,
+        clock: Callable[[], float] | None = None,
+        watch_loading: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.slurm = slurm
+        self.settings = settings
+        self.callback_url = callback_url
+        self.keys = keys or Keys()
+        self.models = ModelStore(redis, self.keys)
+        self.instances = InstanceStore(redis, self.keys)
+        self.routing = Routing(redis, self.keys)
+        self.phases = PhaseBoard(redis, self.keys)
+        self.events = EventLog(redis, self.keys)
+        self.history = HistoryStore(redis, self.keys)
+        self.prober = prober or Prober(timeout_s=settings.health_timeout_s)
+        self.metrics = metrics or LauncherMetrics()
+        # Only the loading watchers (a runner concern) read a clock; ticks get the time passed in.
+        self.clock = clock
+        self.watch_loading = watch_loading and clock is not None
+        self.lock = asyncio.Lock()
+        self._unhealthy: dict[str, int] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+
+    async def aclose(self) -> None:
+        for task in self._watchers.values():
+            task.cancel()
+        for task in list(self._watchers.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watchers.clear()
+        await self.prober.aclose()
+
+    # --- demand: the fast path from zero ------------------------------------------------------
+
+    async def on_demand(self, model: str, *, now_s: float) -> str | None:
+        """A model got demand: if nothing serves it or is coming, submit one instance now.
+
+        Returns the new instance id, or None when nothing was submitted (already warm or coming,
+        unknown, broken or backing off). Concurrent calls for one model submit once.
+        """
+        spec = await self._base_spec(model)
+        if spec is None:
+            return None
+        await awaited(self.redis.hset(self.keys.model_stats(spec.name), LAST_DEMAND, repr(now_s)))
+        async with self.lock:
+            live = [r for r in await self.instances.all(spec.name) if r.state in LIVE_STATES]
+            if any(r.state is not S.DRAINING for r in live):
+                return None
+            hist = await self.history.get(spec.name)
+            if hist.broken_reason or now_s < hist.retry_at_s:
+                return None
+            return await self._submit(spec, now_s=now_s, why="demand")
+
+    async def _base_spec(self, model: str) -> ModelSpec | None:
+        spec = await self.models.resolve(model)
+        if spec is not None and spec.kind is ModelKind.LORA and spec.base_model:
+            spec = await self.models.get(spec.base_model)
+        return spec
+
+    # --- callbacks from jobs ------------------------------------------------------------------
+
+    async def on_register(
+        self, iid: str, *, job_id: int | None, host: str, port: int, token: str, now_s: float
+    ) -> bool:
+        """A job's engine started and listens on host:port; False when the token does not match."""
+        async with self.lock:
+            record = await self.instances.get(iid)
+            if record is None or not _token_ok(record, token):
+                return False
+            if record.state in (S.LOADING, S.READY) and (record.host, record.port) == (host, port):
+                return True
+            if record.state not in (S.REQUESTED, S.PENDING, S.STARTING):
+                return False
+            if job_id is not None and record.job_id not in (None, str(job_id)):
+                return False
+            if S.STARTING.value not in record.timestamps:
+                # The job called back before a tick saw it running.
+                record.timestamps[S.STARTING.value] = now_s
+            await self._transition(record, S.LOADING, now_s, host=host, port=port, job_id=record.job_id or str(job_id))
+        if self.watch_loading:
+            self._watchers[iid] = asyncio.create_task(self._watch(iid))
+        return True
+
+    async def on_deregister(self, iid: str, *, reason: str, token: str, now_s: float) -> bool:
+        """A job stops serving: the walltime warning, a SIGTERM (scancel, preemption) or its engine exited."""
+        async with self.lock:
+            record = await self.instances.get(iid)
+            if record is None or not _token_ok(record, token):
+                return False
+            if record.state not in LIVE_STATES or record.state is S.DRAINING:
+                return True
+            if reason.startswith("engine-exited"):
+                code = reason.partition(":")[2] or "?"
+                await self._fail(record, now_s, f"engine exited with code {code}")
+            elif reason == "walltime-warning":
+                await self._drain(record, now_s, "walltime warning from Slurm", cancel=False, by_job=True)
+            elif reason == "terminated":
+                await self._drain(
+                    record, now_s, "terminated by Slurm (scancel or preemption)", cancel=False, by_job=True
+                )
+            else:
+                await self._drain(record, now_s, f"deregistered: {reason[:100]}", cancel=False, by_job=True)
+            return True
+
+    async def _watch(self, iid: str) -> None:
+        """Probe a loading instance every `health_poll_s` so it is routed to the moment it is ready."""
+        assert self.clock is not None
+        try:
+            while True:
+                await asyncio.sleep(self.settings.health_poll_s)
+                record = await self.instances.get(iid)
+                if record is None or record.state is not S.LOADING or record.url is None:
+                    return
+                spec = await self.models.get(record.model)
+                if spec is None:
+                    return
+                probe = await self.prober.probe(record.url, record.api_key, spec.client_name)
+                if probe.health is Health.READY:
+                    async with self.lock:
+                        current = await self.instances.get(iid)
+                        if current is not None and current.state is S.LOADING:
+                            await self._mark_ready(current, spec, self.clock())
+                    return
+        finally:
+            self._watchers.pop(iid, None)
+
+    # --- the tick -----------------------------------------------------------------------------
+
+    async def tick(self, *, now_s: float) -> TickReport:
+        """One reconciliation: squeue once, move every instance along, scale every model."""
+        report = TickReport()
+        self.metrics.ticks.inc()
+        async with self.lock:
+            try:
+                jobs: list[SlurmJob] | None = await self.slurm.jobs()
+            except SlurmError as exc:
+                jobs = None
+                report.slurm_error = str(exc)[:300]
+                await self.events.record("slurm.unavailable", now_s=now_s, error=report.slurm_error)
+            specs = {s.name: s for s in await self.models.all()}
+            records = await self.instances.all()
+            if jobs is not None:
+                await self._reconcile(records, jobs, specs, now_s, report)
+                await self._probe(records, specs, now_s, report)
+                await self._progress_drains(records, now_s, report)
+                for spec in specs.values():
+                    if spec.kind is ModelKind.BASE:
+                        await self._scale(spec, specs, now_s, report)
+            await self._publish(specs, now_s)
+            await self._purge(now_s)
+        for model in await self.routing.queued_models():
+            await self.routing.pump(model)
+        await self.routing.reap(now_s=now_s)
+        return report
+
+    async def _reconcile(
+        self,
+        records: list[InstanceRecord],
+        jobs: list[SlurmJob],
+        specs: dict[str, ModelSpec],
+        now_s: float,
+        report: TickReport,
+    ) -> None:
+        by_iid: dict[str, SlurmJob] = {}
+        for job in sorted(jobs, key=lambda j: j.job_id):
+            if job.instance_id:
+                by_iid[job.instance_id] = job
+        live_ids = {r.id for r in records if r.state in LIVE_STATES}
+        # Jobs nobody knows (a lost record, or a submission that timed out after Slurm took it) are orphans.
+        for iid, job in by_iid.items():
+            if iid not in live_ids and _running_or_waiting(job):
+                await self._cancel_job(job.job_id)
+                report.cancelled.append(iid)
+                await self.events.record("instance.orphan_cancelled", now_s=now_s, instance=iid, job_id=job.job_id)
+        for record in records:
+            if record.state not in LIVE_STATES:
+                continue
+            await self._reconcile_one(record, by_iid.get(record.id), now_s, report)
+
+    async def _reconcile_one(
+        self, record: InstanceRecord, job: SlurmJob | None, now_s: float, report: TickReport
+    ) -> None:
+        if record.state is S.REQUESTED:
+            if job is None:
+                if now_s - record.created_s > SUBMIT_GRACE_S:
+                    await self._fail(record, now_s, "submission lost: no job in squeue")
+                    report.failed[record.id] = record.reason or ""
+                return
+            await self._transition(record, S.PENDING, now_s, job_id=str(job.job_id))
+            await self.events.record("instance.adopted", now_s=now_s, model=record.model, instance=record.id)
+        if job is None:
+            if record.job_id is None:
+                return
+            if record.state is S.DRAINING:
+                await self._gone(record, now_s, report)
+            else:
+                await self._fail(record, now_s, "job vanished from Slurm")
+                report.failed[record.id] = record.reason or ""
+            return
+        if job.state is JobState.COMPLETING:
+            # Its processes are ending; the final state (why it ended) shows on a later tick.
+            if record.state is S.READY:
+                await self.routing.deactivate(record.model, record.id)
+            return
+        if job.state.is_finished:
+            await self._job_ended(record, job, now_s, report)
+            return
+        if job.state in (JobState.PENDING, JobState.REQUEUED, JobState.CONFIGURING):
+            if record.state in (S.REQUESTED, S.PENDING):
+                est = job.start_time.timestamp() if job.start_time else None
+                if record.state is not S.PENDING:
+                    await self._transition(record, S.PENDING, now_s)
+                if (record.slurm_reason, record.est_start_s) != (job.reason, est):
+                    record.slurm_reason, record.est_start_s = job.reason, est
+                    await self.instances.update(record.id, slurm_reason=job.reason, est_start_s=est)
+            elif record.state is not S.DRAINING:
+                # It ran and is queued again: a requeue, which drains like preemption.
+                await self._drain(record, now_s, "requeued by Slurm", cancel=True)
+                report.draining.append(record.id)
+            return
+        if job.state is JobState.RUNNING:
+            await self._running(record, job, now_s, report)
+
+    async def _running(self, record: InstanceRecord, job: SlurmJob, now_s: float, report: TickReport) -> None:
+        end_s = job.end_time.timestamp() if job.end_time else None
+        limit_s = 60.0 * job.time_limit_min if job.time_limit_min is not None else None
+        if (record.end_time_s, record.time_limit_s, record.node) != (end_s, limit_s, job.batch_host or None):
+            record.end_time_s, record.time_limit_s, record.node = end_s, limit_s, job.batch_host or None
+            await self.instances.update(record.id, end_time_s=end_s, time_limit_s=limit_s, node=record.node)
+        if record.state in (S.REQUESTED, S.PENDING):
+            start_s = job.start_time.timestamp() if job.start_time else now_s
+            await self._transition(record, S.STARTING, min(start_s, now_s), slurm_reason=None)
+            queued_since = record.timestamps.get(S.PENDING.value, record.created_s)
+            await self._observe(record.model, QUEUE_WAITS, "queue_wait", start_s - queued_since)
+        elif record.state is S.STARTING and now_s - record.state_since_s > self.settings.register_timeout_s:
+            await self._fail(record, now_s, f"registration never came within {self.settings.register_timeout_s:.0f}s")
+            report.failed[record.id] = record.reason or ""
+
+    async def _job_ended(self, record: InstanceRecord, job: SlurmJob, now_s: float, report: TickReport) -> None:
+        why = _END_REASONS.get(job.state, f"job ended ({job.state.value})")
+        if job.state is JobState.FAILED and job.exit_code is not None:
+            why = f"job failed (exit code {job.exit_code})"
+        if job.reason and job.state is not JobState.CANCELLED:
+            why = f"{why}: {job.reason}"
+        we_ended_it = CANCEL_SENT in record.timestamps
+        if record.state is S.DRAINING:
+            # A SIGTERM we did not send, ending in CANCELLED, was an scancel from outside.
+            terminated = (record.reason or "").startswith("terminated")
+            outside = job.state is JobState.CANCELLED and not we_ended_it and terminated
+            if not outside:
+                await self._gone(record, now_s, report)
+                return
+        elif job.state in _EXPECTED_ENDS:
+            await self._drain(record, now_s, why, cancel=False)
+            await self._gone(record, now_s, report)
+            return
+        await self._fail(record, now_s, why, cancel_job=False)
+        report.failed[record.id] = why
+
+    async def _probe(
+        self, records: list[InstanceRecord], specs: dict[str, ModelSpec], now_s: float, report: TickReport
+    ) -> None:
+        targets = [r for r in records if r.state in (S.LOADING, S.READY) and r.url is not None and r.model in specs]
+        probes = await asyncio.gather(
+            *(self.prober.probe(r.url or "", r.api_key, specs[r.model].client_name) for r in targets)
+        )
+        for record, probe in zip(targets, probes, strict=True):
+            if record.state is S.LOADING:
+                await self._loading(record, specs[record.model], probe, now_s, report)
+            elif probe.health is Health.READY:
+                self._unhealthy.pop(record.id, None)
+            else:
+                misses = self._unhealthy.get(record.id, 0) + 1
+                self._unhealthy[record.id] = misses
+                if misses >= self.settings.unhealthy_after:
+                    await self._fail(record, now_s, f"engine unhealthy: {probe.detail}")
+                    report.failed[record.id] = record.reason or ""
+
+    async def _loading(
+        self, record: InstanceRecord, spec: ModelSpec, probe: Probe, now_s: float, report: TickReport
+    ) -> None:
+        if probe.health is Health.READY:
+            await self._mark_ready(record, spec, now_s)
+            report.ready.append(record.id)
+            return
+        budget_s = await self.load_budget_s(record.model)
+        loading_s = now_s - record.timestamps.get(S.LOADING.value, record.state_since_s)
+        if loading_s > budget_s:
+            await self._fail(record, now_s, f"load timeout after {loading_s:.0f}s (budget {budget_s:.0f}s)")
+            report.failed[record.id] = record.reason or ""
+
+    async def load_budget_s(self, model: str) -> float:
+        """How long an instance of `model` may load: generous until load times were observed."""
+        observed = p95((await self.history.get(model)).load_times_s)
+        if observed is None:
+            return self.settings.first_load_timeout_s
+        return max(observed * self.settings.load_timeout_factor, self.settings.first_load_timeout_s / 10)
+
+    async def _progress_drains(self, records: list[InstanceRecord], now_s: float, report: TickReport) -> None:
+        for record in records:
+            if record.state is not S.DRAINING or CANCEL_SENT in record.timestamps or record.job_id is None:
+                continue
+            draining_s = now_s - record.state_since_s
+            if JOB_DRAIN in record.timestamps:
+                if draining_s >= self.settings.signal_lead_s + self.settings.drain_grace_s:
+                    await self._cancel(record, now_s)
+                    report.cancelled.append(record.id)
+                continue
+            busy = await self.prober.busy(record.url, record.api_key) if record.url else 0.0
+            if busy == 0.0 or busy is None or draining_s >= self.settings.drain_grace_s:
+                await self._cancel(record, now_s)
+                report.cancelled.append(record.id)
+
+    # --- scaling ------------------------------------------------------------------------------
+
+    async def _scale(self, spec: ModelSpec, specs: dict[str, ModelSpec], now_s: float, report: TickReport) -> None:
+        model = spec.name
+        live = [r for r in await self.instances.all(model) if r.state in LIVE_STATES]
+        active = [r for r in live if r.state is not S.DRAINING]
+        active_ids = {r.id for r in active}
+        # A ready instance whose successor is on its way counts once, as its successor.
+        capacity = [r for r in active if not (r.successor and r.successor in active_ids)]
+        ready = [r for r in active if r.state is S.READY]
+        hist = await self.history.get(model)
+        inflight = await self.routing.inflight(model)
+        queue_depth = await self.routing.queue_depth(model)
+        last_s = max(
+            [t for t in (hist.last_request_s, await self._last_demand_s(model)) if t is not None], default=None
+        )
+        load = ModelLoad(
+            queue_depth=queue_depth,
+            oldest_wait_s=await self.routing.oldest_ticket_age_s(model, now_s=now_s),
+            in_flight=sum(inflight.values()),
+            ready=len(ready),
+            held=len(capacity),
+            last_request_s=last_s,
+            idle_counts=await self._idle_counts(model),
+        )
+        decision = desired_replicas(
+            spec,
+            load,
+            now_s,
+            expected_cold_start_s=self._expected_cold_start_s(hist),
+            default_keepalive_s=self.settings.default_keepalive_s,
+        )
+        desired = decision.replicas
+        nobody_waits = queue_depth == 0 and load.in_flight == 0
+        idle_s = now_s - last_s if last_s is not None else float("inf")
+        if not ready and nobody_waits and idle_s > self.settings.pending_cancel_grace_s:
+            # Demand vanished before anything became ready: keep only what a standing policy asks for.
+            desired = min(
+                desired,
+                max((r.replicas for r in decision.reasons if r.policy not in ("reactive", "idle-to-zero")), default=0),
+            )
+        report.desired[model] = desired
+        await self._record_desired(model, desired, decision.explain(), now_s)
+
+        if desired > len(capacity):
+            if hist.broken_reason or now_s < hist.retry_at_s:
+                return
+            for _ in range(desired - len(capacity)):
+                iid = await self._submit(spec, now_s=now_s, why=decision.explain()[:300])
+                if iid:
+                    report.submitted.append(iid)
+        elif desired < len(capacity):
+            await self._scale_down(capacity, inflight, len(capacity) - desired, now_s, report)
+        await self._renew(spec, active, hist, now_s, report)
+
+    async def _scale_down(
+        self,
+        capacity: list[InstanceRecord],
+        inflight: dict[str, int],
+        excess: int,
+        now_s: float,
+        report: TickReport,
+    ) -> None:
+        coming = sorted((r for r in capacity if r.state in COMING_STATES), key=lambda r: -r.created_s)
+        ready = sorted((r for r in capacity if r.state is S.READY), key=lambda r: inflight.get(r.id, 0))
+        for record in [*coming, *ready][:excess]:
+            if record.state in COMING_STATES:
+                await self._drain(record, now_s, "no demand: cancelling before it serves", cancel=True)
+            else:
+                await self._drain(record, now_s, "idle: scaling down", cancel=False)
+            report.draining.append(record.id)
+
+    async def _renew(
+        self, spec: ModelSpec, active: list[InstanceRecord], hist: ModelHistory, now_s: float, report: TickReport
+    ) -> None:
+        """Submit a successor for each ready instance whose walltime ends before a new one could be ready."""
+        if hist.broken_reason or now_s < hist.retry_at_s:
+            return
+        ids = {r.id for r in active}
+        lead_s = self._renew_lead_s(spec, hist)
+        for record in active:
+            if record.state is not S.READY or record.end_time_s is None:
+                continue
+            if record.successor and record.successor in ids:
+                continue
+            if record.end_time_s - now_s > lead_s:
+                continue
+            iid = await self._submit(spec, now_s=now_s, why=f"renewal of {record.id}", successor_of=record.id)
+            if iid:
+                report.submitted.append(iid)
+                record.successor = iid
+                await self.instances.update(record.id, successor=iid)
+                await self.events.record(
+                    "instance.renewal",
+                    now_s=now_s,
+                    model=spec.name,
+                    instance=record.id,
+                    successor=iid,
+                    time_left_s=round(record.end_time_s - now_s, 1),
+                    lead_s=round(lead_s, 1),
+                )
+
+    def _renew_lead_s(self, spec: ModelSpec, hist: ModelHistory) -> float:
+        queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
+        load_s = p95(hist.load_times_s) or self.settings.default_load_s
+        res = spec.resources
+        lead, *_ = signal_timing(self.settings.signal_lead_s, 60 * (res.time_min_min or res.time_limit_min))
+        return queue_s + load_s + lead + self.settings.renew_margin_s
+
+    def _expected_cold_start_s(self, hist: ModelHistory) -> float:
+        queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
+        load_s = p95(hist.load_times_s) or self.settings.default_load_s
+        return queue_s + load_s
+
+    async def _record_desired(self, model: str, desired: int, why: str, now_s: float) -> None:
+        raw = await awaited(self.redis.hget(self.keys.desired, model))
+        previous = orjson.loads(raw) if raw else {}
+        if previous.get("replicas") == desired:
+            return
+        value = {"replicas": desired, "why": why, "at_s": now_s}
+        await awaited(self.redis.hset(self.keys.desired, model, orjson.dumps(value).decode()))
+        await self.events.record("scale.decision", now_s=now_s, model=model, replicas=desired, why=why)
+
+    async def _last_demand_s(self, model: str) -> float | None:
+        raw = await awaited(self.redis.hget(self.keys.model_stats(model), LAST_DEMAND))
+        return float(text(raw)) if raw else None
+
+    async def _idle_counts(self, model: str) -> dict[int, int]:
+        raw = await awaited(self.redis.hgetall(self.keys.idle_hist(model)))
+        return {int(text(k)): int(text(v)) for k, v in raw.items()}
+
+    # --- submission and placement -------------------------------------------------------------
+
+    async def _submit(self, spec: ModelSpec, *, now_s: float, why: str, successor_of: str | None = None) -> str | None:
+        iid = new_instance_id()
+        token, api_key = new_token(), new_token()
+        record = InstanceRecord(
+            id=iid,
+            model=spec.name,
+            state=S.REQUESTED,
+            api_key=api_key,
+            token_sha256=sha256_hex(token),
+            created_s=now_s,
+            state_since_s=now_s,
+            timestamps={S.REQUESTED.value: now_s},
+            successor_of=successor_of,
+        )
+        try:
+            enable_lora = await self._has_adapters(spec.name)
+
+            def render(partition: str | None, qos: str | None) -> str:
+                return render_job_script(
+                    job_spec(
+                        spec,
+                        instance_id=iid,
+                        settings=self.settings,
+                        callback_url=self.callback_url,
+                        callback_token=token,
+                        engine_api_key=api_key,
+                        partition=partition,
+                        qos=qos,
+                        enable_lora=enable_lora,
+                    )
+                )
+
+            placement, est_s = await self._place(spec, render(None, None))
+            script = render(*placement)
+        except ScriptValidationError as exc:
+            # A spec that cannot be rendered will never start: say so instead of retrying.
+            reason = f"invalid job: {exc}"[:500]
+            await awaited(self.redis.hset(self.keys.model_stats(spec.name), "broken_reason", reason))
+            await self.events.record("model.broken", now_s=now_s, model=spec.name, reason=reason)
+            return None
+        record.partition, record.qos, record.est_start_s = placement[0], placement[1], est_s
+        await self.instances.put(record)
+        try:
+            job_id = await self.slurm.submit(script)
+        except SlurmError as exc:
+            await self._fail(record, now_s, f"submission failed: {exc}"[:500])
+            return None
+        await self._transition(record, S.PENDING, now_s, job_id=str(job_id))
+        self.metrics.submissions.labels(spec.name, "renewal" if successor_of else "scale").inc()
+        await self.events.record(
+            "instance.submitted",
+            now_s=now_s,
+            model=spec.name,
+            instance=iid,
+            job_id=job_id,
+            partition=placement[0],
+            qos=placement[1],
+            why=why,
+        )
+        return iid
+
+    async def _place(self, spec: ModelSpec, script: str) -> tuple[tuple[str | None, str | None], float | None]:
+        """The (partition, QOS) whose `sbatch --test-only` estimate starts soonest, and that estimate."""
+        res = spec.resources
+        preempt_p, preempt_q = set(self.settings.preemptible_partitions), set(self.settings.preemptible_qos)
+        partitions: list[str | None] = sorted(res.partitions, key=lambda p: p not in preempt_p) or [None]
+        qoses: list[str | None] = sorted(res.qos, key=lambda q: q not in preempt_q) or [None]
+        choices = [(p, q) for p in partitions for q in qoses]
+        if len(choices) == 1:
+            return choices[0], None
+        options: list[PlacementOption] = []
+        for partition, qos in choices:
+            try:
+                est = await self.slurm.estimate_start(script, partition=partition, qos=qos)
+            except SlurmError:
+                continue
+            options.append(
+                PlacementOption(
+                    partition=partition or "",
+                    qos=qos,
+                    estimated_start_s=est.start_time.timestamp(),
+                    preemptible=partition in preempt_p or qos in preempt_q,
+                    time_limit_s=60.0 * res.time_limit_min,
+                )
+            )
+        best = pick_placement(options)
+        if best is None:
+            return choices[0], None
+        return (best.partition or None, best.qos), best.estimated_start_s
+
+    async def _has_adapters(self, base: str) -> bool:
+        # Hook for the registry: adapters are loaded at run time on instances started with --enable-lora.
+        return any(s.kind is ModelKind.LORA and s.base_model == base for s in await self.models.all())
+
+    # --- state changes ------------------------------------------------------------------------
+
+    async def _transition(self, record: InstanceRecord, state: InstanceState, now_s: float, **fields: object) -> None:
+        await self.instances.transition(record, state, now_s=now_s, **fields)
+        await self.events.record(
+            f"instance.{state.value}",
+            now_s=now_s,
+            model=record.model,
+            instance=record.id,
+            **{k: v for k, v in fields.items() if k in ("job_id", "host", "port", "reason")},
+        )
+
+    async def _mark_ready(self, record: InstanceRecord, spec: ModelSpec, now_s: float) -> None:
+        await self._transition(record, S.READY, now_s)
+        granted = await self.routing.activate(record.model, record.id, cap=spec.policy.max_concurrency)
+        ts = record.timestamps
+        if S.LOADING.value in ts:
+            await self._observe(record.model, LOAD_TIMES, "load", now_s - ts[S.LOADING.value])
+            if S.STARTING.value in ts:
+                await self._observe(record.model, START_TIMES, "start", ts[S.LOADING.value] - ts[S.STARTING.value])
+        await self.history.start_succeeded(record.model)
+        await self.events.record(
+            "instance.routed", now_s=now_s, model=record.model, instance=record.id, granted=granted
+        )
+        if record.successor_of:
+            old = await self.instances.get(record.successor_of)
+            if old is not None and old.state is S.READY:
+                await self._drain(old, now_s, f"renewed by {record.id}", cancel=False)
+
+    async def _drain(
+        self, record: InstanceRecord, now_s: float, reason: str, *, cancel: bool, by_job: bool = False
+    ) -> None:
+        """Stop routing to an instance; cancel its job now (`cancel`) or once its requests are done.
+
+        `by_job`: the job itself said it stops and drains; it is cancelled only if it outlives its
+        warning lead plus `drain_grace_s`.
+        """
+        await self.routing.deactivate(record.model, record.id)
+        if by_job:
+            record.timestamps[JOB_DRAIN] = now_s
+        await self._transition(record, S.DRAINING, now_s, reason=reason)
+        if cancel or record.job_id is None:
+            await self._cancel(record, now_s)
+
+    async def _cancel(self, record: InstanceRecord, now_s: float) -> None:
+        record.timestamps[CANCEL_SENT] = now_s
+        await self.instances.update(record.id, timestamps=record.timestamps)
+        if record.job_id is not None:
+            await self._cancel_job(int(record.job_id))
+        await self.events.record("instance.cancel", now_s=now_s, model=record.model, instance=record.id)
+
+    async def _cancel_job(self, job_id: int) -> None:
+        with contextlib.suppress(SlurmError):
+            await self.slurm.cancel(job_id)
+
+    async def _gone(self, record: InstanceRecord, now_s: float, report: TickReport) -> None:
+        await self.routing.deactivate(record.model, record.id)
+        await self._transition(record, S.GONE, now_s)
+        report.gone.append(record.id)
+
+    async def _fail(self, record: InstanceRecord, now_s: float, reason: str, *, cancel_job: bool = True) -> None:
+        """Mark an instance failed (keeping why), end its job, and back the model off."""
+        await self.routing.deactivate(record.model, record.id)
+        was_ready = S.READY.value in record.timestamps
+        await self._transition(record, S.FAILED, now_s, reason=reason)
+        self._unhealthy.pop(record.id, None)
+        kind = reason.partition(":")[0].partition(" (")[0][:40]
+        self.metrics.instance_failures.labels(record.model, kind).inc()
+        if cancel_job and record.job_id is not None and CANCEL_SENT not in record.timestamps:
+            await self._cancel(record, now_s)
+        if record.successor_of:
+            await self.instances.update(record.successor_of, successor=None)
+        # A crash after serving is resubmitted at once; starts that fail are backed off and counted.
+        failures = await self.history.start_failed(
+            record.model,
+            now_s=now_s,
+            backoff_s=0.0 if was_ready else self.settings.failure_backoff_s,
+            max_backoff_s=self.settings.max_backoff_s,
+            max_failures=self.settings.max_failures,
+            reason=reason,
+        )
+        if failures >= self.settings.max_failures:
+            await self.events.record("model.broken", now_s=now_s, model=record.model, failures=failures, reason=reason)
+
+    async def _observe(self, model: str, field_name: str, phase: str, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        await self.history.observe(model, field_name, seconds)
+        self.metrics.cold_start_phase_s.labels(model, phase).observe(seconds)
+
+    # --- what clients and operators see -------------------------------------------------------
+
+    async def _publish(self, specs: dict[str, ModelSpec], now_s: float) -> None:
+        records = await self.instances.all()
+        self.metrics.instances.clear()
+        by_model: dict[str, list[InstanceRecord]] = {}
+        for record in records:
+            by_model.setdefault(record.model, []).append(record)
+            self.metrics.instances.labels(record.model, record.state.value).inc()
+        for spec in specs.values():
+            base = spec.instance_model
+            hist = await self.history.get(base)
+            phase = self._phase(by_model.get(base, []), hist, now_s)
+            await self.phases.set(spec.name, phase)
+
+    def _phase(self, records: list[InstanceRecord], hist: ModelHistory, now_s: float) -> ModelPhase:
+        ready = [r for r in records if r.state is S.READY]
+        coming = [r for r in records if r.state in COMING_STATES]
+        load_s = p95(hist.load_times_s) or self.settings.default_load_s
+        queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
+        base = {"ready_instances": len(ready), "coming_instances": len(coming), "updated_s": now_s}
+        if ready:
+            return ModelPhase(phase=Phase.READY, **base)
+        if hist.broken_reason:
+            return ModelPhase(phase=Phase.FAILED, detail=hist.broken_reason, **base)
+        order = {S.LOADING: 0, S.STARTING: 1, S.PENDING: 2, S.REQUESTED: 3}
+        if not coming:
+            return ModelPhase(phase=Phase.COLD, **base)
+        lead = min(coming, key=lambda r: order.get(r.state, 9))
+        if lead.state is S.LOADING:
+            since = lead.timestamps.get(S.LOADING.value, now_s)
+            return ModelPhase(phase=Phase.LOADING, eta_s=max(now_s, since + load_s), **base)
+        if lead.state is S.STARTING:
+            since = lead.timestamps.get(S.STARTING.value, now_s)
+            return ModelPhase(phase=Phase.STARTING, eta_s=max(now_s, since + load_s), **base)
+        start_s = lead.est_start_s if lead.est_start_s and lead.est_start_s > now_s else now_s
+        if lead.est_start_s is None:
+            start_s = max(now_s, lead.created_s + queue_s)
+        return ModelPhase(
+            phase=Phase.PENDING,
+            slurm_reason=lead.slurm_reason,
+            est_start_s=lead.est_start_s,
+            eta_s=start_s + load_s,
+            **base,
+        )
+
+    async def _purge(self, now_s: float) -> None:
+        for record in await self.instances.all():
+            if record.state in (S.GONE, S.FAILED) and now_s - record.state_since_s > self.settings.gone_retention_s:
+                await self.instances.purge(record)
+
+
+def _token_ok(record: InstanceRecord, token: str) -> bool:
+    if not record.token_sha256:
+        return False
+    return hmac.compare_digest(record.token_sha256, sha256_hex(token))
+
+
+def _running_or_waiting(job: SlurmJob) -> bool:
+    return job.state.is_active and job.state is not JobState.COMPLETING

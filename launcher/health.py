@@ -1,0 +1,76 @@
+"""Probing an engine with its instance key: is it up, and does it serve the model yet?"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import httpx
+
+
+class Health(enum.StrEnum):
+    READY = "ready"
+    """`/health` answered 200 and `/v1/models` lists the served name."""
+    LOADING = "loading"
+    """The engine answers but is not ready yet (503, or the model not listed)."""
+    DOWN = "down"
+    """No answer: connection refused, timed out, or an unexpected status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    health: Health
+    detail: str
+
+
+class Prober:
+    """Readiness probes over one shared httpx client with explicit timeouts."""
+
+    def __init__(self, *, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def probe(self, url: str, api_key: str | None, served_name: str) -> Probe:
+        """`GET /health`, then `GET /v1/models` with the instance key."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            health = await self.client.get(f"{url}/health", headers=headers)
+            if health.status_code == 503:
+                return Probe(Health.LOADING, "/health 503")
+            if health.status_code != 200:
+                return Probe(Health.DOWN, f"/health {health.status_code}")
+            models = await self.client.get(f"{url}/v1/models", headers=headers)
+            if models.status_code == 503:
+                return Probe(Health.LOADING, "/v1/models 503")
+            if models.status_code != 200:
+                return Probe(Health.DOWN, f"/v1/models {models.status_code}")
+            ids = {str(m.get("id")) for m in models.json().get("data", []) if isinstance(m, dict)}
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            return Probe(Health.DOWN, f"{type(exc).__name__}: {exc}"[:200])
+        if served_name not in ids:
+            return Probe(Health.LOADING, f"{served_name!r} not in /v1/models yet")
+        return Probe(Health.READY, "ok")
+
+    async def busy(self, url: str, api_key: str | None) -> float | None:
+        """Requests running or waiting in the engine (vLLM's metrics), None when it does not say."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            resp = await self.client.get(f"{url}/metrics", headers=headers)
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        total = 0.0
+        for line in resp.text.splitlines():
+            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                try:
+                    total += float(line.rsplit(" ", 1)[1])
+                except (IndexError, ValueError):
+                    continue
+        return total

@@ -1,0 +1,97 @@
+"""What the launcher learns per model: observed cold-start phases and failed starts.
+
+Kept in the model's stats hash (`Keys.model_stats`) next to the gateway's `last_request_s`, so a
+restarted or standby launcher knows them too. Only the leader writes here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+
+from warmpool.keys import Keys
+from warmpool.redisio import awaited, text
+
+SAMPLES_KEPT = 50
+LOAD_TIMES = "load_times_s"
+QUEUE_WAITS = "queue_waits_s"
+START_TIMES = "start_times_s"
+FAILURES = "start_failures"
+RETRY_AT = "retry_at_s"
+BROKEN = "broken_reason"
+LAST_REQUEST = "last_request_s"
+
+
+def p95(samples: list[float]) -> float | None:
+    """The 95th percentile (nearest rank), None without samples."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHistory:
+    load_times_s: list[float]
+    queue_waits_s: list[float]
+    start_failures: int
+    retry_at_s: float
+    broken_reason: str | None
+    last_request_s: float | None
+
+
+class HistoryStore:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def get(self, model: str) -> ModelHistory:
+        raw = await awaited(self.redis.hgetall(self.keys.model_stats(model)))
+        f = {text(k): text(v) for k, v in raw.items()}
+        return ModelHistory(
+            load_times_s=_floats(f.get(LOAD_TIMES)),
+            queue_waits_s=_floats(f.get(QUEUE_WAITS)),
+            start_failures=int(f.get(FAILURES) or 0),
+            retry_at_s=float(f.get(RETRY_AT) or 0.0),
+            broken_reason=f.get(BROKEN) or None,
+            last_request_s=float(f[LAST_REQUEST]) if f.get(LAST_REQUEST) else None,
+        )
+
+    async def observe(self, model: str, field: str, value_s: float) -> None:
+        """Append one observed phase duration, keeping the newest `SAMPLES_KEPT`."""
+        key = self.keys.model_stats(model)
+        samples = _floats(text(await awaited(self.redis.hget(key, field))))
+        samples = [*samples, round(value_s, 3)][-SAMPLES_KEPT:]
+        await awaited(self.redis.hset(key, field, orjson.dumps(samples).decode()))
+
+    async def start_failed(
+        self, model: str, *, now_s: float, backoff_s: float, max_backoff_s: float, max_failures: int, reason: str
+    ) -> int:
+        """Count a failed start and set when the next may be tried; mark the model broken past the limit."""
+        key = self.keys.model_stats(model)
+        failures = int(await awaited(self.redis.hincrby(key, FAILURES, 1)))
+        delay_s = min(max_backoff_s, backoff_s * 2 ** (failures - 1))
+        mapping: dict[str, str] = {RETRY_AT: repr(now_s + delay_s)}
+        if failures >= max_failures:
+            mapping[BROKEN] = f"{failures} failed starts in a row, last: {reason}"
+        await awaited(self.redis.hset(key, mapping=mapping))
+        return failures
+
+    async def start_succeeded(self, model: str) -> None:
+        await awaited(self.redis.hdel(self.keys.model_stats(model), FAILURES, RETRY_AT, BROKEN))
+
+    async def reset(self, model: str) -> None:
+        """An admin's "try again": forget failed starts and the broken mark."""
+        await self.start_succeeded(model)
+
+
+def _floats(raw: str | None) -> list[float]:
+    if not raw:
+        return []
+    try:
+        return [float(x) for x in orjson.loads(raw)]
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return []

@@ -1,0 +1,93 @@
+"""One job = one instance: the `JobSpec` the launcher renders for a model, and the ids and secrets it carries."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from pathlib import Path
+
+from slurm.jobscript import JobSpec
+from slurmless.settings import LauncherSettings
+from warmpool.specs import ModelSpec
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_instance_id(length: int = 10) -> str:
+    """A short random instance id of `[a-z0-9]` (it must start with a letter or digit: always true)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def new_token() -> str:
+    """A secret for the callback token or the engine's API key (URL-safe, 43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def sha256_hex(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def signal_timing(lead_s: int, shortest_limit_s: int) -> tuple[int, int, int, int]:
+    """(signal_lead_s, settle_s, drain_s, kill_grace_s) that fit the job's shortest possible limit."""
+    lead = max(10, min(lead_s, shortest_limit_s // 2))
+    settle = min(5, lead // 6)
+    kill = max(1, min(15, lead // 4))
+    drain = max(0, lead - settle - kill - 5)
+    return lead, settle, drain, kill
+
+
+def job_spec(
+    spec: ModelSpec,
+    *,
+    instance_id: str,
+    settings: LauncherSettings,
+    callback_url: str,
+    callback_token: str,
+    engine_api_key: str,
+    partition: str | None,
+    qos: str | None,
+    enable_lora: bool = False,
+) -> JobSpec:
+    """The validated job of one instance of `spec` (a base model: adapters are served by their base)."""
+    res = spec.resources
+    shortest_s = 60 * (res.time_min_min or res.time_limit_min)
+    lead, settle, drain, kill = signal_timing(settings.signal_lead_s, shortest_s)
+    engine_args = dict(spec.engine_args)
+    if enable_lora:
+        engine_args["--enable-lora"] = True
+    output_dir = Path(settings.job_output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return JobSpec.parse(
+        {
+            "instance_id": instance_id,
+            "model_name": spec.name,
+            "model_source": spec.source,
+            # TODO(lead): JobSpec takes one served name; aliases are resolved by the gateway meanwhile.
+            "served_model_name": spec.client_name,
+            "gpus_per_node": res.gpus,
+            "nodes": res.nodes,
+            "cpus_per_task": res.cpus,
+            "mem_mb": res.mem_mb,
+            "partition": partition,
+            "qos": qos,
+            "account": res.account,
+            "constraint": res.constraint,
+            "time_limit_min": res.time_limit_min,
+            "time_min_min": res.time_min_min,
+            "signal_lead_s": lead,
+            "settle_s": settle,
+            "drain_s": drain,
+            "kill_grace_s": kill,
+            "env_setup_lines": tuple(settings.env_setup_lines),
+            "engine_command": tuple(settings.engine_command),
+            "engine_args": engine_args,
+            "engine_env": dict(settings.engine_env),
+            "callback_url": callback_url,
+            "callback_token": callback_token,
+            "engine_api_key": engine_api_key,
+            "output_dir": str(output_dir),
+            "job_name_prefix": settings.job_name_prefix,
+            "helper_python": settings.helper_python,
+        }
+    )
