@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ import redis.asyncio as aioredis
 import typer
 from rich.console import Console
 
+from slurmless.demo_model import VLLM_ENGINE_ARGS, VLLM_ENGINE_ENV, build_tiny_llama, vllm_python
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings, load_settings
 from warmpool.apikeys import ApiKeyStore
@@ -32,14 +32,16 @@ from warmpool.specs import ModelSpec, Policy, Resources
 console = Console()
 
 DEMO_MODEL = "demo"
+VLLM_LABEL = "vLLM (CPU build)"
 SIM_LOAD_TIME_S = 5.0
 """The simulated engine's load time: long enough to see the cold start, short enough to wait for."""
 
 
 def engine_choice() -> tuple[str, list[str]]:
-    """Real vLLM when installed (opt-in), else the simulator; returns (label, argv)."""
-    if importlib.util.find_spec("vllm") is not None:
-        return "vLLM (CPU build)", [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    """Real vLLM when installed (opt-in, .venv-vllm), else the simulator; returns (label, argv)."""
+    python = vllm_python()
+    if python is not None:
+        return VLLM_LABEL, [str(python), "-m", "vllm.entrypoints.openai.api_server"]
     return "engine simulator", [sys.executable, "-m", "enginesim", "--sim-load-time-s", str(SIM_LOAD_TIME_S)]
 
 
@@ -51,6 +53,7 @@ class Stack:
         self.redis: LocalRedis | None = None
         self.cluster: object | None = None
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.env: dict[str, str] = {}
 
     def start_redis(self) -> str:
         self.redis = LocalRedis(self.settings.state_dir / "redis", appendonly=True)
@@ -75,6 +78,37 @@ class Stack:
             argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.children.append((name, proc))
+
+    def start(self, engine_argv: list[str], *, extra_env: dict[str, str] | None = None, timeout_s: float = 60) -> str:
+        """Redis, the cluster (if local), launcher and gateway; returns the gateway's base URL once it answers."""
+        settings = self.settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.launcher.job_output_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = self.start_redis()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURMLESS_")}
+        env.update(
+            {
+                "SLURMLESS_REDIS__URL": redis_url,
+                "SLURMLESS_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+                "SLURMLESS_GATEWAY__HOST": settings.gateway.host,
+                "SLURMLESS_GATEWAY__PORT": str(settings.gateway.port),
+                "SLURMLESS_LAUNCHER__CALLBACK_PORT": str(settings.launcher.callback_port),
+                "SLURMLESS_LAUNCHER__ENGINE_COMMAND": json.dumps(engine_argv),
+                "SLURMLESS_LAUNCHER__JOB_OUTPUT_DIR": str(settings.launcher.job_output_dir),
+            }
+        )
+        if settings.slurm.local_cluster:
+            cluster_env = self.start_cluster()
+            env.update(cluster_env)
+            env["SLURMLESS_SLURM__CONF"] = cluster_env["SLURM_CONF"]
+        env.update(extra_env or {})
+        self.env = env
+        self.spawn("launcher", [sys.executable, "-m", "launcher"], env)
+        self.spawn("gateway", [sys.executable, "-m", "queue_gateway"], env)
+        base_url = f"http://{settings.gateway.host}:{settings.gateway.port}"
+        if not _wait_http(base_url + "/healthz", timeout_s):
+            raise RuntimeError(self.check_children() or f"gateway did not answer on {base_url} within {timeout_s} s")
+        return base_url
 
     def check_children(self) -> str | None:
         for name, proc in self.children:
@@ -112,10 +146,17 @@ async def _bootstrap(settings: Settings, redis_url: str, engine_label: str) -> s
     try:
         keys = Keys(settings.redis.key_prefix)
         store = ModelStore(client, keys)
+        if engine_label == VLLM_LABEL:
+            source = str(build_tiny_llama(settings.state_dir / "tiny-llama"))
+            engine_args, resources = VLLM_ENGINE_ARGS, Resources(gpus=1, cpus=2, mem_mb=4000, time_limit_min=60)
+        else:
+            source, engine_args = "slurmless/demo", {}
+            resources = Resources(gpus=1, cpus=1, mem_mb=1000, time_limit_min=60, time_min_min=10)
         spec = ModelSpec(
             name=DEMO_MODEL,
-            source="/opt/slurmless/demo" if engine_label != "engine simulator" else "slurmless/demo",
-            resources=Resources(gpus=1, cpus=1, mem_mb=1000, time_limit_min=60, time_min_min=10),
+            source=source,
+            engine_args=engine_args,
+            resources=resources,
             policy=Policy(min_replicas=0, max_replicas=1, keepalive_min_s=120, keepalive_max_s=300),
             created_s=time.time(),
         )
@@ -143,8 +184,6 @@ def up_command(
     settings = load_settings()
     if gateway_port is not None:
         settings.gateway.port = gateway_port
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    settings.launcher.job_output_dir.mkdir(parents=True, exist_ok=True)
     engine_label, engine_argv = engine_choice()
     stack = Stack(settings)
     stopping = False
@@ -154,31 +193,13 @@ def up_command(
 
     signal.signal(signal.SIGTERM, _on_term)
     try:
-        redis_url = stack.start_redis()
-        console.print(f"[green]redis[/green]     {redis_url} (AOF in {settings.state_dir / 'redis'})")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURMLESS_")}
-        env.update(
-            {
-                "SLURMLESS_REDIS__URL": redis_url,
-                "SLURMLESS_GATEWAY__HOST": settings.gateway.host,
-                "SLURMLESS_GATEWAY__PORT": str(settings.gateway.port),
-                "SLURMLESS_LAUNCHER__ENGINE_COMMAND": json.dumps(engine_argv),
-                "SLURMLESS_LAUNCHER__JOB_OUTPUT_DIR": str(settings.launcher.job_output_dir),
-            }
-        )
-        if settings.slurm.local_cluster:
-            cluster_env = stack.start_cluster()
-            env.update(cluster_env)
-            env["SLURMLESS_SLURM__CONF"] = cluster_env["SLURM_CONF"]
-            console.print(f"[green]slurm[/green]     local cluster in {settings.dev_cluster.base_dir}")
-        else:
-            console.print("[green]slurm[/green]     the configured cluster")
-        key = asyncio.run(_bootstrap(settings, redis_url, engine_label))
-        stack.spawn("launcher", [sys.executable, "-m", "launcher"], env)
-        stack.spawn("gateway", [sys.executable, "-m", "queue_gateway"], env)
-        base_url = f"http://{settings.gateway.host}:{settings.gateway.port}"
-        if not _wait_http(base_url + "/healthz", 30):
-            raise RuntimeError(stack.check_children() or f"gateway did not answer on {base_url} within 30 s")
+        extra = {"SLURMLESS_LAUNCHER__ENGINE_ENV": json.dumps(VLLM_ENGINE_ENV)} if engine_label == VLLM_LABEL else {}
+        base_url = stack.start(engine_argv, extra_env=extra)
+        assert stack.redis is not None
+        console.print(f"[green]redis[/green]     {stack.redis.url} (AOF in {settings.state_dir / 'redis'})")
+        where = f"local cluster in {settings.dev_cluster.base_dir}" if settings.slurm.local_cluster else "as configured"
+        console.print(f"[green]slurm[/green]     {where}")
+        key = asyncio.run(_bootstrap(settings, stack.redis.url, engine_label))
         console.print(f"[green]gateway[/green]   {base_url}/v1  (model '{DEMO_MODEL}' on the {engine_label})")
         console.print(f"[bold]API key[/bold]   {key}")
         console.print(

@@ -1,5 +1,7 @@
 """A tiny Llama checkpoint made on the spot: config.json and a trained byte-level BPE tokenizer.
 
+Used by `slurmless up` (when the CPU build of vLLM is installed) and the end-to-end tests.
+
 No weights are downloaded (the network reaches no hub); vLLM serves it with `--load-format dummy`,
 which fills random weights. Sizes follow what the CPU attention kernel accepts (head_dim 64).
 """
@@ -76,3 +78,23 @@ def build_tiny_llama(directory: Path, *, vocab_size: int = 512) -> Path:
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 1}))
     return directory
+
+
+VLLM_ENGINE_ARGS: dict[str, str | int | float | bool] = {
+    "--load-format": "dummy",
+    "--dtype": "float32",
+    "--max-model-len": 512,
+    "--enforce-eager": True,
+}
+"""Engine arguments that make vLLM serve the tiny Llama on a CPU: random weights, no compile step."""
+VLLM_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+"""1 GiB of KV cache: plenty for the tiny model, small enough for a shared test machine."""
+
+
+def vllm_python(root: Path | None = None) -> Path | None:
+    """The interpreter of .venv-vllm (scripts/install-vllm-cpu.sh) when it is installed, else None."""
+    base = (root or Path(__file__).resolve().parents[1]) / ".venv-vllm"
+    python = base / "bin" / "python"
+    if python.exists() and any(base.glob(".installed-vllm-cpu-*")):
+        return python
+    return None
