@@ -37,9 +37,13 @@ SIM_LOAD_TIME_S = 5.0
 """The simulated engine's load time: long enough to see the cold start, short enough to wait for."""
 
 
-def engine_choice() -> tuple[str, list[str]]:
+def engine_choice(engine: str = "auto") -> tuple[str, list[str]]:
     """Real vLLM when installed (opt-in, .venv-vllm), else the simulator; returns (label, argv)."""
-    python = vllm_python()
+    if engine not in {"auto", "sim", "vllm"}:
+        raise ValueError(f"--engine must be auto, sim or vllm, not {engine!r}")
+    python = vllm_python() if engine != "sim" else None
+    if engine == "vllm" and python is None:
+        raise RuntimeError("--engine vllm: the CPU build of vLLM is not installed; run SLURMLESS_WITH_VLLM=1 make up")
     if python is not None:
         return VLLM_LABEL, [str(python), "-m", "vllm.entrypoints.openai.api_server"]
     return "engine simulator", [sys.executable, "-m", "enginesim", "--sim-load-time-s", str(SIM_LOAD_TIME_S)]
@@ -179,12 +183,17 @@ def _wait_http(url: str, timeout_s: float) -> bool:
 
 def up_command(
     gateway_port: int = typer.Option(None, "--port", help="Gateway port (default: settings gateway.port, 8000)."),
+    engine: str = typer.Option("auto", help="auto (vLLM when installed, else the simulator), sim or vllm."),
 ) -> None:
     """Run the whole stack locally in the foreground: Redis, Slurm, launcher, gateway, a demo model."""
     settings = load_settings()
     if gateway_port is not None:
         settings.gateway.port = gateway_port
-    engine_label, engine_argv = engine_choice()
+    try:
+        engine_label, engine_argv = engine_choice(engine)
+    except (ValueError, RuntimeError) as exc:
+        typer.secho(f"slurmless: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
     stack = Stack(settings)
     stopping = False
 

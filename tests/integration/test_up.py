@@ -1,0 +1,134 @@
+"""`slurmless up` as a newcomer runs it: the stack comes up, one curl streams an answer after a
+visible cold start, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from slurmless.ports import free_port
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def mentions(path: Path) -> set[int]:
+    """Processes whose command line or environment names `path` (how we recognise ours)."""
+    hits = set()
+    needle = str(path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in blob and int(entry.name) != os.getpid():
+            hits.add(int(entry.name))
+    return hits
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
+    base = Path(tempfile.mkdtemp(prefix="sl-up-", dir="/tmp"))
+    base.chmod(0o755)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURMLESS_")}
+    env.update(
+        {
+            "SLURMLESS_STATE_DIR": str(base / "state"),
+            "SLURMLESS_DEV_CLUSTER__BASE_DIR": str(base / "cluster"),
+            "SLURMLESS_LAUNCHER__JOB_OUTPUT_DIR": str(base / "jobs"),
+            "SLURMLESS_LAUNCHER__CALLBACK_PORT": str(free_port()),
+        }
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "slurmless.cli", "up", "--port", str(port), "--engine", "sim"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert up.stdout is not None
+        key = None
+        deadline = time.monotonic() + 90
+        while key is None:
+            assert time.monotonic() < deadline, "".join(output)
+            line = up.stdout.readline()
+            assert line or up.poll() is None, "".join(output)
+            output.append(line)
+            if match := re.search(r"API key\s+(sk-sl-\S+)", line):
+                key = match.group(1)
+        assert any("engine simulator" in line for line in output), "".join(output)
+        ours = descendants(up.pid) | mentions(base)
+        assert len(ours) >= 5, f"expected redis, munged, slurmctld, slurmd, launcher, gateway: {ours}"
+
+        comments, content = [], []
+        with httpx.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "demo", "stream": True, "messages": [{"role": "user", "content": "Hello"}]},
+            timeout=120,
+        ) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["x-slurmless-held"] == "true"
+            for line in resp.iter_lines():
+                if line.startswith(":"):
+                    comments.append(line)
+                elif line.startswith("data: {"):
+                    content.append(line)
+        assert comments, "the cold start was not visible"
+        assert content, "no answer streamed"
+
+        ours |= descendants(up.pid) | mentions(base)  # now including the job's engine
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+        time.sleep(1)
+        left = {pid for pid in ours if alive(pid)}
+        assert not left, f"left running after Ctrl-C: {left}"
+    finally:
+        if up.poll() is None:
+            up.kill()
+        for pid in mentions(base):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
