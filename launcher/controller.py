@@ -26,12 +26,23 @@ from dataclasses import dataclass, field
 import orjson
 import redis.asyncio as aioredis
 
-from launcher.desired import ModelLoad, desired_replicas
+from launcher.desired import (
+    BudgetAsk,
+    ModelLoad,
+    PolicyInputs,
+    demand_rate_per_s,
+    desired_record,
+    desired_replicas,
+    drivers,
+    fit_to_budget,
+    with_cap,
+)
 from launcher.health import Health, Probe, Prober
 from launcher.history import LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory, p95
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
 from launcher.metrics import LauncherMetrics
 from policies.placement import PlacementOption, pick_placement
+from policies.types import Decision, Occurrence
 from slurm.backend import SlurmBackend
 from slurm.errors import ScriptValidationError, SlurmError
 from slurm.jobscript import render_job_script
@@ -46,6 +57,7 @@ from warmpool.phase import ModelPhase, Phase, PhaseBoard
 from warmpool.redisio import awaited, text
 from warmpool.routing import Routing
 from warmpool.specs import ModelKind, ModelSpec
+from warmpool.warm import WarmRequest
 
 S = InstanceState
 LAST_DEMAND = "last_demand_s"
@@ -55,6 +67,10 @@ JOB_DRAIN = "job_drain"
 """Timestamp key: when the job said it stops (walltime warning, SIGTERM); it ends by itself."""
 SUBMIT_GRACE_S = 120.0
 """How long a `requested` record without a job may wait for its job to show up in squeue."""
+SIGNAL_EARLY_S = 60.0
+"""`--signal=B:USR1@N` may come up to 60 s before N (sbatch(1): Slurm checks time limits
+periodically; 22.05 sent it up to 30 s early on the local cluster). The successor must be ready by
+then, or the warned instance deregisters and leaves a gap."""
 
 # How a job that ended tells us why, when the launcher did not end it itself.
 _END_REASONS: dict[JobState, str] = {
@@ -70,6 +86,18 @@ _END_REASONS: dict[JobState, str] = {
 }
 # Endings that are the normal fate of a serving job: they drain, they do not count as failures.
 _EXPECTED_ENDS = frozenset({JobState.TIMEOUT, JobState.PREEMPTED})
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """One model's instances and its ask, between the policies' decision and the GPU budget."""
+
+    spec: ModelSpec
+    hist: ModelHistory
+    active: list[InstanceRecord]
+    capacity: list[InstanceRecord]
+    inflight: dict[str, int]
+    ask: BudgetAsk
 
 
 @dataclass
@@ -113,6 +141,8 @@ class Launcher:
         self.phases = PhaseBoard(redis, self.keys)
         self.events = EventLog(redis, self.keys)
         self.history = HistoryStore(redis, self.keys)
+        self.inputs = PolicyInputs(redis, self.keys)
+        self._desired_seen: dict[str, tuple[int, tuple[str, ...]]] = {}
         self.prober = prober or Prober(timeout_s=settings.health_timeout_s)
         self.metrics = metrics or LauncherMetrics()
         # Only the loading watchers (a runner concern) read a clock; ticks get the time passed in.
@@ -244,9 +274,7 @@ class Launcher:
                 await self._reconcile(records, jobs, specs, now_s, report)
                 await self._probe(records, specs, now_s, report)
                 await self._progress_drains(records, now_s, report)
-                for spec in specs.values():
-                    if spec.kind is ModelKind.BASE:
-                        await self._scale(spec, specs, now_s, report)
+                await self._scale_all(specs, now_s, report)
             await self._publish(specs, now_s)
             await self._purge(now_s)
         for model in await self.routing.queued_models():
@@ -414,7 +442,33 @@ class Launcher:
 
     # --- scaling ------------------------------------------------------------------------------
 
-    async def _scale(self, spec: ModelSpec, specs: dict[str, ModelSpec], now_s: float, report: TickReport) -> None:
+    async def _scale_all(self, specs: dict[str, ModelSpec], now_s: float, report: TickReport) -> None:
+        """The desired-replicas step: every base model's decision, fitted into the GPU budget, then acted on."""
+        bases = [s for s in specs.values() if s.kind is ModelKind.BASE]
+        names = [s.name for s in bases]
+        self.inputs.forget(names)
+        hists = {name: await self.history.get(name) for name in names}
+        leads_s = {name: self._expected_cold_start_s(h) for name, h in hists.items()}
+        occurrences = await self.inputs.occurrences(names, now_s, leads_s)
+        warm = await self.inputs.warm_requests(names, now_s)
+        plans = [
+            await self._plan(spec, hists[spec.name], now_s, occurrences=occurrences.get(spec.name, ()), warm=warm)
+            for spec in bases
+        ]
+        fitted = fit_to_budget([p.ask for p in plans], self.settings.gpu_budget)
+        for plan in plans:
+            await self._scale(plan, fitted[plan.spec.name], now_s, report)
+
+    async def _plan(
+        self,
+        spec: ModelSpec,
+        hist: ModelHistory,
+        now_s: float,
+        *,
+        occurrences: tuple[Occurrence, ...],
+        warm: dict[str, WarmRequest],
+    ) -> ScalePlan:
+        """What one model has and what the policies want for it, before the GPU budget."""
         model = spec.name
         live = [r for r in await self.instances.all(model) if r.state in LIVE_STATES]
         active = [r for r in live if r.state is not S.DRAINING]
@@ -422,7 +476,6 @@ class Launcher:
         # A ready instance whose successor is on its way counts once, as its successor.
         capacity = [r for r in active if not (r.successor and r.successor in active_ids)]
         ready = [r for r in active if r.state is S.READY]
-        hist = await self.history.get(model)
         inflight = await self.routing.inflight(model)
         queue_depth = await self.routing.queue_depth(model)
         last_s = max(
@@ -437,24 +490,51 @@ class Launcher:
             last_request_s=last_s,
             idle_counts=await self._idle_counts(model),
         )
+        demand = await self.inputs.demand(model, now_s)
+        cold_start_s = self._expected_cold_start_s(hist)
         decision = desired_replicas(
             spec,
             load,
             now_s,
-            expected_cold_start_s=self._expected_cold_start_s(hist),
+            expected_cold_start_s=cold_start_s,
             default_keepalive_s=self.settings.default_keepalive_s,
+            forecast=demand.forecast if demand is not None else None,
+            occurrences=occurrences,
+            warm=warm.get(model),
         )
-        desired = decision.replicas
         nobody_waits = queue_depth == 0 and load.in_flight == 0
         idle_s = now_s - last_s if last_s is not None else float("inf")
         if not ready and nobody_waits and idle_s > self.settings.pending_cancel_grace_s:
             # Demand vanished before anything became ready: keep only what a standing policy asks for.
-            desired = min(
-                desired,
-                max((r.replicas for r in decision.reasons if r.policy not in ("reactive", "idle-to-zero")), default=0),
+            standing = max(
+                (r.replicas for r in decision.reasons if r.policy not in ("reactive", "idle-to-zero")), default=0
             )
+            decision = with_cap(
+                decision, standing, "no-waiters", f"nobody waited for {idle_s:.0f}s and nothing is ready"
+            )
+        warm_floor = warm[model].replicas if model in warm else 0
+        ask = BudgetAsk(
+            spec=spec,
+            decision=decision,
+            waiting=queue_depth,
+            rate_per_s=demand_rate_per_s(demand, now_s),
+            cold_start_s=cold_start_s,
+            floor=max(spec.policy.min_replicas, warm_floor),
+        )
+        return ScalePlan(spec, hist, active, capacity, inflight, ask)
+
+    async def _scale(self, plan: ScalePlan, decision: Decision, now_s: float, report: TickReport) -> None:
+        spec, model, hist, active, capacity, inflight = (
+            plan.spec,
+            plan.spec.name,
+            plan.hist,
+            plan.active,
+            plan.capacity,
+            plan.inflight,
+        )
+        desired = decision.replicas
         report.desired[model] = desired
-        await self._record_desired(model, desired, decision.explain(), now_s)
+        await self._record_desired(model, decision, now_s)
 
         if desired > len(capacity):
             if hist.broken_reason or now_s < hist.retry_at_s:
@@ -519,21 +599,39 @@ class Launcher:
         load_s = p95(hist.load_times_s) or self.settings.default_load_s
         res = spec.resources
         lead, *_ = signal_timing(self.settings.signal_lead_s, 60 * (res.time_min_min or res.time_limit_min))
-        return queue_s + load_s + lead + self.settings.renew_margin_s
+        return queue_s + load_s + lead + SIGNAL_EARLY_S + self.settings.renew_margin_s
 
     def _expected_cold_start_s(self, hist: ModelHistory) -> float:
         queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
         load_s = p95(hist.load_times_s) or self.settings.default_load_s
         return queue_s + load_s
 
-    async def _record_desired(self, model: str, desired: int, why: str, now_s: float) -> None:
-        raw = await awaited(self.redis.hget(self.keys.desired, model))
-        previous = orjson.loads(raw) if raw else {}
-        if previous.get("replicas") == desired:
+    async def _record_desired(self, model: str, decision: Decision, now_s: float) -> None:
+        """Write `Keys.desired` and an event whenever the number or the policies behind it change."""
+        seen = (decision.replicas, tuple(sorted({r.policy for r in drivers(decision)})))
+        previous = self._desired_seen.get(model)
+        if previous is None:
+            # First sight since this launcher started: compare with what its predecessor wrote.
+            raw = await awaited(self.redis.hget(self.keys.desired, model))
+            stored = orjson.loads(raw) if raw else {}
+            if isinstance(stored, dict) and "replicas" in stored:
+                previous = (int(stored["replicas"]), tuple(sorted(stored.get("drivers", []))))
+        self._desired_seen[model] = seen
+        if previous == seen:
             return
-        value = {"replicas": desired, "why": why, "at_s": now_s}
+        value = desired_record(decision, now_s)
         await awaited(self.redis.hset(self.keys.desired, model, orjson.dumps(value).decode()))
-        await self.events.record("scale.decision", now_s=now_s, model=model, replicas=desired, why=why)
+        if previous is None and seen == (0, ()):
+            return  # a model first seen cold, for no particular reason: nothing changed
+        await self.events.record(
+            "scale.decision",
+            now_s=now_s,
+            model=model,
+            replicas=decision.replicas,
+            previous=previous[0] if previous is not None else 0,
+            why=value["why"],
+            reasons=[f"{r.policy}={r.replicas} ({r.detail})" for r in decision.reasons],
+        )
 
     async def _last_demand_s(self, model: str) -> float | None:
         raw = await awaited(self.redis.hget(self.keys.model_stats(model), LAST_DEMAND))

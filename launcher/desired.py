@@ -1,24 +1,74 @@
 """From warmpool's state to the policies' inputs, and their decision back.
 
-The launcher reads queue depth, in-flight requests and demand history from Redis, builds the pure
-`policies.types.ModelState`, and asks `policies.combine.decide` for the desired replicas. Forecast
-and schedules are left out until their state is kept in Redis (a hook: `extra_occurrences`).
+Per model and tick the launcher builds the pure `policies.types.ModelState` and asks
+`policies.combine.decide` (the code the trace simulator replays) for
+
+    desired = clamp(max(reactive, keep-alive, forecast, schedule, warm request, min_replicas), 0, max)
+
+then fits all models into the GPU budget with `policies.budget.fit_budget`. A live `slurmless models
+warm` request is a floor like `min_replicas` under its own policy name, "warm".
+
+What is read from Redis, and how often (`PolicyInputs`):
+
+- demand history (`Keys.demand`, 600 s slots -> requests): folded into a seasonal forecast
+  incrementally. A model's first sight reads at most `FORECAST_HISTORY_SLOTS` (three weeks) with one
+  HMGET; afterwards one HMGET of the slots finished since (usually one) per model per 600 s.
+- schedules: one pipelined read for all models every `SCHEDULE_REFRESH_S`; their occurrences are
+  expanded over a rolling `SCHEDULE_HORIZON_S` and re-expanded only when that runs out or the
+  schedules changed.
+- warm requests: one pipelined GET for all models per tick (they must end on time).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
 
+import redis.asyncio as aioredis
+
+from policies.budget import BudgetRequest, fit_budget
 from policies.combine import decide
+from policies.forecast import expected_rate_per_s, new_forecast, observe_slot
 from policies.idle import learnt_keepalive_s
-from policies.types import Decision, IdleHistogram, LoadSnapshot, ModelState, Occurrence, PolicyMix
+from policies.types import (
+    Decision,
+    IdleHistogram,
+    LoadSnapshot,
+    ModelState,
+    Occurrence,
+    PolicyMix,
+    Reason,
+    SeasonalForecast,
+)
 from policies.types import ModelSpec as PolicySpec
+from warmpool.keys import DEMAND_SLOT_S, Keys
+from warmpool.redisio import awaited, text
+from warmpool.schedule_store import ScheduleSpec
 from warmpool.specs import ModelSpec
+from warmpool.warm import WarmRequest
 
 IDLE_BINS = 240
 IDLE_BIN_S = 60.0
 DEFAULT_MAX_KEEPALIVE_S = 4 * 3600.0
-MIX = PolicyMix(keepalive="histogram", forecast=False, schedules=False)
+MIX = PolicyMix(keepalive="histogram", forecast=True, schedules=True)
+
+FORECAST_HISTORY_SLOTS = 3 * 7 * 86_400 // DEMAND_SLOT_S
+"""Slots read when a model's forecast is first built: three weeks, so every week slot was seen thrice."""
+FOLD_GRACE_S = 30.0
+"""A slot is folded this long after it ends: a gateway whose clock lags may still count into it."""
+RECENT_SLOTS = 6
+"""Finished slots (one hour) whose mean request rate prices a replica in the GPU budget."""
+SCHEDULE_REFRESH_S = 30.0
+"""How often schedules are re-read: an added schedule takes effect within this (leads are minutes)."""
+SCHEDULE_HORIZON_S = 86_400.0
+"""How far ahead schedules are expanded at once."""
+WARM = "warm"
+CUTS = frozenset({"budget", "max-replicas", "no-waiters"})
+"""Reasons that lower the replicas the other policies ask for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +84,32 @@ class ModelLoad:
     idle_counts: dict[int, int]
 
 
-def policy_spec(spec: ModelSpec, *, expected_cold_start_s: float, default_keepalive_s: float) -> PolicySpec:
-    """The policies' view of a registered model; its keep-alive bounds come from the model's policy."""
+@dataclass(frozen=True, slots=True)
+class DemandForecast:
+    """A model's seasonal forecast, the demand slots folded into it so far, and the latest counts."""
+
+    forecast: SeasonalForecast
+    next_slot: int
+    """The first demand slot not folded yet."""
+    recent_counts: tuple[int, ...] = ()
+    """Requests in the last `RECENT_SLOTS` folded slots, oldest first."""
+
+
+# --- pure mapping -----------------------------------------------------------------------------
+
+
+def policy_spec(
+    spec: ModelSpec,
+    *,
+    expected_cold_start_s: float,
+    default_keepalive_s: float,
+    schedule_lead_s: float | None = None,
+) -> PolicySpec:
+    """The policies' view of a registered model; its keep-alive bounds come from the model's policy.
+
+    `expected_cold_start_s` (p95 queue wait + p95 load) is the forecast's lead and prices a cold start;
+    `schedule_lead_s` (the same by default) is how long before a scheduled window a replica is asked for.
+    """
     floor_s = spec.policy.keepalive_min_s if spec.policy.keepalive_min_s is not None else expected_cold_start_s
     max_s = spec.policy.keepalive_max_s if spec.policy.keepalive_max_s is not None else DEFAULT_MAX_KEEPALIVE_S
     max_s = max(max_s, floor_s)
@@ -44,14 +118,19 @@ def policy_spec(spec: ModelSpec, *, expected_cold_start_s: float, default_keepal
         name=spec.name,
         min_replicas=spec.policy.min_replicas,
         max_replicas=spec.policy.max_replicas,
-        gpus_per_replica=spec.resources.gpus,
+        gpus_per_replica=gpus_per_replica(spec),
         target_concurrency=float(spec.policy.max_concurrency),
         expected_cold_start_s=cold_s,
-        cold_start_p99_s=cold_s * 2,
+        cold_start_p99_s=cold_s if schedule_lead_s is None else schedule_lead_s,
         keepalive_floor_factor=floor_s / cold_s,
         default_keepalive_s=min(max(default_keepalive_s, floor_s), max_s),
         max_keepalive_s=max_s,
     )
+
+
+def gpus_per_replica(spec: ModelSpec) -> int:
+    """GPUs one instance holds over all its nodes."""
+    return spec.resources.gpus * spec.resources.nodes
 
 
 def idle_histogram(counts: dict[int, int], spec: PolicySpec) -> IdleHistogram:
@@ -69,6 +148,68 @@ def idle_histogram(counts: dict[int, int], spec: PolicySpec) -> IdleHistogram:
     )
 
 
+def finished_slots_end(now_s: float) -> int:
+    """Demand slots below this index are over (with `FOLD_GRACE_S`) and may be folded."""
+    return int((now_s - FOLD_GRACE_S) // DEMAND_SLOT_S)
+
+
+def fold_demand(state: DemandForecast | None, counts: Mapping[int, int], end_slot: int) -> DemandForecast | None:
+    """Fold the demand slots up to `end_slot` (exclusive) into `state`; a slot missing from `counts` had none.
+
+    Without a `state`, folding starts at the first slot of `counts` that saw a request: slots before a
+    model's first request are unknown, not empty (an empty history would read as "never any demand"
+    and cut its keep-alive). Returns None while no request was ever seen. Pure.
+    """
+    if state is None:
+        seen = [s for s, c in counts.items() if c > 0 and s < end_slot]
+        if not seen:
+            return None
+        state = DemandForecast(new_forecast(slot_s=float(DEMAND_SLOT_S)), next_slot=min(seen))
+    fc, recent = state.forecast, list(state.recent_counts)
+    for slot in range(state.next_slot, end_slot):
+        count = counts.get(slot, 0)
+        fc = observe_slot(fc, slot * float(DEMAND_SLOT_S), count)
+        recent.append(count)
+    return DemandForecast(fc, max(state.next_slot, end_slot), tuple(recent[-RECENT_SLOTS:]))
+
+
+def demand_rate_per_s(demand: DemandForecast | None, now_s: float) -> float:
+    """What one replica of the model is worth in the budget: the higher of forecast and recent rate."""
+    if demand is None:
+        return 0.0
+    recent = sum(demand.recent_counts) / (len(demand.recent_counts) * DEMAND_SLOT_S) if demand.recent_counts else 0.0
+    return max(recent, expected_rate_per_s(demand.forecast, now_s) or 0.0)
+
+
+def schedule_occurrences(schedules: Iterable[ScheduleSpec], start_s: float, end_s: float) -> tuple[Occurrence, ...]:
+    """Every warm window of `schedules` overlapping [start_s, end_s), sorted by start (as the policy needs)."""
+    found = [o for s in schedules for o in s.occurrences(start_s, end_s)]
+    return tuple(sorted(found, key=lambda o: (o.start_s, o.end_s)))
+
+
+def with_floor(decision: Decision, floor: Reason, max_replicas: int) -> Decision:
+    """`decision` raised to `floor.replicas` (capped at `max_replicas`), with the floor among its reasons."""
+    replicas = max(decision.replicas, min(floor.replicas, max_replicas))
+    reasons = [*decision.reasons, floor]
+    if floor.replicas > max_replicas and not any(r.policy == "max-replicas" for r in reasons):
+        reasons.append(Reason("max-replicas", max_replicas, f"capped from {floor.replicas}"))
+    return replace(decision, replicas=replicas, reasons=tuple(reasons))
+
+
+def with_cap(decision: Decision, replicas: int, policy: str, detail: str) -> Decision:
+    """`decision` lowered to at most `replicas`, with the cut among its reasons (unchanged when not lower)."""
+    if decision.replicas <= replicas:
+        return decision
+    return replace(decision, replicas=replicas, reasons=(*decision.reasons, Reason(policy, replicas, detail)))
+
+
+def warm_reason(warm: WarmRequest) -> Reason:
+    """The reason a live `slurmless models warm` request gives."""
+    until = datetime.fromtimestamp(warm.until_s, tz=UTC).isoformat(timespec="seconds")
+    by = f" by {warm.requested_by}" if warm.requested_by else ""
+    return Reason(WARM, warm.replicas, f"warm request{by} until {until}")
+
+
 def desired_replicas(
     spec: ModelSpec,
     load: ModelLoad,
@@ -76,10 +217,22 @@ def desired_replicas(
     *,
     expected_cold_start_s: float,
     default_keepalive_s: float,
+    schedule_lead_s: float | None = None,
+    forecast: SeasonalForecast | None = None,
+    occurrences: tuple[Occurrence, ...] = (),
+    warm: WarmRequest | None = None,
     extra_occurrences: tuple[Occurrence, ...] = (),
 ) -> Decision:
-    """The policies' decision for one model at `now_s`."""
-    pspec = policy_spec(spec, expected_cold_start_s=expected_cold_start_s, default_keepalive_s=default_keepalive_s)
+    """The policies' decision for one model at `now_s`, before the GPU budget."""
+    pspec = policy_spec(
+        spec,
+        expected_cold_start_s=expected_cold_start_s,
+        default_keepalive_s=default_keepalive_s,
+        schedule_lead_s=schedule_lead_s,
+    )
+    occs = occurrences
+    if extra_occurrences:
+        occs = tuple(sorted((*occurrences, *extra_occurrences), key=lambda o: (o.start_s, o.end_s)))
     state = ModelState(
         spec=pspec,
         load=LoadSnapshot(
@@ -91,7 +244,216 @@ def desired_replicas(
             last_activity_s=load.last_request_s,
         ),
         idle=idle_histogram(load.idle_counts, pspec),
-        occurrences=extra_occurrences,
-        mix=PolicyMix(keepalive=MIX.keepalive, forecast=False, schedules=bool(extra_occurrences)),
+        forecast=forecast,
+        occurrences=occs,
+        mix=MIX,
     )
-    return decide(state, now_s)
+    decision = decide(state, now_s)
+    if warm is not None and warm.until_s > now_s:
+        decision = with_floor(decision, warm_reason(warm), spec.policy.max_replicas)
+        decision = replace(decision, recheck_at_s=min(decision.recheck_at_s, warm.until_s))
+    return decision
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAsk:
+    """One model's decision and what its replicas are worth, for `fit_to_budget`."""
+
+    spec: ModelSpec
+    decision: Decision
+    waiting: int = 0
+    rate_per_s: float = 0.0
+    cold_start_s: float = 150.0
+    floor: int = 0
+    """Replicas that come first: `min_replicas` and a live warm request."""
+
+
+def fit_to_budget(asks: Sequence[BudgetAsk], budget_gpus: int | None) -> dict[str, Decision]:
+    """Every model's decision fitted into `budget_gpus` (None: unlimited) by `policies.budget.fit_budget`.
+
+    A model that gives way keeps its decision's reasons plus a "budget" reason, and its replicas drop.
+    """
+    if budget_gpus is None:
+        return {a.spec.name: a.decision for a in asks}
+    requests = [
+        BudgetRequest(
+            model=a.spec.name,
+            desired=a.decision.replicas,
+            gpus_per_replica=gpus_per_replica(a.spec),
+            min_replicas=min(a.floor, a.decision.replicas),
+            waiting=a.waiting,
+            rate_per_s=a.rate_per_s,
+            cold_start_s=a.cold_start_s,
+        )
+        for a in asks
+    ]
+    granted = fit_budget(requests, budget_gpus)
+    out: dict[str, Decision] = {}
+    for ask in asks:
+        got, cuts = granted[ask.spec.name]
+        out[ask.spec.name] = replace(ask.decision, replicas=got, reasons=(*ask.decision.reasons, *cuts))
+    return out
+
+
+def drivers(decision: Decision) -> tuple[Reason, ...]:
+    """The reasons that set the number: policies asking for at least it, and any cut below what they asked."""
+    cuts = [r for r in decision.reasons if r.policy in CUTS]
+    if decision.replicas == 0:
+        return tuple(cuts)
+    asks = [r for r in decision.reasons if r.policy not in CUTS and r.replicas >= decision.replicas]
+    return (*asks, *cuts)
+
+
+def why(decision: Decision) -> str:
+    """One line answering "why this many replicas?"."""
+    found = drivers(decision)
+    if not found:
+        idle = [r.detail for r in decision.reasons if r.policy == "idle-to-zero"]
+        return "no policy asks for a replica" + (f": {idle[0]}" if idle else "")
+    return "; ".join(f"{r.policy}={r.replicas} ({r.detail})" for r in found)
+
+
+def desired_record(decision: Decision, now_s: float) -> dict[str, Any]:
+    """The `Keys.desired` value for a model: replicas, every policy's reason, the summary, and when."""
+    return {
+        "replicas": decision.replicas,
+        "why": why(decision),
+        "drivers": sorted({r.policy for r in drivers(decision)}),
+        "reasons": [{"policy": r.policy, "replicas": r.replicas, "detail": r.detail} for r in decision.reasons],
+        "at_s": now_s,
+    }
+
+
+# --- reading the inputs -----------------------------------------------------------------------
+
+
+@dataclass
+class _Expanded:
+    digest: str
+    end_s: float
+    occurrences: tuple[Occurrence, ...]
+
+
+@dataclass
+class _History:
+    demand: DemandForecast | None
+    read_to_slot: int
+
+
+@dataclass
+class InputCounters:
+    """How much the inputs cost: tests and operators check the reads stay bounded."""
+
+    demand_reads: int = 0
+    demand_slots_read: int = 0
+    schedule_reads: int = 0
+    schedule_expansions: int = 0
+    schedule_errors: int = 0
+
+
+@dataclass
+class PolicyInputs:
+    """The launcher's cached view of the policies' slow-moving inputs; see the module docstring."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    history_slots: int = FORECAST_HISTORY_SLOTS
+    schedule_refresh_s: float = SCHEDULE_REFRESH_S
+    schedule_horizon_s: float = SCHEDULE_HORIZON_S
+    counters: InputCounters = field(default_factory=InputCounters)
+    _history: dict[str, _History] = field(default_factory=dict)
+    _schedules: dict[str, list[ScheduleSpec]] = field(default_factory=dict)
+    _schedules_read_s: float | None = None
+    _expanded: dict[str, _Expanded] = field(default_factory=dict)
+
+    async def demand(self, model: str, now_s: float) -> DemandForecast | None:
+        """The model's forecast with every finished demand slot folded in."""
+        end = finished_slots_end(now_s)
+        known = self._history.get(model)
+        start = end - self.history_slots if known is None else max(known.read_to_slot, end - self.history_slots)
+        if known is not None and start >= end:
+            return known.demand
+        slots = list(range(start, end))
+        raw = await awaited(self.redis.hmget(self.keys.demand(model), [str(s) for s in slots]))
+        self.counters.demand_reads += 1
+        self.counters.demand_slots_read += len(slots)
+        counts = {s: int(text(v)) for s, v in zip(slots, raw, strict=True) if v is not None}
+        previous = known.demand if known is not None else None
+        if previous is not None and previous.next_slot < start:
+            # The launcher was away longer than the history window: start over from what is kept.
+            previous = None
+        if len(slots) > 144:
+            # A first build folds weeks of slots: keep the event loop free for callbacks meanwhile.
+            demand = await asyncio.to_thread(fold_demand, previous, counts, end)
+        else:
+            demand = fold_demand(previous, counts, end)
+        self._history[model] = _History(demand, end)
+        return demand
+
+    async def occurrences(
+        self, models: Sequence[str], now_s: float, lead_s: Mapping[str, float]
+    ) -> dict[str, tuple[Occurrence, ...]]:
+        """Each model's scheduled windows from `now_s` over the horizon (always covering its lead)."""
+        read_s = self._schedules_read_s
+        if read_s is None or not 0 <= now_s - read_s < self.schedule_refresh_s:
+            await self._read_schedules(models)
+            self._schedules_read_s = now_s
+        out: dict[str, tuple[Occurrence, ...]] = {}
+        for model in models:
+            specs = self._schedules.get(model, [])
+            if not specs:
+                self._expanded.pop(model, None)
+                continue
+            digest = hashlib.sha256("\n".join(s.model_dump_json() for s in specs).encode()).hexdigest()
+            cached = self._expanded.get(model)
+            need_s = now_s + lead_s.get(model, 0.0) + SCHEDULE_REFRESH_S
+            if cached is None or cached.digest != digest or cached.end_s < need_s:
+                end_s = need_s + self.schedule_horizon_s
+                try:
+                    found = schedule_occurrences(specs, now_s, end_s)
+                except ValueError:
+                    # Validated when stored; a feed that still fails keeps nothing warm rather than the tick.
+                    found = ()
+                    self.counters.schedule_errors += 1
+                cached = _Expanded(digest, end_s, found)
+                self._expanded[model] = cached
+                self.counters.schedule_expansions += 1
+            out[model] = tuple(o for o in cached.occurrences if o.end_s > now_s)
+        return out
+
+    async def _read_schedules(self, models: Sequence[str]) -> None:
+        by_model: dict[str, list[ScheduleSpec]] = {}
+        if models:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for model in models:
+                    pipe.hgetall(self.keys.schedules(model))
+                raws: list[dict[bytes, bytes]] = await pipe.execute()
+            for model, raw in zip(models, raws, strict=True):
+                specs = sorted((ScheduleSpec.model_validate_json(v) for v in raw.values()), key=lambda s: s.id)
+                if specs:
+                    by_model[model] = specs
+        self._schedules = by_model
+        self.counters.schedule_reads += 1
+
+    async def warm_requests(self, models: Sequence[str], now_s: float) -> dict[str, WarmRequest]:
+        """Live `models warm` requests by model (one round trip)."""
+        if not models:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.get(self.keys.warm(model))
+            raws: list[bytes | None] = await pipe.execute()
+        out: dict[str, WarmRequest] = {}
+        for model, raw in zip(models, raws, strict=True):
+            if raw is not None:
+                warm = WarmRequest.model_validate_json(raw)
+                if warm.until_s > now_s:
+                    out[model] = warm
+        return out
+
+    def forget(self, keep: Iterable[str]) -> None:
+        """Drop the caches of models no longer registered."""
+        kept = set(keep)
+        for cache in (self._history, self._expanded):
+            for model in [m for m in cache if m not in kept]:
+                del cache[model]

@@ -119,6 +119,8 @@ class LauncherSettings(BaseModel):
     max_backoff_s: float = 600.0
     default_keepalive_s: float = 600.0
     """Idle time before an unused model scales to zero, until its idle histogram says otherwise."""
+    gpu_budget: int | None = Field(None, ge=0)
+    """GPUs slurmless may hold at once over all models; when full, the replica worth least gives way. None: no limit."""
     preemptible_partitions: list[str] = Field(default_factory=list)
     """Partitions whose jobs may be preempted: tried first when they start as soon as the others."""
     preemptible_qos: list[str] = Field(default_factory=list)
