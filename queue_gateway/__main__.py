@@ -1,0 +1,66 @@
+"""`python -m queue_gateway [--host H] [--port P]`: run one gateway process under uvicorn.
+
+Settings come from slurmless's config (`SLURMLESS_*` environment, `slurmless.toml`). The socket is
+bound before the app starts and its address printed (`queue_gateway listening on http://H:P`), so
+`--port 0` works for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+from collections.abc import Sequence
+
+import uvicorn
+
+from queue_gateway.app import build_app
+from slurmless.settings import Settings, load_settings
+from warmpool.keys import Keys
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve the gateway until SIGINT/SIGTERM (a clean stop hands back this process's tickets and slots)."""
+    gw = settings.gateway
+    host = host if host is not None else gw.host
+    port = port if port is not None else gw.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    app = build_app(
+        gw,
+        settings.redis.url,
+        keys=Keys(settings.redis.key_prefix),
+        root_settings=settings,
+        redis_socket_timeout_s=settings.redis.socket_timeout_s,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            backlog=4096,
+            timeout_graceful_shutdown=10,
+            timeout_keep_alive=75,
+        )
+    )
+    print(f"queue_gateway listening on http://{host}:{sock.getsockname()[1]}", flush=True)
+    server.run(sockets=[sock])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m queue_gateway", description="Run one slurmless gateway.")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(None if argv is None else list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(load_settings(), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

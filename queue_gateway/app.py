@@ -1,0 +1,545 @@
+"""The gateway's ASGI app: the OpenAI surface, health, metrics, and the wiring of its parts.
+
+The completion endpoints are raw ASGI callables (Starlette routes a non-function endpoint to
+them unwrapped), so the warm path builds no Request/Response objects: authenticate from the
+in-process cache, resolve the model from the in-process cache, one Redis round trip to take a
+slot, then the engine's bytes go to `send` as they come.
+
+A client that leaves is watched for (`http.disconnect`) from the moment its body is read: the
+request's task is cancelled, which withdraws its ticket or gives its slot back and closes the
+engine's response (so the engine aborts the generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from queue_gateway.async_mode import AsyncRunner, fetch_async, submit_async
+from queue_gateway.auth import KeyCache
+from queue_gateway.budget import Budgets
+from queue_gateway.catalog import Catalog, route_target
+from queue_gateway.dispatch import Call, Dispatcher, settle
+from queue_gateway.errors import BadRequest, ClientGone, GatewayError, NotFound, Unavailable, error_body
+from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
+from queue_gateway.limits import KeyLimits
+from queue_gateway.metrics import GatewayMetrics
+from queue_gateway.proxy import Upstreams
+from queue_gateway.sinks import AsgiSink, Sink
+from slurmless.settings import GatewaySettings, Settings
+from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
+from warmpool.async_requests import AsyncRequests
+from warmpool.instance_store import InstanceStore
+from warmpool.keys import Keys
+from warmpool.models import ModelStore
+from warmpool.phase import Phase, PhaseBoard
+from warmpool.routing import Routing
+
+log = logging.getLogger(__name__)
+
+FIRST_PROGRESS_S = 1.0
+"""A held stream's headers wait this long for a grant (so short waits get exact headers)."""
+NO_WAIT_HEADERS = [(b"x-slurmless-cold-start", b"false"), (b"x-slurmless-queue-wait-ms", b"0")]
+"""Slurmless headers of responses refused before any queueing."""
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process runs on; built at start-up."""
+
+    settings: GatewaySettings
+    redis: aioredis.Redis
+    keys: Keys
+    gateway_id: str
+    clock: Callable[[], float]
+    metrics: GatewayMetrics
+    routing: Routing
+    hub: GrantHub
+    watch: ModelWatch
+    lease: Lease
+    upstreams: Upstreams
+    dispatcher: Dispatcher
+    key_cache: KeyCache
+    catalog: Catalog
+    limits: KeyLimits
+    phases: PhaseBoard
+    async_store: AsyncRequests
+    async_runner: AsyncRunner
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    ready: bool = False
+
+
+@dataclass
+class _Holder:
+    gateway: Gateway | None = None
+
+    def get(self) -> Gateway:
+        if self.gateway is None:
+            raise Unavailable("The gateway is starting or stopping.", code="gateway_starting", retry_after_s=1)
+        return self.gateway
+
+
+def _wire(
+    settings: GatewaySettings,
+    redis: aioredis.Redis,
+    keys: Keys,
+    gateway_id: str,
+    clock: Callable[[], float],
+    metrics: GatewayMetrics,
+) -> Gateway:
+    routing = Routing(redis, keys)
+    hub = GrantHub(redis, keys, gateway_id, check_interval_s=settings.grant_check_interval_s)
+    watch = ModelWatch(redis, keys, clock=clock)
+    phases = PhaseBoard(redis, keys)
+    upstreams = Upstreams(
+        InstanceStore(redis, keys),
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+        max_connections=settings.upstream_max_connections,
+    )
+    dispatcher = Dispatcher(
+        routing=routing,
+        hub=hub,
+        holder=Holder(routing, watch, clock=clock),
+        phases=phases,
+        upstreams=upstreams,
+        metrics=metrics,
+        gateway_id=gateway_id,
+        clock=clock,
+        default_budgets=Budgets(cold_s=settings.cold_wait_budget_s, warm_s=settings.warm_wait_budget_s),
+        queue_max_per_model=settings.queue_max_per_model,
+        queue_max_global=settings.queue_max_global,
+        retries=settings.upstream_retries,
+        first_progress_s=min(FIRST_PROGRESS_S, settings.progress_interval_s),
+        progress_interval_s=settings.progress_interval_s,
+    )
+    catalog = Catalog(ModelStore(redis, keys), ttl_s=settings.model_cache_ttl_s, clock=clock)
+    async_store = AsyncRequests(redis, keys)
+    runner = AsyncRunner(
+        async_store,
+        dispatcher,
+        catalog,
+        metrics,
+        gateway_id=gateway_id,
+        clock=clock,
+        lease_s=settings.lease_ttl_s,
+        result_ttl_s=settings.async_result_ttl_s,
+        max_running=settings.async_max_running,
+    )
+    return Gateway(
+        settings=settings,
+        redis=redis,
+        keys=keys,
+        gateway_id=gateway_id,
+        clock=clock,
+        metrics=metrics,
+        routing=routing,
+        hub=hub,
+        watch=watch,
+        lease=Lease(routing, gateway_id, ttl_s=settings.lease_ttl_s, clock=clock, on_tick=runner.renew),
+        upstreams=upstreams,
+        dispatcher=dispatcher,
+        key_cache=KeyCache(ApiKeyStore(redis, keys), ttl_s=settings.key_cache_ttl_s, clock=clock),
+        catalog=catalog,
+        limits=KeyLimits(redis, keys),
+        phases=phases,
+        async_store=async_store,
+        async_runner=runner,
+    )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _parse(body: bytes, kind: str) -> tuple[dict[str, Any], str, bool]:
+    """The payload, its model and whether it streams; `BadRequest` for anything malformed."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+    required = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[kind]
+    value = payload.get(required)
+    if value is None or (kind == "chat" and (not isinstance(value, list) or not value)):
+        raise BadRequest(
+            f"Missing required parameter: '{required}'.", param=required, code="missing_required_parameter"
+        )
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    if kind == "embeddings":
+        stream = False
+    return payload, model, stream
+
+
+def _wants_async(scope: Scope) -> bool:
+    prefer = _header(scope, b"prefer")
+    return prefer is not None and b"respond-async" in prefer.lower()
+
+
+async def write_error(sink: Sink, exc: GatewayError, call: Call | None, stream: bool) -> None:
+    """Send a refusal: a JSON error if nothing was sent yet, else an SSE error event on a stream."""
+    body = exc.body()
+    if not sink.started:
+        headers = exc.headers() + (call.headers() if call is not None else NO_WAIT_HEADERS)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await sink.start(exc.status, headers)
+        await sink.end(body)
+    elif stream:
+        # OpenAI's clients raise an APIError for a `data:` event carrying an "error" object.
+        await sink.end(b"data: " + body + b"\n\n")
+
+
+class CompletionEndpoint:
+    """`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` as raw ASGI."""
+
+    def __init__(self, holder: _Holder, path: str, kind: str) -> None:
+        self.holder = holder
+        self.path = path
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        perf0 = time.perf_counter()
+        sink = AsgiSink(send)
+        call: Call | None = None
+        model_label = "-"
+        stream = False
+        status = 500
+        key: ApiKeyRecord | None = None
+        limited = False
+        request_id = uuid.uuid4().hex
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+        watcher: asyncio.Task[None] | None = None
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not sink.finished:
+                gone = True
+                task.cancel()
+
+        try:
+            gw = self.holder.get()
+            key = await gw.key_cache.authenticate(_header(scope, b"authorization"))
+            body = await _read_body(receive)
+            payload, model, stream = _parse(body, self.kind)
+            target = await gw.catalog.target(model, key)
+            model_label = target.spec.name
+            if payload["model"] != target.upstream_name:
+                payload["model"] = target.upstream_name
+                body = orjson.dumps(payload)
+            now = gw.clock()
+            limited = await gw.limits.acquire(key, gw.gateway_id, request_id, now_s=now)
+            if not stream and _wants_async(scope):
+                status = await submit_async(
+                    gw.async_store, gw.async_runner, sink, key=key, target=target, client_model=model,
+                    path=self.path, body=body, now_s=now, lease_s=gw.settings.lease_ttl_s,
+                    pending_ttl_s=gw.settings.cold_wait_budget_s + gw.settings.async_result_ttl_s,
+                )  # fmt: skip
+                return
+            call = Call(
+                path=self.path,
+                body=body,
+                target=target,
+                stream=stream,
+                arrived_s=now,
+                arrived_perf=perf0,
+                request_id=request_id,
+                progress=stream,
+            )
+            watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+            await gw.dispatcher.run(call, sink)
+            status = sink.status
+        except GatewayError as exc:
+            status = exc.status
+            if not gone:
+                await write_error(sink, exc, call, stream)
+        except ClientGone:
+            status = 499
+        except (RedisError, OSError) as exc:
+            log.warning("state store error: %s", exc)
+            status = 503
+            if not gone:
+                await write_error(
+                    sink, Unavailable("Slurmless's state store is unavailable.", retry_after_s=5), call, stream
+                )
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+            status = 499
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if gone and self.holder.gateway is not None:
+                where = "streaming" if call is not None and call.first_byte_sent else "queued"
+                self.holder.gateway.metrics.disconnects.labels(model_label, where).inc()
+            if limited and key is not None and self.holder.gateway is not None:
+                await settle(self.holder.gateway.limits.release(key, self.holder.gateway.gateway_id, request_id))
+            if self.holder.gateway is not None:
+                self.holder.gateway.metrics.requests.labels(model_label, str(status), self.path).inc()
+
+
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(exc: GatewayError) -> Response:
+    headers = {k.decode(): v.decode() for k, v in exc.headers() if k != b"content-type"}
+    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=headers)
+
+
+def _api(
+    holder: _Holder, handler: Callable[[Gateway, ApiKeyRecord, Request], Awaitable[Response]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """An authenticated JSON endpoint with OpenAI-shaped errors."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            gw = holder.get()
+            key = await gw.key_cache.authenticate(request.headers.get("authorization", "").encode("latin-1"))
+            return await handler(gw, key, request)
+        except GatewayError as exc:
+            return _error(exc)
+
+    return endpoint
+
+
+async def _model_states(gw: Gateway, models: list[str]) -> dict[str, dict[str, Any]]:
+    """Per instance model: state (cold, starting, warm), phase, ready instances, queue depth, ETA."""
+    if not models:
+        return {}
+    phases = await gw.phases.many(models)
+    async with gw.redis.pipeline(transaction=False) as pipe:
+        for m in models:
+            pipe.zcard(gw.keys.ready(m))
+            pipe.zcard(gw.keys.queue(m))
+        counts = await pipe.execute()
+    out: dict[str, dict[str, Any]] = {}
+    for i, m in enumerate(models):
+        phase = phases[m]
+        ready, depth = int(counts[2 * i]), int(counts[2 * i + 1])
+        if ready > 0:
+            state = "warm"
+        elif phase.phase in (Phase.PENDING, Phase.STARTING, Phase.LOADING):
+            state = "starting"
+        else:
+            state = "cold"
+        out[m] = {
+            "state": state,
+            "phase": Phase.READY.value if ready > 0 else phase.phase.value,
+            "ready_instances": ready,
+            "queue_depth": depth,
+            "eta_s": phase.eta_s,
+            "slurm_reason": phase.slurm_reason,
+        }
+    return out
+
+
+async def _list_models(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
+    specs = await gw.catalog.listing(key)
+    targets = [route_target(s) for s in specs]
+    states = await _model_states(gw, sorted({t.instance_model for t in targets}))
+    data = [
+        {
+            "id": t.spec.client_name,
+            "object": "model",
+            "created": int(t.spec.created_s),
+            "owned_by": t.spec.owner_tenant or "slurmless",
+            "slurmless": {
+                **states[t.instance_model],
+                "name": t.spec.name,
+                "kind": t.spec.kind.value,
+                "base_model": t.spec.base_model,
+                "aliases": t.spec.aliases,
+            },
+        }
+        for t in targets
+    ]
+    return _json({"object": "list", "data": data})
+
+
+async def _get_model(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
+    target = await gw.catalog.target(request.path_params["model"], key)
+    states = await _model_states(gw, [target.instance_model])
+    spec = target.spec
+    return _json(
+        {
+            "id": spec.client_name,
+            "object": "model",
+            "created": int(spec.created_s),
+            "owned_by": spec.owner_tenant or "slurmless",
+            "slurmless": {**states[target.instance_model], "name": spec.name, "kind": spec.kind.value},
+        }
+    )
+
+
+async def _get_async(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
+    return await fetch_async(gw.async_store, request, key, clock=gw.clock)
+
+
+def build_app(
+    settings: GatewaySettings,
+    redis: str | aioredis.Redis,
+    *,
+    keys: Keys | None = None,
+    clock: Callable[[], float] = time.time,
+    gateway_id: str | None = None,
+    root_settings: Settings | None = None,
+    redis_socket_timeout_s: float = 5.0,
+) -> Starlette:
+    """The gateway app. Background work (grant subscription, lease, reaper, async runner) runs in its lifespan.
+
+    `redis` is a URL or a client (used from the server's event loop only); `gateway_id` names this
+    process's lease (random by default); `root_settings` is passed to the admin API mounted at `/admin`.
+    """
+    keys = keys or Keys()
+    gateway_id = gateway_id or f"gw-{uuid.uuid4().hex[:12]}"
+    owns_redis = isinstance(redis, str)
+    client: aioredis.Redis = (
+        aioredis.Redis.from_url(
+            redis,
+            socket_timeout=redis_socket_timeout_s,
+            socket_connect_timeout=redis_socket_timeout_s,
+            health_check_interval=30,
+        )
+        if isinstance(redis, str)
+        else redis
+    )
+    metrics = GatewayMetrics()
+    holder = _Holder()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gw = _wire(settings, client, keys, gateway_id, clock, metrics)
+        await gw.lease.tick()  # the lease must exist before this process queues anything
+        for job in (gw.hub.listen(), gw.hub.check_loop(), gw.watch.loop(), gw.lease.loop(), gw.async_runner.loop()):
+            gw.tasks.append(asyncio.get_running_loop().create_task(job))
+        await asyncio.wait_for(gw.hub.subscribed.wait(), timeout=10)
+        holder.gateway = gw
+        gw.ready = True
+        try:
+            yield
+        finally:
+            gw.ready = False
+            for t in gw.tasks:
+                t.cancel()
+            await asyncio.gather(*gw.tasks, return_exceptions=True)
+            with contextlib.suppress(RedisError, OSError):
+                await gw.async_runner.shutdown()
+            with contextlib.suppress(RedisError, OSError):
+                await gw.routing.leave(gateway_id, now_s=clock())
+            await gw.upstreams.aclose()
+            holder.gateway = None
+            if owns_redis:
+                await client.aclose()
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok", "gateway_id": gateway_id})
+
+    async def readyz(request: Request) -> Response:
+        gw = holder.gateway
+        if gw is None or not gw.ready or not gw.hub.subscribed.is_set():
+            return _json({"status": "starting"}, status=503)
+        try:
+            await asyncio.wait_for(client.ping(), timeout=2)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return _json({"status": "redis unavailable", "detail": str(exc)}, status=503)
+        return _json({"status": "ready", "gateway_id": gateway_id})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        gw = holder.gateway
+        if gw is not None:
+            with contextlib.suppress(RedisError, OSError):
+                models = sorted({route_target(s).instance_model for s in await gw.catalog.store.all()})
+                if models:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for m in models:
+                            pipe.zcard(keys.queue(m))
+                        rows = await pipe.execute()
+                    for m, depth in zip(models, rows, strict=True):
+                        metrics.queue_depth.labels(m).set(int(depth))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            return Response(
+                error_body("Method not allowed.", "invalid_request_error", "method_not_allowed"),
+                status_code=405,
+                media_type="application/json",
+            )
+        return _error(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
+
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", CompletionEndpoint(holder, "/v1/chat/completions", "chat"), methods=["POST"]),
+        Route("/v1/completions", CompletionEndpoint(holder, "/v1/completions", "completions"), methods=["POST"]),
+        Route("/v1/embeddings", CompletionEndpoint(holder, "/v1/embeddings", "embeddings"), methods=["POST"]),
+        Route("/v1/models", _api(holder, _list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", _api(holder, _get_model), methods=["GET"]),
+        Route("/v1/async/{rid}", _api(holder, _get_async), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    admin = _admin_app(client, settings, keys, clock, root_settings)
+    if admin is not None:
+        routes.append(Mount("/admin", app=admin))
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+
+
+def _admin_app(
+    client: aioredis.Redis,
+    settings: GatewaySettings,
+    keys: Keys,
+    clock: Callable[[], float],
+    root_settings: Settings | None,
+) -> Starlette | None:
+    try:
+        from queue_gateway.admin import build_admin_app
+    except ImportError:
+        return None
+    if root_settings is None:
+        root_settings = Settings(gateway=settings)
+        root_settings.redis.key_prefix = keys.prefix
+    return build_admin_app(client, root_settings, clock=clock)

@@ -1,0 +1,286 @@
+"""A request's way to an engine: take a slot (or queue and hold), proxy, give the slot back.
+
+Warm path: one `Routing.admit` round trip takes a slot on the least-loaded ready instance, then
+the engine's bytes are forwarded as they come. Otherwise the ticket is held (`hold.Holder`) until
+granted FIFO or until its wait budget runs out. A failure of the engine before its first byte
+reached the client is retried on another slot (`upstream_retries` times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+import httpx
+
+from queue_gateway.budget import Budgets, retry_after_s
+from queue_gateway.catalog import Target
+from queue_gateway.errors import (
+    EngineRejected,
+    GatewayError,
+    QueueFull,
+    Unavailable,
+    UpstreamFailed,
+)
+from queue_gateway.hold import GrantHub, Holder, TicketLost
+from queue_gateway.metrics import GatewayMetrics
+from queue_gateway.progress import granted_comment, queue_comment
+from queue_gateway.proxy import Upstreams, UpstreamUnreachable, forward_headers
+from queue_gateway.sinks import Sink
+from warmpool.phase import ModelPhase, PhaseBoard
+from warmpool.routing import AdmitOutcome, Routing
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way to an engine, and what it went through."""
+
+    path: str
+    body: bytes
+    target: Target
+    stream: bool
+    arrived_s: float
+    arrived_perf: float
+    request_id: str
+    progress: bool = False
+    """Send SSE progress comments while held (streaming requests of a live client)."""
+    cold_start: bool = False
+    queue_wait_ms: int = 0
+    held_start: bool = False
+    """The response's headers went out while the request was still queued."""
+    first_byte_sent: bool = False
+
+    @property
+    def metrics_model(self) -> str:
+        return self.target.spec.name
+
+    def headers(self, queue_wait_ms: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Headers every response carries: whether it waited for a cold start and how long."""
+        wait_ms = self.queue_wait_ms if queue_wait_ms is None else queue_wait_ms
+        h = [
+            (b"x-slurmless-cold-start", b"true" if self.cold_start else b"false"),
+            (b"x-slurmless-queue-wait-ms", str(wait_ms).encode()),
+            (b"x-slurmless-request-id", self.request_id.encode()),
+        ]
+        if self.held_start:
+            # The final figures follow in the `: slurmless granted ...` comment.
+            h.append((b"x-slurmless-held", b"true"))
+        return h
+
+
+class _Retry(Exception):
+    def __init__(self, final: GatewayError) -> None:
+        super().__init__(final.message)
+        self.final = final
+
+
+Release = Callable[[], Awaitable[object]]
+T = TypeVar("T")
+
+
+async def settle(aw: Awaitable[T]) -> T:
+    """Finish a clean-up step even if the caller is cancelled meanwhile (then re-raise)."""
+    fut = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await fut
+        raise
+
+
+class Dispatcher:
+    """Admission, holding and proxying for one gateway process."""
+
+    def __init__(
+        self,
+        *,
+        routing: Routing,
+        hub: GrantHub,
+        holder: Holder,
+        phases: PhaseBoard,
+        upstreams: Upstreams,
+        metrics: GatewayMetrics,
+        gateway_id: str,
+        clock: Callable[[], float],
+        default_budgets: Budgets,
+        queue_max_per_model: int,
+        queue_max_global: int,
+        retries: int,
+        first_progress_s: float,
+        progress_interval_s: float,
+    ) -> None:
+        self.routing = routing
+        self.hub = hub
+        self.holder = holder
+        self.phases = phases
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.gateway_id = gateway_id
+        self.clock = clock
+        self.default_budgets = default_budgets
+        self.queue_max_per_model = queue_max_per_model
+        self.queue_max_global = queue_max_global
+        self.retries = retries
+        self.first_progress_s = first_progress_s
+        self.progress_interval_s = progress_interval_s
+
+    def budgets(self, target: Target) -> Budgets:
+        policy = target.spec.policy
+        return Budgets(
+            cold_s=policy.cold_wait_budget_s or self.default_budgets.cold_s,
+            warm_s=policy.warm_wait_budget_s or self.default_budgets.warm_s,
+        )
+
+    async def run(self, call: Call, sink: Sink) -> None:
+        """Serve `call` into `sink`; raises `GatewayError` for refusals and engine failures."""
+        attempts = 0
+        failed: Release | None = None
+        while True:
+            try:
+                iid, release = await self._acquire(call, sink)
+            finally:
+                # The failed instance's slot is kept until the retry took its own, so that the
+                # least-loaded choice steers the retry to another instance when there is one.
+                if failed is not None:
+                    await settle(failed())
+                    failed = None
+            try:
+                await self._proxy(call, sink, iid)
+            except _Retry as exc:
+                attempts += 1
+                committed = call.first_byte_sent or (sink.started and not call.held_start)
+                if attempts > self.retries or committed:
+                    await settle(release())
+                    raise exc.final from None
+                self.metrics.retries.labels(call.metrics_model).inc()
+                failed = release
+                continue
+            except BaseException:
+                await settle(release())
+                raise
+            await settle(release())
+            return
+
+    async def _acquire(self, call: Call, sink: Sink) -> tuple[str, Release]:
+        model = call.target.instance_model
+        gw = self.gateway_id
+        tid = uuid.uuid4().hex
+        grant = self.hub.expect(tid)
+        now = self.clock()
+        try:
+            adm = await self.routing.admit(
+                model,
+                gw,
+                tid,
+                now_s=now,
+                queue_max=call.target.spec.policy.queue_max or self.queue_max_per_model,
+                global_max=self.queue_max_global,
+            )
+        except BaseException:
+            self.hub.forget(tid)
+            raise
+        if adm.outcome is AdmitOutcome.SLOT:
+            self.hub.forget(tid)
+            assert adm.instance_id is not None
+            return adm.instance_id, partial(self.routing.release, gw, tid)
+        warm = adm.ready_instances > 0
+        if adm.outcome is not AdmitOutcome.QUEUED:
+            self.hub.forget(tid)
+            if warm and adm.outcome is AdmitOutcome.FULL:
+                raise QueueFull(
+                    f"The queue of model `{call.target.spec.client_name}` is full; retry shortly.",
+                    retry_after_s=retry_after_s(now_s=now, warm=True, eta_s=None),
+                )
+            phase = await self.phases.get(model)
+            what = "All queues are" if adm.outcome is AdmitOutcome.FULL_GLOBAL else "The model's queue is"
+            raise Unavailable(
+                f"{what} full while model `{call.target.spec.client_name}` starts; retry later.",
+                code="queue_full",
+                retry_after_s=retry_after_s(now_s=now, warm=warm, eta_s=phase.eta_s),
+            )
+        call.cold_start = call.cold_start or not warm
+        held = self.metrics.held.labels(call.metrics_model)
+        held.inc()
+        try:
+            iid = await self.holder.wait(
+                grant,
+                model=model,
+                ticket_id=tid,
+                enqueued_s=now,
+                warm_at_admit=warm,
+                budgets=self.budgets(call.target),
+                progress=partial(self._progress, call, sink) if call.progress else None,
+                first_progress_s=self.first_progress_s,
+                progress_interval_s=self.progress_interval_s,
+            )
+        except BaseException as exc:
+            self.hub.forget(tid)
+            await settle(self.routing.cancel(model, gw, tid))
+            if isinstance(exc, TicketLost):
+                raise Unavailable("The request's queue ticket was lost; retry.", retry_after_s=1) from None
+            raise
+        finally:
+            held.dec()
+        waited_s = max(0.0, self.clock() - now)
+        call.queue_wait_ms += int(waited_s * 1000)
+        self.metrics.queue_wait.labels(call.metrics_model, str(not warm).lower()).observe(waited_s)
+        if not warm:
+            self.metrics.cold_start_wait.labels(call.metrics_model).observe(waited_s)
+        # Finishing with `cancel` deletes the ticket's hash as well as giving the slot back.
+        return iid, partial(self.routing.cancel, model, gw, tid)
+
+    async def _progress(self, call: Call, sink: Sink, position: int | None, phase: ModelPhase) -> None:
+        if not sink.started:
+            call.held_start = True
+            so_far_ms = call.queue_wait_ms + int(max(0.0, self.clock() - call.arrived_s) * 1000)
+            await sink.start(200, SSE_HEADERS + call.headers(so_far_ms))
+        await sink.write(queue_comment(position, phase, now_s=self.clock()))
+
+    async def _proxy(self, call: Call, sink: Sink, iid: str) -> None:
+        model = call.metrics_model
+        try:
+            response = await self.upstreams.open(iid, call.path, call.body)
+        except UpstreamUnreachable as exc:
+            self.metrics.upstream_errors.labels(model, "connect").inc()
+            raise _Retry(exc) from None
+        except GatewayError:
+            self.metrics.upstream_errors.labels(model, "timeout").inc()
+            raise
+        in_flight = self.metrics.in_flight.labels(model)
+        in_flight.inc()
+        try:
+            status = response.status_code
+            if status >= 400:
+                raw = await response.aread()
+                self.metrics.upstream_errors.labels(model, "status").inc()
+                if status >= 500 or status in (401, 403):
+                    detail = EngineRejected(status, raw).message
+                    raise _Retry(UpstreamFailed(f"The engine failed with status {status}: {detail}"))
+                raise EngineRejected(status, raw)
+            if sink.started:
+                await sink.write(granted_comment(cold_start=call.cold_start, queue_wait_ms=call.queue_wait_ms))
+            else:
+                await sink.start(status, forward_headers(response) + call.headers())
+            try:
+                async for chunk in response.aiter_raw():
+                    if not call.first_byte_sent:
+                        call.first_byte_sent = True
+                        self.metrics.ttfb.labels(model).observe(time.perf_counter() - call.arrived_perf)
+                    await sink.write(chunk)
+            except httpx.HTTPError as exc:
+                self.metrics.upstream_errors.labels(model, "stream").inc()
+                failure = UpstreamFailed(f"The engine's response broke off: {exc!r}")
+                if call.first_byte_sent:
+                    raise failure from exc
+                raise _Retry(failure) from exc
+            await sink.end()
+        finally:
+            in_flight.dec()
+            await response.aclose()

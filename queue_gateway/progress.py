@@ -1,0 +1,38 @@
+"""The SSE comment lines sent to held streaming clients (ignored by OpenAI clients).
+
+Example: `: slurmless queue position=3 phase=pending reason=Resources eta_s=74`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from warmpool.phase import ModelPhase
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/+-]")
+
+
+def _token(value: str) -> str:
+    # Reasons come from Slurm; keep one comment on one line and free of separators.
+    return _UNSAFE.sub("_", value)[:64]
+
+
+def queue_comment(position: int | None, phase: ModelPhase, *, now_s: float) -> bytes:
+    """One progress comment: queue position (0 = next), phase, Slurm reason and seconds to ETA."""
+    parts = [": slurmless queue"]
+    if position is not None:
+        parts.append(f"position={position}")
+    parts.append(f"phase={phase.phase.value}")
+    if phase.slurm_reason:
+        parts.append(f"reason={_token(phase.slurm_reason)}")
+    if phase.est_start_s is not None:
+        parts.append(f"start_in_s={max(0, math.ceil(phase.est_start_s - now_s))}")
+    if phase.eta_s is not None:
+        parts.append(f"eta_s={max(0, math.ceil(phase.eta_s - now_s))}")
+    return (" ".join(parts) + "\n\n").encode()
+
+
+def granted_comment(*, cold_start: bool, queue_wait_ms: int) -> bytes:
+    """Sent once before the model's stream when headers went out before the grant."""
+    return f": slurmless granted cold_start={str(cold_start).lower()} queue_wait_ms={queue_wait_ms}\n\n".encode()
