@@ -144,8 +144,8 @@ class Stack:
             self.redis = None
 
 
-async def _bootstrap(settings: Settings, redis_url: str, engine_label: str) -> str:
-    """Register the demo model (idempotently) and make a fresh key for this session."""
+async def _bootstrap(settings: Settings, redis_url: str, engine_label: str) -> tuple[str, str]:
+    """Register the demo model (idempotently) and make fresh user and admin keys for this session."""
     client = aioredis.Redis.from_url(redis_url)
     try:
         keys = Keys(settings.redis.key_prefix)
@@ -165,8 +165,10 @@ async def _bootstrap(settings: Settings, redis_url: str, engine_label: str) -> s
             created_s=time.time(),
         )
         await store.put(spec, replace=await store.get(DEMO_MODEL) is not None)
-        plaintext, _ = await ApiKeyStore(client, keys).create(tenant="demo", name="slurmless-up", now_s=time.time())
-        return plaintext
+        store_keys = ApiKeyStore(client, keys)
+        user_key, _ = await store_keys.create(tenant="demo", name="slurmless-up", now_s=time.time())
+        admin_key, _ = await store_keys.create(tenant="admin", name="slurmless-up admin", admin=True, now_s=time.time())
+        return user_key, admin_key
     finally:
         await client.aclose()
 
@@ -208,11 +210,13 @@ def up_command(
         console.print(f"[green]redis[/green]     {stack.redis.url} (AOF in {settings.state_dir / 'redis'})")
         where = f"local cluster in {settings.dev_cluster.base_dir}" if settings.slurm.local_cluster else "as configured"
         console.print(f"[green]slurm[/green]     {where}")
-        key = asyncio.run(_bootstrap(settings, stack.redis.url, engine_label))
+        key, admin_key = asyncio.run(_bootstrap(settings, stack.redis.url, engine_label))
         console.print(f"[green]gateway[/green]   {base_url}/v1  (model '{DEMO_MODEL}' on the {engine_label})")
         console.print(f"[bold]API key[/bold]   {key}")
+        console.print(f"[bold]admin key[/bold] {admin_key}  (for `slurmless models|keys|status ...`)")
         console.print(
-            f"\nexport SLURMLESS_KEY={key}\ncurl -N {base_url}/v1/chat/completions "
+            f"\nexport SLURMLESS_KEY={key} SLURMLESS_URL={base_url} SLURMLESS_ADMIN_TOKEN={admin_key}"
+            f"\ncurl -N {base_url}/v1/chat/completions "
             '-H "Authorization: Bearer $SLURMLESS_KEY" -H "Content-Type: application/json" '
             f'-d \'{{"model": "{DEMO_MODEL}", "stream": true, '
             '"messages": [{"role": "user", "content": "Hello"}]}\'\n'

@@ -99,6 +99,10 @@ def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
             if match := re.search(r"API key\s+(sk-sl-\S+)", line):
                 key = match.group(1)
         assert any("engine simulator" in line for line in output), "".join(output)
+        while not any("admin key" in line for line in output):
+            output.append(up.stdout.readline())
+        admin = re.search(r"admin key\s+(sk-sl-\S+)", "".join(output))
+        assert admin is not None
         ours = descendants(up.pid) | mentions(base)
         assert len(ours) >= 5, f"expected redis, munged, slurmctld, slurmd, launcher, gateway: {ours}"
 
@@ -119,6 +123,17 @@ def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
                     content.append(line)
         assert comments, "the cold start was not visible"
         assert content, "no answer streamed"
+
+        status = subprocess.run(
+            [sys.executable, "-m", "slurmless.cli", "status", "--json"],
+            env={**env, "SLURMLESS_URL": f"http://127.0.0.1:{port}", "SLURMLESS_ADMIN_TOKEN": admin.group(1)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "demo" in status.stdout
 
         ours |= descendants(up.pid) | mentions(base)  # now including the job's engine
         up.send_signal(signal.SIGINT)
