@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable
 
 import orjson
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -196,8 +195,8 @@ class AsyncRunner:
         while True:
             try:
                 await self.claim_once()
-            except (RedisError, OSError) as exc:
-                log.warning("claiming async requests failed: %s", exc)
+            except Exception as exc:  # a background loop must never die
+                log.warning("claiming async requests failed: %r", exc)
             await asyncio.sleep(CLAIM_EVERY_S)
 
     async def shutdown(self) -> None:

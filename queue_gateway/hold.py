@@ -86,9 +86,9 @@ class GrantHub:
                     if msg is not None and msg.get("type") == "message":
                         tid, _, iid = text(msg["data"]).partition("|")
                         self._resolve(tid, iid)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # a background loop must never die
                 self.subscribed.clear()
-                log.warning("grant subscription lost (%s); resubscribing", exc)
+                log.warning("grant subscription lost (%r); resubscribing", exc)
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(RedisError, OSError):
@@ -124,8 +124,8 @@ class GrantHub:
             await asyncio.sleep(self.check_interval_s)
             try:
                 await self.check()
-            except (RedisError, OSError) as exc:
-                log.warning("ticket check failed: %s", exc)
+            except Exception as exc:  # a background loop must never die
+                log.warning("ticket check failed: %r", exc)
 
 
 @dataclass(slots=True)
@@ -200,8 +200,8 @@ class ModelWatch:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self.refresh_now()
-            except (RedisError, OSError, ValueError) as exc:
-                log.warning("model watch refresh failed: %s", exc)
+            except Exception as exc:  # a background loop must never die
+                log.warning("model watch refresh failed: %r", exc)
 
 
 def effective_phase(state: ModelState) -> ModelPhase:
@@ -308,5 +308,7 @@ class Lease:
                 reaped = await self.tick()
                 if reaped:
                     log.info("reclaimed the tickets and slots of %d dead gateway(s)", reaped)
-            except (RedisError, OSError) as exc:
-                log.warning("lease renewal failed: %s", exc)
+            except Exception as exc:
+                # Never let this loop die: a live process whose lease lapses has its tickets reaped.
+                # Redis errors are not the only ones seen while Redis restarts (EOFError mid-read).
+                log.warning("lease renewal failed: %r", exc)
