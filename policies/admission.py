@@ -57,9 +57,7 @@ def admit(inp: AdmissionInput) -> AdmissionDecision:
     if inp.waited_s == 0.0 and inp.queue_depth >= inp.max_queue_depth:
         if inp.warm:
             return AdmissionDecision(Verdict.TOO_MANY, _retry(None, 1.0), "model queue full")
-        return AdmissionDecision(
-            Verdict.UNAVAILABLE, _retry(inp.eta_s, 30.0), "model queue full while it starts"
-        )
+        return AdmissionDecision(Verdict.UNAVAILABLE, _retry(inp.eta_s, 30.0), "model queue full while it starts")
     budget_s = inp.warm_budget_s if inp.warm else inp.cold_budget_s
     if inp.waited_s > budget_s:
         phase = "warm" if inp.warm else "cold"

@@ -4,8 +4,9 @@
 
 then fitted to the cluster's GPU budget by `policies.budget`. Each term is a pure function of the
 model's state and `now_s`; every term leaves a `Reason`, so "why is this model warm?" has an answer.
-The forecast also conditions the keep-alive: when the time-of-day model says the coming slots almost
-never see demand (P < `PolicyMix.shorten_threshold`), the learnt window is cut to the floor.
+The forecast also conditions the keep-alive: beyond the floor, the learnt window only holds while the
+time-of-day model expects the rest of it to save more (chance of demand x value of a cold start in
+those slots) than it costs in idle time; otherwise the model scales to zero after the floor.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ POLICY_MIXES: dict[str, PolicyMix] = {
     "reactive-avg": PolicyMix(keepalive="avg", avg_window_s=300.0, forecast=False, schedules=False),
     "hybrid-histogram": PolicyMix(keepalive="histogram", forecast=False, schedules=False),
     "forecast": PolicyMix(keepalive="none", forecast=True, schedules=False),
-    "slurmless": PolicyMix(keepalive="histogram", forecast=True, schedules=True),
+    "slurmless": PolicyMix(keepalive="histogram", forecast=True, schedules=True, shorten=False),
 }
 
 
@@ -47,16 +48,18 @@ def decide(state: ModelState, now_s: float) -> Decision:
     )
     fc_replicas = 0
     if mix.forecast and state.forecast is not None:
-        fc_replicas, fc_why, fc_recheck_s = fc_mod.prewarm(
-            state.forecast, spec, now_s, threshold=mix.prewarm_threshold
-        )
+        fc_replicas, fc_why, fc_recheck_s = fc_mod.prewarm(state.forecast, spec, now_s, threshold=mix.prewarm_threshold)
         reasons.append(Reason("forecast", fc_replicas, fc_why))
         recheck_s = min(recheck_s, fc_recheck_s)
-        if mix.keepalive == "histogram" and keepalive_s > spec.keepalive_floor_s and load.last_activity_s is not None:
-            p_max = fc_mod.max_p_between(state.forecast, now_s, load.last_activity_s + keepalive_s)
-            if p_max is not None and p_max < mix.shorten_threshold:
-                keepalive_s = spec.keepalive_floor_s
-                label = f"keep-alive floor (forecast P={p_max:.2f} ahead)"
+        if (
+            mix.shorten
+            and mix.keepalive == "histogram"
+            and keepalive_s > spec.keepalive_floor_s
+            and load.last_activity_s is not None
+        ):
+            shortened = _shorten_by_forecast(state, now_s, keepalive_s)
+            if shortened is not None:
+                keepalive_s, label = spec.keepalive_floor_s, shortened
 
     # The keep-alive's own deadline is not a recheck instant: it moves with every request, and the
     # runner reads it from `keepalive_s` and the last activity.
@@ -65,9 +68,7 @@ def decide(state: ModelState, now_s: float) -> Decision:
 
     sched_replicas = 0
     if mix.schedules and state.occurrences:
-        sched_replicas, sched_why, sched_recheck_s = scheduled_replicas(
-            state.occurrences, now_s, spec.cold_start_p99_s
-        )
+        sched_replicas, sched_why, sched_recheck_s = scheduled_replicas(state.occurrences, now_s, spec.cold_start_p99_s)
         reasons.append(Reason("schedule", sched_replicas, sched_why))
         recheck_s = min(recheck_s, sched_recheck_s)
 
@@ -89,6 +90,30 @@ def decide(state: ModelState, now_s: float) -> Decision:
         recheck_at_s=recheck_s,
         keepalive_s=keepalive_s if idle_replicas > 0 else None,
     )
+
+
+def _shorten_by_forecast(state: ModelState, now_s: float, keepalive_s: float) -> str | None:
+    """Why the learnt keep-alive should fall back to the floor now, or None to keep it.
+
+    Holding on until `last activity + keepalive_s` costs the remaining time in idle GPU-seconds; what
+    it can save is, at most, the forecast's chance of a request in those slots times the value of a
+    cold start there (per event, plus per request it would delay at the slots' forecast rate).
+    """
+    spec, load, fc = state.spec, state.load, state.forecast
+    if fc is None or load.last_activity_s is None:
+        return None
+    end_s = load.last_activity_s + keepalive_s
+    remaining_s = end_s - now_s
+    p_max = fc_mod.max_p_between(fc, now_s, end_s)
+    rate_max = fc_mod.max_rate_between(fc, now_s, end_s)
+    if p_max is None or rate_max is None:
+        return None
+    saving_s = p_max * fc_mod.cold_start_cost_s(spec, 0.0) + rate_max * spec.expected_cold_start_s * (
+        spec.cold_request_value_s
+    )
+    if saving_s >= remaining_s:
+        return None
+    return f"keep-alive floor (forecast: saving {saving_s:.0f}s < {remaining_s:.0f}s of idle ahead)"
 
 
 def desired_replicas(state: ModelState, now_s: float) -> tuple[int, list[Reason]]:

@@ -36,34 +36,64 @@ def learnt_keepalive_s(hist: IdleHistogram, spec: ModelSpec) -> float | None:
     if total < MIN_SAMPLES:
         return None
     counts = np.asarray(hist.counts, dtype=np.float64)
+    hits = np.asarray(hist.hits, dtype=np.float64)
     nbins = counts.size
     mids_s = (np.arange(nbins) + 0.5) * hist.bin_s
+    event_value_s = spec.cold_start_value_s if spec.keepalive_event_value_s is None else spec.keepalive_event_value_s
     # Candidate K = k * bin_s for k = 0..nbins: gaps in bins below k are waited through in full,
-    # gaps from bin k on (and the overflow) cost K of idling and then a cold start.
+    # gaps from bin k on (and the overflow) cost K of idling and then a cold start, priced per
+    # event plus per request it delays.
     below_n = np.concatenate(([0.0], np.cumsum(counts)))
+    below_hits = np.concatenate(([0.0], np.cumsum(hits)))
+    total_hits = float(hits.sum()) + hist.overflow_hits
     below_idle_s = np.concatenate(([0.0], np.cumsum(counts * mids_s)))
     k_s = np.arange(nbins + 1) * hist.bin_s
-    cost = below_idle_s + (total - below_n) * (k_s + spec.cold_start_value_s)
+    cost = (
+        below_idle_s + (total - below_n) * (k_s + event_value_s) + (total_hits - below_hits) * spec.cold_request_value_s
+    )
     allowed = (k_s >= spec.keepalive_floor_s - 1e-9) & (k_s <= spec.max_keepalive_s + 1e-9)
     if not allowed.any():
         return spec.keepalive_floor_s
     cost = np.where(allowed, cost, np.inf)
-    best_s = float(k_s[int(np.argmin(cost))])
-    return min(max(best_s, spec.keepalive_floor_s), spec.max_keepalive_s)
+    best = int(np.argmin(cost))
+    if best == int(np.argmax(allowed)):
+        # Nothing beyond the floor pays off; the floor itself (not the next bin edge) is the answer.
+        return spec.keepalive_floor_s
+    return min(max(float(k_s[best]), spec.keepalive_floor_s), spec.max_keepalive_s)
 
 
-def observe_idle(hist: IdleHistogram, gaps_s: Iterable[float], spec: ModelSpec) -> IdleHistogram:
-    """Add idle gaps (seconds between one request's end and the next one's arrival); pure."""
-    gaps = np.asarray(list(gaps_s), dtype=np.float64)
-    gaps = gaps[np.isfinite(gaps) & (gaps >= MIN_IDLE_GAP_S)]
+def observe_idle(
+    hist: IdleHistogram,
+    gaps_s: Iterable[float],
+    spec: ModelSpec,
+    hits: Iterable[float] | None = None,
+) -> IdleHistogram:
+    """Add idle gaps (seconds between one request's end and the next one's arrival); pure.
+
+    `hits`, parallel to `gaps_s`, counts the requests arriving within one expected cold start after
+    each gap (1 each when not given).
+    """
+    gaps_all = np.asarray(list(gaps_s), dtype=np.float64)
+    hits_all = np.ones_like(gaps_all) if hits is None else np.asarray(list(hits), dtype=np.float64)
+    keep = np.isfinite(gaps_all) & (gaps_all >= MIN_IDLE_GAP_S)
+    gaps, gap_hits = gaps_all[keep], hits_all[keep]
     if gaps.size == 0:
         return hist
     nbins = len(hist.counts)
     idx = (gaps // hist.bin_s).astype(np.int64)
-    overflow = int((idx >= nbins).sum())
-    add = np.bincount(idx[idx < nbins], minlength=nbins)
+    inside = idx < nbins
+    overflow = int((~inside).sum())
+    add = np.bincount(idx[inside], minlength=nbins)
+    add_hits = np.bincount(idx[inside], weights=gap_hits[inside], minlength=nbins)
     counts = tuple(int(c) for c in np.asarray(hist.counts, dtype=np.int64) + add)
-    new = replace(hist, counts=counts, overflow=hist.overflow + overflow)
+    new_hits = tuple(float(h) for h in np.asarray(hist.hits, dtype=np.float64) + add_hits)
+    new = replace(
+        hist,
+        counts=counts,
+        overflow=hist.overflow + overflow,
+        hits=new_hits,
+        overflow_hits=hist.overflow_hits + float(gap_hits[~inside].sum()),
+    )
     return replace(new, keepalive_s=learnt_keepalive_s(new, spec))
 
 
@@ -93,7 +123,8 @@ def keep_warm(
     if held == 0:
         return 0, "nothing held", float("inf")
     if load.queue_depth > 0 or load.in_flight > 0:
-        return held, f"{load.queue_depth} waiting, {load.in_flight:g} in flight: never drain", float("inf")
+        # Keep one; how many more the load needs is the reactive policy's business.
+        return 1, f"{load.queue_depth} waiting, {load.in_flight:g} in flight: never drain", float("inf")
     if load.last_activity_s is None:
         return 0, "held but never used", float("inf")
     idle_s = now_s - load.last_activity_s

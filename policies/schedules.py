@@ -126,9 +126,7 @@ def expand_ical(
     return tuple(out)
 
 
-def scheduled_replicas(
-    occurrences: tuple[Occurrence, ...], now_s: float, lead_s: float
-) -> tuple[int, str, float]:
+def scheduled_replicas(occurrences: tuple[Occurrence, ...], now_s: float, lead_s: float) -> tuple[int, str, float]:
     """Replicas the schedules ask for at `now_s`: (replicas, reason, recheck_at_s).
 
     An occurrence asks from `start_s - lead_s` until `end_s`. `occurrences` must be sorted by start.

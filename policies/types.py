@@ -72,6 +72,9 @@ class ModelSpec:
     sets the forecast's lead); `cold_start_p99_s` is the lead for schedules, which promise readiness.
     `cold_start_value_s` is how many idle GPU-seconds one avoided cold start is worth: the exchange
     rate the keep-alive and forecast policies trade idle time against cold starts with.
+    `cold_request_value_s` prices each request a cold start delays (idle GPU-seconds per delayed
+    request); the keep-alive prices a cold start at `keepalive_event_value_s` (default: the above)
+    plus that times the requests it would delay, so it spends idle time where cold starts hurt most.
     """
 
     name: str
@@ -82,6 +85,8 @@ class ModelSpec:
     expected_cold_start_s: float = 150.0
     cold_start_p99_s: float = 420.0
     cold_start_value_s: float = 600.0
+    cold_request_value_s: float = 0.0
+    keepalive_event_value_s: float | None = None
     keepalive_floor_factor: float = 1.0
     default_keepalive_s: float = 600.0
     max_keepalive_s: float = 4 * 3600.0
@@ -99,11 +104,15 @@ class IdleHistogram:
 
     `overflow` counts idle times beyond the range. `keepalive_s` is the keep-alive learnt from the
     histogram (recomputed by `policies.idle.observe_idle`); None while history is too short.
+    `hits` sums, per bin, the requests that arrived within one expected cold start after each gap ended:
+    the requests a cold start at the end of that gap would have delayed.
     """
 
     bin_s: float = 60.0
     counts: tuple[int, ...] = (0,) * 240
     overflow: int = 0
+    hits: tuple[float, ...] = (0.0,) * 240
+    overflow_hits: float = 0.0
     keepalive_s: float | None = None
 
     @property
@@ -146,7 +155,9 @@ class PolicyMix:
     """Which policies a model runs. The named configurations live in `policies.combine.POLICY_MIXES`.
 
     keepalive: "histogram" (learnt), "fixed" (`fixed_keepalive_s`), "avg" (moving-average reactive,
-    Chat AI style: warm while the average load over `avg_window_s` is non-zero) or "none".
+    Chat AI style: warm while the average load over `avg_window_s` is non-zero) or "none" (the floor).
+    `prewarm_threshold` defaults (None) to the forecast's break-even probability; `shorten` lets the
+    forecast cut a learnt keep-alive short when the slots ahead are not worth their idle time.
     """
 
     keepalive: str = "histogram"
@@ -156,7 +167,7 @@ class PolicyMix:
     schedules: bool = True
     always_on: bool = False
     prewarm_threshold: float | None = None
-    shorten_threshold: float = 0.05
+    shorten: bool = True
 
 
 @dataclass(frozen=True)

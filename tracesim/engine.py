@@ -1,0 +1,383 @@
+"""The virtual-clock replay of one model under one policy, driving `policies.combine.decide`.
+
+The loop is event-driven, which for a pure decision function is equivalent to ticking continuously:
+it calls `decide(state, now_s)` at every instant its answer can change, namely
+- a request arriving while nothing is held (the wake-from-zero path: the request waits, then a cold
+  start begins at once),
+- `Decision.recheck_at_s` (forecast slot boundaries minus the lead, schedule windows),
+- the keep-alive deadline `keepalive_s` after the last activity, found directly in the arrival array,
+- window boundaries whenever more than one replica is involved (the load changes per window).
+Requests between those instants are handled in bulk with numpy. Learning (idle-time histogram,
+seasonal forecast) folds every finished 600-s window in before each decision, so a decision at time t
+sees exactly the history before t.
+
+Definitions used for the metrics:
+- cold request: it arrives when no replica is ready (held but still queued or loading, or none); it
+  waits until the first replica is ready, and that wait is its extra wait.
+- GPU-hours held: from the end of the Slurm queue wait (the job runs and holds its GPUs) until the
+  replica is released, times GPUs per replica. Replicas beyond the first are counted from the decision.
+- idle GPU-hours: held GPU time during which the replica serves nothing: loading time, plus time with
+  no request in flight. For the first replica that is measured from the arrivals and service times (the
+  union of [arrival, arrival + service]); replicas beyond the first are busy for the share of the
+  window's mean load (rate x mean service, Little's law) that exceeds one replica's target concurrency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.combine import decide
+from policies.forecast import new_forecast, observe_slot
+from policies.idle import observe_idle
+from policies.types import (
+    Decision,
+    IdleHistogram,
+    LoadSnapshot,
+    ModelSpec,
+    ModelState,
+    Occurrence,
+    PolicyMix,
+    SeasonalForecast,
+)
+from tracesim.arrivals import Arrivals
+from tracesim.coldstart import ColdStartModel
+from tracesim.trace import WINDOW_S
+
+FloatArray = npt.NDArray[np.float64]
+_MIN_STEP_S = 1e-3
+_SCAN_CHUNK = 4096
+
+
+@dataclass
+class ModelResult:
+    """What one model did under one policy."""
+
+    model: str
+    policy: str
+    requests: float = 0.0
+    cold_requests: float = 0.0
+    cold_starts: int = 0
+    gpu_s: float = 0.0
+    idle_gpu_s: float = 0.0
+    cold_waits_s: list[FloatArray] = field(default_factory=list)
+    cold_weights: list[FloatArray] = field(default_factory=list)
+    timeline: list[tuple[float, int, float]] = field(default_factory=list)
+    events: list[tuple[float, int, str]] = field(default_factory=list)
+    cold_arrivals_s: list[FloatArray] = field(default_factory=list)
+
+    @property
+    def cold_fraction(self) -> float:
+        return self.cold_requests / self.requests if self.requests > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Per-model arrays shared by every policy's replay."""
+
+    times_s: FloatArray
+    weights: FloatArray
+    service_s: FloatArray
+    ends_s: FloatArray
+    next_s: FloatArray
+    busy_prefix_s: FloatArray
+    weight_prefix: FloatArray
+    idle_gaps_s: FloatArray
+    gap_hits: FloatArray  # requests within one expected cold start from each arrival on
+    window_counts: FloatArray
+    window_bounds: npt.NDArray[np.int64]
+    window_need: npt.NDArray[np.int64]
+    next_multi_s: FloatArray  # per window: start of the next window needing more than one replica
+    window_inflight: FloatArray
+    dense: npt.NDArray[np.bool_]
+    max_service_s: float
+    end_s: float
+
+
+def prepare(arr: Arrivals, end_s: float, spec: ModelSpec, cap: int) -> Prepared:
+    """Precompute prefix sums and per-window figures for `arr`."""
+    a = arr.times_s
+    ends = a + arr.service_s
+    nxt = np.append(a[1:], np.inf)
+    # Busy time of the first replica: each request keeps it busy until it ends or the next arrives
+    # (the union of service intervals when they do not nest). A sample standing for w requests
+    # carries w requests' worth of service.
+    busy = np.minimum(arr.service_s * arr.weights, nxt - a)
+    running_end = np.maximum.accumulate(ends) if ends.size else ends
+    prev_end = np.concatenate(([-np.inf], running_end[:-1])) if ends.size else ends
+    weight_prefix = np.concatenate(([0.0], np.cumsum(arr.weights)))
+    nwin = arr.window_counts.size
+    bounds = np.searchsorted(a, np.arange(nwin + 1) * WINDOW_S, side="left").astype(np.int64)
+    mean_service_s = float(arr.service_s.mean()) if arr.service_s.size else spec.mean_service_s
+    inflight = arr.window_counts * mean_service_s / WINDOW_S
+    need = np.ceil(inflight / spec.target_concurrency - 1e-9).astype(np.int64)
+    multi = np.flatnonzero(need > 1)
+    next_multi = np.full(nwin, np.inf)
+    if multi.size:
+        pos = np.searchsorted(multi, np.arange(nwin) + 1, side="left")
+        found = pos < multi.size
+        next_multi[found] = multi[pos[found]] * WINDOW_S
+    return Prepared(
+        times_s=a,
+        weights=arr.weights,
+        service_s=arr.service_s,
+        ends_s=ends,
+        next_s=nxt,
+        busy_prefix_s=np.concatenate(([0.0], np.cumsum(busy))),
+        weight_prefix=weight_prefix,
+        idle_gaps_s=a - prev_end,
+        gap_hits=weight_prefix[np.searchsorted(a, a + spec.expected_cold_start_s, side="left")]
+        - weight_prefix[np.arange(a.size)],
+        window_counts=arr.window_counts,
+        window_bounds=bounds,
+        window_need=np.maximum(need, 0),
+        next_multi_s=next_multi,
+        window_inflight=inflight,
+        dense=arr.window_counts > cap,
+        max_service_s=float(arr.service_s.max()) if arr.service_s.size else 0.0,
+        end_s=end_s,
+    )
+
+
+class _Replay:
+    """Mutable replay state for one (model, policy); `run` drives it to the end of the trace."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: str,
+        prep: Prepared,
+        mix: PolicyMix,
+        spec: ModelSpec,
+        cold: ColdStartModel,
+        rng: np.random.Generator,
+        occurrences: tuple[Occurrence, ...],
+        record: bool,
+    ) -> None:
+        self.p = prep
+        self.mix = mix
+        self.spec = spec
+        self.cold = cold
+        self.rng = rng
+        self.occurrences = occurrences
+        self.record = record
+        self.res = ModelResult(model=name, policy=policy)
+        self.hist = IdleHistogram()
+        self.fc: SeasonalForecast | None = new_forecast(WINDOW_S) if mix.forecast else None
+        self.learnt_windows = 0
+        self.last_activity_s: float | None = None
+        self.held = 0
+        self.ready_at_s = math.inf
+        self.gpu_from_s = math.inf
+        self.started_at_s = math.inf
+        self.i = 0  # next arrival not yet handled
+
+    # -- learning ---------------------------------------------------------------------------
+    def _learn_until(self, t: float) -> None:
+        upto = min(int(t // WINDOW_S), self.p.window_counts.size)
+        p = self.p
+        if upto <= self.learnt_windows:
+            return
+        if self.fc is not None:
+            for w in range(self.learnt_windows, upto):
+                self.fc = observe_slot(self.fc, w * WINDOW_S, float(p.window_counts[w]))
+        if self.mix.keepalive == "histogram":
+            # Adding counts commutes, so all windows finished since the last decision go in at once.
+            lo, hi = int(p.window_bounds[self.learnt_windows]), int(p.window_bounds[upto])
+            if hi > lo:
+                self.hist = observe_idle(self.hist, p.idle_gaps_s[lo:hi], self.spec, p.gap_hits[lo:hi])
+        self.learnt_windows = upto
+
+    # -- state -------------------------------------------------------------------------------
+    def _in_flight(self, t: float) -> float:
+        p = self.p
+        w = min(int(t // WINDOW_S), p.window_counts.size - 1)
+        if w >= 0 and p.dense[w]:
+            return float(p.window_inflight[w])
+        j = int(np.searchsorted(p.times_s, t, side="right"))
+        k = int(np.searchsorted(p.times_s, t - p.max_service_s, side="right"))
+        if j <= k:
+            return 0.0
+        return float(p.weights[k:j][p.ends_s[k:j] > t].sum())
+
+    def _state(self, t: float, queued: int = 0) -> ModelState:
+        ready = self.held if t >= self.ready_at_s else 0
+        in_flight = self._in_flight(t) if ready else 0.0
+        if in_flight > 0:
+            # Requests in flight are activity now (in busy windows the load is the window's mean,
+            # and the sampled arrivals around t may all have ended).
+            self.last_activity_s = t if self.last_activity_s is None else max(self.last_activity_s, t)
+        oldest_s = 0.0
+        if self.held > 0 and t < self.ready_at_s:
+            lo = int(np.searchsorted(self.p.times_s, self.started_at_s, side="left"))
+            queued = max(queued, self.i - lo)
+            if queued:
+                oldest_s = t - float(self.p.times_s[lo])
+        window_s = self.mix.avg_window_s
+        k = int(np.searchsorted(self.p.times_s, t - window_s, side="right"))
+        recent = float(self.p.weight_prefix[self.i] - self.p.weight_prefix[min(k, self.i)]) / window_s
+        load = LoadSnapshot(
+            queue_depth=queued,
+            oldest_wait_s=oldest_s,
+            in_flight=in_flight,
+            ready_replicas=ready,
+            held_replicas=self.held,
+            last_activity_s=self.last_activity_s,
+            recent_rate_per_s=recent,
+        )
+        return ModelState(
+            spec=self.spec,
+            load=load,
+            idle=self.hist,
+            forecast=self.fc,
+            occurrences=self.occurrences,
+            mix=self.mix,
+        )
+
+    def _decide(self, t: float, queued: int = 0) -> Decision:
+        self._learn_until(t)
+        dec = decide(self._state(t, queued), t)
+        if queued and dec.replicas == 0:
+            # A policy bug must not strand waiting requests in the replay; the unit tests pin this.
+            dec = replace(dec, replicas=1)
+        return dec
+
+    def _apply(self, t: float, dec: Decision) -> None:
+        before = self.held
+        if dec.replicas == 0:
+            self.held = 0
+            self.ready_at_s = self.gpu_from_s = self.started_at_s = math.inf
+        elif self.held == 0:
+            queue_s, load_s = self.cold.sample(self.rng)
+            self.held = dec.replicas
+            self.started_at_s = t
+            self.gpu_from_s = t + queue_s
+            self.ready_at_s = t + queue_s + load_s
+            self.res.cold_starts += 1
+        else:
+            self.held = dec.replicas
+        if self.record and self.held != before:
+            self.res.timeline.append((t, self.held, self.ready_at_s))
+            self.res.events.append((t, self.held, dec.explain()))
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _drain_candidate(self, t: float, horizon: float, keepalive_s: float) -> float:
+        """The first instant in [t, horizon) at which the keep-alive runs out, or inf."""
+        p = self.p
+        base = self.last_activity_s if self.last_activity_s is not None else t
+        j_hi = int(np.searchsorted(p.times_s, horizon, side="left"))
+        if self.i >= j_hi or p.times_s[self.i] > base + keepalive_s:
+            return base + keepalive_s
+        # Scan a bounded chunk: a model busy for days would otherwise be rescanned from here to the
+        # end at every stop. Not finding the deadline in the chunk just adds one more stop.
+        j_scan = min(j_hi, self.i + _SCAN_CHUNK)
+        seg_end = np.maximum.accumulate(np.maximum(p.ends_s[self.i : j_scan], base))
+        mask = p.next_s[self.i : j_scan] > seg_end + keepalive_s
+        if not mask.any():
+            return float(p.times_s[j_scan]) if j_scan < j_hi else math.inf
+        return float(seg_end[int(np.argmax(mask))]) + keepalive_s
+
+    def _serve(self, t: float, horizon: float) -> None:
+        """Account [t, horizon) with the current replicas and hand the arrivals in it."""
+        p = self.p
+        j = int(np.searchsorted(p.times_s, horizon, side="left"))
+        i = self.i
+        if j > i:
+            aa = p.times_s[i:j]
+            cold = aa < self.ready_at_s
+            if cold.any():
+                ww = p.weights[i:j][cold]
+                self.res.cold_requests += float(ww.sum())
+                self.res.cold_waits_s.append(self.ready_at_s - aa[cold])
+                self.res.cold_weights.append(ww)
+                if self.record:
+                    self.res.cold_arrivals_s.append(aa[cold])
+            ends = p.ends_s[i:j]
+            if cold.any():
+                # A cold request is served once the replica is ready, and ends that much later.
+                ends = np.where(cold, self.ready_at_s + p.service_s[i:j], ends)
+            last = float(ends.max())
+            self.last_activity_s = last if self.last_activity_s is None else max(self.last_activity_s, last)
+        length = horizon - t
+        gpu = max(0.0, horizon - max(t, self.gpu_from_s))
+        ready_len = max(0.0, horizon - max(t, self.ready_at_s))
+        busy = min(ready_len, float(p.busy_prefix_s[j] - p.busy_prefix_s[i]))
+        gpus = self.spec.gpus_per_replica
+        self.res.gpu_s += gpu * gpus
+        self.res.idle_gpu_s += (gpu - busy) * gpus
+        if self.held > 1:
+            extra = self.held - 1
+            w = min(int(t // WINDOW_S), p.window_counts.size - 1)
+            busy_extra = min(extra, max(0, int(p.window_need[w]) - 1))
+            self.res.gpu_s += extra * length * gpus
+            self.res.idle_gpu_s += (extra - busy_extra) * length * gpus
+        self.i = j
+
+    def run(self) -> ModelResult:
+        p = self.p
+        end_s = p.end_s
+        n = p.times_s.size
+        t = 0.0
+        dec = self._decide(t)
+        if dec.replicas > 0:
+            # Policies that are warm at the start (always-on) start warm, not with a cold start.
+            self.held = dec.replicas
+            self.ready_at_s = self.gpu_from_s = self.started_at_s = 0.0
+        while t < end_s:
+            if self.held == 0:
+                arrival_s = float(p.times_s[self.i]) if self.i < n else math.inf
+                nxt = min(arrival_s, dec.recheck_at_s, end_s)
+                if arrival_s <= nxt and arrival_s < end_s:
+                    t = arrival_s
+                    dec = self._decide(t, queued=1)
+                    self._apply(t, dec)
+                    # The waiting requests pin the replica until it is ready (never drain while
+                    # requests wait), so the next decision that can matter is at readiness.
+                    ready_s = min(self.ready_at_s, end_s)
+                    self._serve(t, ready_s)
+                    t = ready_s
+                    if t >= end_s:
+                        break
+                    dec = self._decide(t)
+                    self._apply(t, dec)
+                    continue
+                t = max(nxt, t + _MIN_STEP_S)
+            else:
+                horizon = min(dec.recheck_at_s, end_s)
+                w = int(t // WINDOW_S)
+                w_end = (w + 1) * WINDOW_S
+                if self.held > 1:
+                    horizon = min(horizon, w_end)
+                elif w < p.next_multi_s.size:
+                    # The load will ask for more replicas there: stop to let the policy see it.
+                    horizon = min(horizon, float(p.next_multi_s[w]))
+                if dec.keepalive_s is not None:
+                    horizon = min(horizon, self._drain_candidate(t, horizon, dec.keepalive_s))
+                horizon = max(horizon, t + _MIN_STEP_S)
+                self._serve(t, min(horizon, end_s))
+                t = horizon
+            if t >= end_s:
+                break
+            dec = self._decide(t)
+            self._apply(t, dec)
+        self.res.requests = float(p.weight_prefix[-1])
+        return self.res
+
+
+def simulate_model(
+    name: str,
+    policy: str,
+    prep: Prepared,
+    mix: PolicyMix,
+    spec: ModelSpec,
+    cold: ColdStartModel,
+    rng: np.random.Generator,
+    *,
+    occurrences: tuple[Occurrence, ...] = (),
+    record: bool = False,
+) -> ModelResult:
+    """Replay one model's arrivals under one policy mix."""
+    return _Replay(name, policy, prep, mix, spec, cold, rng, occurrences, record).run()
