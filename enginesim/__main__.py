@@ -2,14 +2,20 @@
 
 The listening socket is bound before the app starts, and its address is printed as
 ``enginesim listening on http://HOST:PORT``, so ``--port 0`` works for tests.
+
+The load time counts from the process's start, as a real engine's does: the simulator's own
+imports are part of it, not added to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
@@ -35,13 +41,25 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc); 0.0 where that is unknown."""
+    try:
+        # Field 22 of /proc/self/stat is the start time in clock ticks since boot; fields after the
+        # command name (which may hold spaces) are split after its closing parenthesis.
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def serve(config: SimConfig) -> None:
     """Run the simulator until interrupted (SIGINT/SIGTERM stop it gracefully)."""
     sock = bind_socket(config.host, config.port)
     bound_port = sock.getsockname()[1]
     if config.ignored_args:
         print(f"enginesim: ignoring arguments {' '.join(config.ignored_args)}", file=sys.stderr, flush=True)
-    app = build_app(config)
+    app = build_app(dataclasses.replace(config, load_time_s=max(0.0, config.load_time_s - process_age_s())))
     server = uvicorn.Server(
         uvicorn.Config(
             app,

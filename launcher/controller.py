@@ -37,7 +37,7 @@ from launcher.desired import (
     fit_to_budget,
     with_cap,
 )
-from launcher.health import Health, Probe, Prober
+from launcher.health import Health, Probe, Prober, loading_probe_delay_s
 from launcher.history import LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory, p95
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
 from launcher.metrics import LauncherMetrics
@@ -65,6 +65,8 @@ CANCEL_SENT = "cancel_sent"
 """Timestamp key: when the launcher itself asked Slurm to end the job."""
 JOB_DRAIN = "job_drain"
 """Timestamp key: when the job said it stops (walltime warning, SIGTERM); it ends by itself."""
+JOB_START = "job_start"
+"""Timestamp key: the job's start as Slurm reports it (whole seconds, rounded down)."""
 SUBMIT_GRACE_S = 120.0
 """How long a `requested` record without a job may wait for its job to show up in squeue."""
 SIGNAL_EARLY_S = 60.0
@@ -234,11 +236,21 @@ class Launcher:
             return True
 
     async def _watch(self, iid: str) -> None:
-        """Probe a loading instance every `health_poll_s` so it is routed to the moment it is ready."""
+        """Probe a loading instance until it is ready, so it is routed to the moment it is.
+
+        Probes come fast around the model's shortest observed load time and slow down to one per
+        `health_poll_s` for a slow loader (`loading_probe_delay_s`).
+        """
         assert self.clock is not None
         try:
+            first = await self.instances.get(iid)
+            if first is None:
+                return
+            earliest_s = min((await self.history.get(first.model)).load_times_s, default=0.0)
             while True:
-                await asyncio.sleep(self.settings.health_poll_s)
+                since_s = first.timestamps.get(S.LOADING.value, first.state_since_s)
+                loading_s = self.clock() - since_s
+                await asyncio.sleep(loading_probe_delay_s(loading_s, earliest_s, self.settings.health_poll_s))
                 record = await self.instances.get(iid)
                 if record is None or record.state is not S.LOADING or record.url is None:
                     return
@@ -356,11 +368,17 @@ class Launcher:
         if (record.end_time_s, record.time_limit_s, record.node) != (end_s, limit_s, job.batch_host or None):
             record.end_time_s, record.time_limit_s, record.node = end_s, limit_s, job.batch_host or None
             await self.instances.update(record.id, end_time_s=end_s, time_limit_s=limit_s, node=record.node)
-        if record.state in (S.REQUESTED, S.PENDING):
-            start_s = job.start_time.timestamp() if job.start_time else now_s
-            await self._transition(record, S.STARTING, min(start_s, now_s), slurm_reason=None)
+        if JOB_START not in record.timestamps and job.start_time is not None:
+            # Learnt once, whatever the state: a job that registered before any tick saw it run
+            # (the usual case for a fast engine) gets its queue wait observed too.
+            start_s = job.start_time.timestamp()
+            record.timestamps[JOB_START] = start_s
+            await self.instances.update(record.id, timestamps=record.timestamps)
             queued_since = record.timestamps.get(S.PENDING.value, record.created_s)
             await self._observe(record.model, QUEUE_WAITS, "queue_wait", start_s - queued_since)
+        if record.state in (S.REQUESTED, S.PENDING):
+            start_s = record.timestamps.get(JOB_START, now_s)
+            await self._transition(record, S.STARTING, min(start_s, now_s), slurm_reason=None)
         elif record.state is S.STARTING and now_s - record.state_since_s > self.settings.register_timeout_s:
             await self._fail(record, now_s, f"registration never came within {self.settings.register_timeout_s:.0f}s")
             report.failed[record.id] = record.reason or ""

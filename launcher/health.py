@@ -7,6 +7,24 @@ from dataclasses import dataclass
 
 import httpx
 
+LOADING_POLL_MIN_S = 0.1
+"""Shortest delay between two readiness probes of a loading instance."""
+
+
+def loading_probe_delay_s(loading_s: float, earliest_s: float, cap_s: float) -> float:
+    """Delay before the next readiness probe of an instance that has been loading for `loading_s`.
+
+    `earliest_s` is the shortest load time observed for the model (0 when none was). Before it,
+    a quarter of the time left; from it on, `LOADING_POLL_MIN_S` growing by a tenth of the
+    overrun: an instance is routed to within a probe or two of becoming ready, and a slow loader
+    is probed every `cap_s`. The probe is a GET of the engine's own /health: cheap.
+    """
+    if loading_s < earliest_s:
+        delay_s = (earliest_s - loading_s) / 4
+    else:
+        delay_s = LOADING_POLL_MIN_S + (loading_s - earliest_s) / 10
+    return min(max(cap_s, LOADING_POLL_MIN_S), max(LOADING_POLL_MIN_S, delay_s))
+
 
 class Health(enum.StrEnum):
     READY = "ready"

@@ -33,6 +33,14 @@ def p95(samples: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+def backoff_delay_s(failures: int, *, base_s: float, max_s: float) -> float:
+    """Wait before the next start after `failures` failed starts in a row: base_s, 2x, 4x... at most max_s."""
+    if failures <= 0 or base_s <= 0:
+        return 0.0
+    # The exponent is capped so a long failure streak cannot overflow the float.
+    return min(max_s, base_s * 2.0 ** min(failures - 1, 60))
+
+
 @dataclass(frozen=True, slots=True)
 class ModelHistory:
     load_times_s: list[float]
@@ -41,6 +49,10 @@ class ModelHistory:
     retry_at_s: float
     broken_reason: str | None
     last_request_s: float | None
+
+    def may_start(self, now_s: float) -> bool:
+        """False while the model is broken or backing off after a failed start."""
+        return self.broken_reason is None and now_s >= self.retry_at_s
 
 
 class HistoryStore:
@@ -73,7 +85,7 @@ class HistoryStore:
         """Count a failed start and set when the next may be tried; mark the model broken past the limit."""
         key = self.keys.model_stats(model)
         failures = int(await awaited(self.redis.hincrby(key, FAILURES, 1)))
-        delay_s = min(max_backoff_s, backoff_s * 2 ** (failures - 1))
+        delay_s = backoff_delay_s(failures, base_s=backoff_s, max_s=max_backoff_s)
         mapping: dict[str, str] = {RETRY_AT: repr(now_s + delay_s)}
         if failures >= max_failures:
             mapping[BROKEN] = f"{failures} failed starts in a row, last: {reason}"

@@ -13,9 +13,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import redis.asyncio as aioredis
+
 from slurm.cli_backend import SlurmCLI
 from slurm.types import SlurmJob
 from slurmless.settings import LauncherSettings, RedisSettings, Settings, SlurmSettings
+from warmpool.instance_store import InstanceStore
+from warmpool.instances import InstanceRecord, InstanceState
+from warmpool.keys import Keys
 
 T = TypeVar("T")
 
@@ -96,3 +101,47 @@ def environ_with(settings: Settings) -> dict[str, str]:
     env["SLURMLESS_LAUNCHER"] = settings.launcher.model_dump_json()
     env["SLURMLESS_SLURM"] = settings.slurm.model_dump_json()
     return env
+
+
+class RunningLauncher:
+    """A `LauncherService` running as a task in the caller's event loop; `close()` stops it cleanly."""
+
+    def __init__(self, settings: Settings) -> None:
+        from launcher.service import LauncherService  # the service imports uvicorn: only when used
+
+        self.settings = settings
+        self.service = LauncherService(settings)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.service.run(self.stop))
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout=30)
+
+
+async def records(
+    client: aioredis.Redis, settings: Settings, state: InstanceState | None = None
+) -> list[InstanceRecord]:
+    """Every instance record of this test (in `state` when given), oldest first."""
+    found = await InstanceStore(client, Keys(settings.redis.key_prefix)).all()
+    return sorted((r for r in found if state is None or r.state is state), key=lambda r: r.created_s)
+
+
+async def record(client: aioredis.Redis, settings: Settings, iid: str) -> InstanceRecord | None:
+    return await InstanceStore(client, Keys(settings.redis.key_prefix)).get(iid)
+
+
+def engine_pid(iid: str) -> int | None:
+    """The engine process of one instance on this machine (it inherits SLURMLESS_INSTANCE_ID), if alive."""
+    marker = f"SLURMLESS_INSTANCE_ID={iid}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"enginesim" in cmdline and marker in environ.split(b"\0"):
+            return int(entry.name)
+    return None

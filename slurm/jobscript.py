@@ -19,14 +19,16 @@ Body (`templates/job.sh.tmpl`), the job contract:
 
 1. `set -u`; the values as shell-quoted variables (`shlex.quote`), then the admin's set-up lines
    (module loads, an apptainer wrapper; trusted configuration, kept below the header).
-2. Pick a free port on the node (python3 binds port 0) and the advertised host
-   (`$SLURMLESS_ADVERTISE_HOST` if the admin sets it, else `hostname -f`).
+2. The advertised host (`$SLURMLESS_ADVERTISE_HOST` if the admin sets it, else `hostname -f`);
+   then one background python3 picks a free port (binds port 0), hands it to the script and
+   registers it: `POST <callback_url>/register` with `{"instance_id","job_id","host","port"}` and
+   `Authorization: Bearer <callback_token>`, retried. Registering while the engine starts saves a
+   python start on the way to ready; the launcher probes host:port until the engine answers.
 3. Start the engine in the background: `<engine_command> --model <source> --served-model-name
    <name> [parallelism] [allow-listed engine args] --host 0.0.0.0 --port $PORT`. The per-instance
    API key travels in `VLLM_API_KEY` (read by vLLM and by the simulator), not in argv, so other
    users cannot read it from `ps` on the node.
-4. Register: `POST <callback_url>/register` with `{"instance_id","job_id","host","port"}` and
-   `Authorization: Bearer <callback_token>`, retried; if it never succeeds the job stops.
+4. Wait for the registration's outcome; if it never succeeds the job stops its engine and exits 1.
 5. `wait` on the engine in a loop (bash runs traps only when `wait` returns, with >128).
    On USR1 (the walltime warning, or a drain request via `scancel --signal=USR1 --batch`):
    `POST /deregister` with reason "walltime-warning", give routers `settle_s` to notice, wait
@@ -35,10 +37,11 @@ Body (`templates/job.sh.tmpl`), the job contract:
    the same with reason "terminated" and `term_drain_s`. If the engine exits by itself:
    deregister with reason "engine-exited:<code>" and exit with its code.
 
-Helpers are python3 stdlib one-offs reading values from the environment, never from code text
-(curl may be missing on compute nodes). The callback token and API key are written into the script:
-Slurm keeps batch scripts readable only by the submitting user and SlurmUser, and the launcher
-submits them through stdin, so they never touch a shared filesystem.
+Helpers are python3 stdlib one-offs (run with `-S`: no site-packages, a faster start) reading
+values from the environment, never from code text (curl may be missing on compute nodes). The
+callback token and API key are written into the script: Slurm keeps batch scripts readable only
+by the submitting user and SlurmUser, and the launcher submits them through stdin, so they never
+touch a shared filesystem.
 """
 
 from __future__ import annotations

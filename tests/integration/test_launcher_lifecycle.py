@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from launcher.controller import JOB_START
 from launcher.service import LauncherService
 from launcher.testing import active_jobs, cancel_all, local_settings, wait_for
 from slurm.localcluster import LocalCluster
@@ -27,6 +28,8 @@ from warmpool.specs import ModelSpec, Policy, Resources
 pytestmark = pytest.mark.slurm
 
 LOAD_TIME_S = 2.0
+SQUEUE_RESOLUTION_S = 1.0
+"""squeue reports job start times in whole seconds."""
 
 
 def small_model(name: str, **policy: object) -> ModelSpec:
@@ -102,15 +105,16 @@ async def test_fifty_demand_signals_make_one_job_ready_within_load_time(
         jobs = await active_jobs(settings)
         assert len(jobs) == 1
         assert jobs[0].instance_id == ready.id
-        # The launcher's share: the job registers right after spawning the engine, and the instance is
-        # routed to within load time + 1 s of that. Slurm's launch of the job and Python's start on this
-        # small shared machine come before it (squeue's start time has whole seconds): printed, not asserted.
+        # Ready within the simulator's load time + 1 s of the job's start. Slurm reports the start in
+        # whole seconds, rounded down: the job really started in [job_start, job_start + 1), so the
+        # bound is checked against the latest start that report allows (one more second).
         ts = ready.timestamps
+        from_job_start_s = ts["ready"] - ts[JOB_START]
         print(
-            f"\njob start -> ready {ts['ready'] - ts['starting']:.2f}s; "
+            f"\nSlurm's job start (whole s) -> ready {from_job_start_s:.2f}s; "
             f"registered -> ready {ts['ready'] - ts['loading']:.2f}s; load time {LOAD_TIME_S}s"
         )
-        assert ts["ready"] - ts["loading"] <= LOAD_TIME_S + 1.0, ts
+        assert from_job_start_s <= LOAD_TIME_S + 1.0 + SQUEUE_RESOLUTION_S, ts
         ticket = await routing.ticket("req1")
         assert ticket.get("state") == "granted" and ticket.get("iid") == ready.id
         # Later ticks never submit a second job for the same demand.
