@@ -1,8 +1,10 @@
 """Choose where to submit an instance: the placement that starts soonest.
 
 Options come from `sbatch --test-only` estimates per (partition, QOS). Ties (starts within
-`tie_window_s` of the soonest) prefer a non-preemptible placement, then the longer time limit (fewer
-successor hand-overs), then the order given (the operator's preference).
+`tie_window_s` of the soonest) prefer a preemptible placement where the admin lists one: research jobs
+own the cluster and slurmless takes what they leave, and a preempted instance drains like an expiring
+one. Then the longer time limit (fewer successor hand-overs), then the order given (the operator's
+preference).
 """
 
 from __future__ import annotations
@@ -26,5 +28,5 @@ def pick_placement(options: Sequence[PlacementOption], *, tie_window_s: float = 
         return None
     soonest_s = min(o.estimated_start_s for o in options)
     tied = [(i, o) for i, o in enumerate(options) if o.estimated_start_s <= soonest_s + tie_window_s]
-    tied.sort(key=lambda io: (io[1].preemptible, -io[1].time_limit_s, io[0]))
+    tied.sort(key=lambda io: (not io[1].preemptible, -io[1].time_limit_s, io[0]))
     return tied[0][1]
