@@ -6,7 +6,10 @@ then fitted to the cluster's GPU budget by `policies.budget`. Each term is a pur
 model's state and `now_s`; every term leaves a `Reason`, so "why is this model warm?" has an answer.
 The forecast also conditions the keep-alive: beyond the floor, the learnt window only holds while the
 time-of-day model expects the rest of it to save more (chance of demand x value of a cold start in
-those slots) than it costs in idle time; otherwise the model scales to zero after the floor.
+those slots) than it costs in idle time; otherwise the model scales to zero after the floor
+(`PolicyMix.shorten`, off in `slurmless`). In `slurmless` the keep-alive is instead learnt net of the
+forecast (`PolicyMix.net_of_forecast`): gaps whose next arrival the forecast pre-warmed for are not
+insured by the keep-alive, so the two policies never both pay for one gap.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ POLICY_MIXES: dict[str, PolicyMix] = {
     "reactive-avg": PolicyMix(keepalive="avg", avg_window_s=300.0, forecast=False, schedules=False),
     "hybrid-histogram": PolicyMix(keepalive="histogram", forecast=False, schedules=False),
     "forecast": PolicyMix(keepalive="none", forecast=True, schedules=False),
-    "slurmless": PolicyMix(keepalive="histogram", forecast=True, schedules=True, shorten=False),
+    "slurmless": PolicyMix(
+        keepalive="histogram",
+        forecast=True,
+        schedules=True,
+        shorten=False,
+        net_of_forecast=True,
+        price_waits=True,
+    ),
 }
 
 

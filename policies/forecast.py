@@ -106,11 +106,23 @@ def cold_start_cost_s(spec: ModelSpec, delayed_requests: float) -> float:
 def break_even_p(spec: ModelSpec, slot_s: float) -> float:
     """The occupancy probability above which warming a slot pays for itself.
 
-    Pre-warming prices a cold start per event (`cold_start_value_s`, ~10 minutes of idle): pricing it
-    per delayed request here as well pre-warmed heavy models so often on the ServeGen traces that idle
-    time rose by a sixth for a further 30% fewer cold requests (see tracesim/README.md).
+    Pre-warming prices a used slot's cold start per event (`cold_start_value_s`). Principle: a bet on
+    a 10-minute slot's coarse forecast is priced at the one wait it surely saves, the first request's
+    (one expected cold start, at the one exchange rate; the simulator's spec sets exactly that), not
+    at the burst behind it, which a slot's mean rate cannot tell from a trickle. Pricing the burst too
+    (rate x cold start / 2 more requests) pre-warmed heavy models so often on ServeGen m-small that
+    idle rose 17% for 37% fewer cold requests (see tracesim/README.md).
     """
     return slot_s / (slot_s + spec.cold_start_value_s)
+
+
+def covers(fc: SeasonalForecast, spec: ModelSpec, t_s: float, *, threshold: float | None = None) -> bool:
+    """Whether the forecast pre-warms for an arrival at `t_s`: its slot clears the break-even.
+
+    A replica is then asked for `expected_cold_start_s` before the slot begins and held through it, so
+    the arrival finds it warm (in expectation) whatever the keep-alive did before.
+    """
+    return prewarm(fc, spec, t_s, threshold=threshold)[0] > 0
 
 
 def next_slot_start_s(fc: SeasonalForecast, t_s: float) -> float:

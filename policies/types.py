@@ -158,6 +158,15 @@ class PolicyMix:
     Chat AI style: warm while the average load over `avg_window_s` is non-zero) or "none" (the floor).
     `prewarm_threshold` defaults (None) to the forecast's break-even probability; `shorten` lets the
     forecast cut a learnt keep-alive short when the slots ahead are not worth their idle time.
+
+    `net_of_forecast` and `price_waits` tell the runner that feeds the idle histogram how to price
+    the gaps it observes (see `policies.idle.observe_idle`'s `hits`):
+    - net_of_forecast: a gap ending in a slot the forecast pre-warmed gets no hits. Principle: the two
+      policies must not both pay for one gap; when the forecast re-warms before the next arrival,
+      holding on through the gap buys nothing, so the keep-alive insures only uncovered arrivals.
+    - price_waits: each request arriving d seconds into a cold start counts (1 - d / cold start)
+      instead of 1. Principle: one idle GPU-second buys one user-second of waiting, and a request
+      arriving d seconds into a cold start waits only the rest of it.
     """
 
     keepalive: str = "histogram"
@@ -168,6 +177,8 @@ class PolicyMix:
     always_on: bool = False
     prewarm_threshold: float | None = None
     shorten: bool = True
+    net_of_forecast: bool = False
+    price_waits: bool = False
 
 
 @dataclass(frozen=True)

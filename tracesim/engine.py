@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.combine import decide
-from policies.forecast import new_forecast, observe_slot
+from policies.forecast import covers, new_forecast, observe_slot
 from policies.idle import observe_idle
 from policies.types import (
     Decision,
@@ -87,6 +87,7 @@ class Prepared:
     weight_prefix: FloatArray
     idle_gaps_s: FloatArray
     gap_hits: FloatArray  # requests within one expected cold start from each arrival on
+    gap_wait_hits: FloatArray  # the same, each weighted by the share of the cold start it would wait
     window_counts: FloatArray
     window_bounds: npt.NDArray[np.int64]
     window_need: npt.NDArray[np.int64]
@@ -120,6 +121,14 @@ def prepare(arr: Arrivals, end_s: float, spec: ModelSpec, cap: int) -> Prepared:
         pos = np.searchsorted(multi, np.arange(nwin) + 1, side="left")
         found = pos < multi.size
         next_multi[found] = multi[pos[found]] * WINDOW_S
+    # A request arriving d seconds after the one that starts a cold start waits (cold - d) of it.
+    cold_s = spec.expected_cold_start_s
+    hit_end = np.searchsorted(a, a + cold_s, side="left")
+    wt_prefix = np.concatenate(([0.0], np.cumsum(arr.weights * a)))
+    starts = np.arange(a.size)
+    hit_w = weight_prefix[hit_end] - weight_prefix[starts]
+    hit_wt = wt_prefix[hit_end] - wt_prefix[starts]
+    gap_wait_hits = np.maximum(hit_w - (hit_wt - a * hit_w) / cold_s, 0.0)
     return Prepared(
         times_s=a,
         weights=arr.weights,
@@ -129,8 +138,8 @@ def prepare(arr: Arrivals, end_s: float, spec: ModelSpec, cap: int) -> Prepared:
         busy_prefix_s=np.concatenate(([0.0], np.cumsum(busy))),
         weight_prefix=weight_prefix,
         idle_gaps_s=a - prev_end,
-        gap_hits=weight_prefix[np.searchsorted(a, a + spec.expected_cold_start_s, side="left")]
-        - weight_prefix[np.arange(a.size)],
+        gap_hits=weight_prefix[hit_end] - weight_prefix[np.arange(a.size)],
+        gap_wait_hits=gap_wait_hits,
         window_counts=arr.window_counts,
         window_bounds=bounds,
         window_need=np.maximum(need, 0),
@@ -181,14 +190,26 @@ class _Replay:
         p = self.p
         if upto <= self.learnt_windows:
             return
+        lo, hi = int(p.window_bounds[self.learnt_windows]), int(p.window_bounds[upto])
+        hits = (p.gap_wait_hits if self.mix.price_waits else p.gap_hits)[lo:hi]
+        net_of_forecast = self.mix.keepalive == "histogram" and self.mix.net_of_forecast and self.mix.forecast
+        if net_of_forecast and hi > lo:
+            hits = hits.copy()
         if self.fc is not None:
             for w in range(self.learnt_windows, upto):
+                if net_of_forecast and covers(
+                    self.fc,
+                    self.spec,
+                    w * WINDOW_S,
+                    threshold=self.mix.prewarm_threshold,
+                ):
+                    # The forecast (as it stood before this window) pre-warmed for these arrivals: a
+                    # cold start after their gaps is not the keep-alive's to insure against.
+                    hits[int(p.window_bounds[w]) - lo : int(p.window_bounds[w + 1]) - lo] = 0.0
                 self.fc = observe_slot(self.fc, w * WINDOW_S, float(p.window_counts[w]))
-        if self.mix.keepalive == "histogram":
+        if self.mix.keepalive == "histogram" and hi > lo:
             # Adding counts commutes, so all windows finished since the last decision go in at once.
-            lo, hi = int(p.window_bounds[self.learnt_windows]), int(p.window_bounds[upto])
-            if hi > lo:
-                self.hist = observe_idle(self.hist, p.idle_gaps_s[lo:hi], self.spec, p.gap_hits[lo:hi])
+            self.hist = observe_idle(self.hist, p.idle_gaps_s[lo:hi], self.spec, hits)
         self.learnt_windows = upto
 
     # -- state -------------------------------------------------------------------------------

@@ -27,10 +27,11 @@ DEFAULT_AZURE_CSV = Path(__file__).resolve().parents[2] / "shared/traces/azure-l
 
 # How the policies price a cold start, in idle GPU-seconds. One principle: one idle GPU-second is
 # worth one user-second of waiting, so a cold start costs the expected cold start times the requests
-# it delays (learnt from history: those arriving within one cold start after an idle gap), and
-# nothing per event. `VALUE_FACTOR` sets the per-event price policies fall back to when a spec does
-# not price requests (4 x ~155 s ~ 10 minutes, the break-even a fixed 10-minute keep-alive implies).
-VALUE_FACTOR = 4.0
+# it delays (learnt from history: those arriving within one cold start after an idle gap; with
+# `PolicyMix.price_waits`, each weighted by the share of the cold start it waits), and nothing per
+# event in the keep-alive. `VALUE_FACTOR` sets the per-event price of the forecast's pre-warm: the
+# first request's wait, one expected cold start (the burst behind it is not forecast per slot).
+VALUE_FACTOR = 1.0
 
 BASELINES = (
     "always-on",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from policies.forecast import (
     break_even_p,
+    covers,
     expected_rate_per_s,
     max_p_between,
     new_forecast,
@@ -76,3 +77,12 @@ def test_max_p_between_spans_slots() -> None:
     assert max_p_between(fc, 2 * DAY + 3 * 600.0, 2 * DAY + 5 * 600.0 + 1.0) == 1.0
     assert max_p_between(fc, 2 * DAY, 2 * DAY + 599.0) == 0.0
     assert max_p_between(new_forecast(), 0.0, 10.0) is None
+
+
+def test_covers_the_slots_it_prewarms_and_no_others() -> None:
+    fc = learn_days(3, {60})
+    busy_s = 3 * DAY + 60 * 600.0
+    assert covers(fc, SPEC, busy_s + 10.0)
+    assert not covers(fc, SPEC, busy_s - 3600.0)
+    assert not covers(new_forecast(), SPEC, busy_s)
+    assert not covers(fc, SPEC, busy_s + 10.0, threshold=1.01)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tracesim.arrivals import generate_arrivals
+from policies.combine import POLICY_MIXES
+from policies.types import ModelSpec
+from tracesim.arrivals import Arrivals, generate_arrivals
 from tracesim.cli import app
 from tracesim.coldstart import ColdStartModel
+from tracesim.engine import _Replay, prepare
 from tracesim.lecture import run_lecture
 from tracesim.plot import plot_report
-from tracesim.run import BASELINES, run_simulation, weighted_quantile
+from tracesim.run import BASELINES, SimConfig, run_simulation, weighted_quantile
 from tracesim.trace import TraceError, load_model_trace, load_trace_dir
 
 DATA = Path(__file__).parents[1] / "data"
@@ -139,3 +143,39 @@ def test_cold_start_model_and_quantiles() -> None:
     assert cold.quantile_s(0.5) < cold.mean_s() < cold.quantile_s(0.99)
     assert weighted_quantile(np.asarray([1.0, 2.0, 3.0]), np.asarray([1.0, 1.0, 8.0]), 0.5) == 3.0
     assert np.isnan(weighted_quantile(np.zeros(0), np.zeros(0), 0.5))
+
+
+def _arrivals(times_s: list[float]) -> Arrivals:
+    n = len(times_s)
+    counts = np.zeros(int(max(times_s) // 600.0) + 1)
+    for t in times_s:
+        counts[int(t // 600.0)] += 1
+    return Arrivals(
+        times_s=np.asarray(times_s),
+        weights=np.ones(n),
+        service_s=np.full(n, 1.0),
+        window_counts=counts,
+    )
+
+
+def test_wait_priced_hits_weigh_each_request_by_the_wait_it_would_suffer() -> None:
+    spec = ModelSpec(name="m", expected_cold_start_s=100.0)
+    prep = prepare(_arrivals([1000.0, 1050.0, 1099.0, 1200.0]), 1800.0, spec, 64)
+    # From the arrival at 1000 s: itself (waits it all), one half-way in, one at the very end.
+    assert prep.gap_hits[0] == 3.0
+    assert prep.gap_wait_hits[0] == pytest.approx(1.0 + 0.5 + 0.01)
+    assert prep.gap_wait_hits[-1] == 1.0
+
+
+def test_keepalive_learnt_net_of_the_forecast_skips_covered_gaps() -> None:
+    # One request at 10:00 every day: the forecast learns that slot, and every 24-h gap ends in it.
+    day_s = 86_400.0
+    times = [d * day_s + 36_000.0 for d in range(12)]
+    spec = SimConfig().spec("m", 1.0)
+    prep = prepare(_arrivals(times), 12 * day_s, spec, 64)
+    plain = POLICY_MIXES["slurmless"]
+    for mix, covered in ((plain, True), (replace(plain, net_of_forecast=False), False)):
+        replay = _Replay("m", "x", prep, mix, spec, ColdStartModel(), np.random.default_rng(0), (), False)
+        replay._learn_until(12 * day_s)
+        assert replay.hist.total == 11
+        assert (sum(replay.hist.hits) + replay.hist.overflow_hits == 0.0) is covered
