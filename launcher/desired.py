@@ -31,7 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from policies.budget import BudgetRequest, fit_budget
-from policies.combine import decide
+from policies.combine import POLICY_MIXES, decide
 from policies.forecast import expected_rate_per_s, new_forecast, observe_slot
 from policies.idle import learnt_keepalive_s
 from policies.types import (
@@ -40,7 +40,6 @@ from policies.types import (
     LoadSnapshot,
     ModelState,
     Occurrence,
-    PolicyMix,
     Reason,
     SeasonalForecast,
 )
@@ -54,7 +53,10 @@ from warmpool.warm import WarmRequest
 IDLE_BINS = 240
 IDLE_BIN_S = 60.0
 DEFAULT_MAX_KEEPALIVE_S = 4 * 3600.0
-MIX = PolicyMix(keepalive="histogram", forecast=True, schedules=True)
+MIX = POLICY_MIXES["slurmless"]
+"""The same mix the trace simulator replays as `slurmless`. Its `net_of_forecast` and `price_waits`
+refinements act on per-gap counts of delayed requests, which the idle histogram in Redis does not record
+yet (it counts gaps): until it does, they change nothing here."""
 
 FORECAST_HISTORY_SLOTS = 3 * 7 * 86_400 // DEMAND_SLOT_S
 """Slots read when a model's forecast is first built: three weeks, so every week slot was seen thrice."""
