@@ -33,9 +33,7 @@ class EventLog:
         self.redis = redis
         self.keys = keys or Keys()
 
-    async def record(
-        self, kind: str, *, now_s: float, model: str = "", instance: str = "", **detail: Any
-    ) -> None:
+    async def record(self, kind: str, *, now_s: float, model: str = "", instance: str = "", **detail: Any) -> None:
         await self.redis.xadd(
             self.keys.events,
             {
@@ -49,9 +47,7 @@ class EventLog:
             approximate=True,
         )
 
-    async def recent(
-        self, *, count: int = 100, model: str | None = None, kind: str | None = None
-    ) -> list[Event]:
+    async def recent(self, *, count: int = 100, model: str | None = None, kind: str | None = None) -> list[Event]:
         """Newest last. Filters apply to the `count` newest entries scanned (x10 when filtering)."""
         scan = count * 10 if (model or kind) else count
         rows = await self.redis.xrevrange(self.keys.events, count=scan)

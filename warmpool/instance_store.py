@@ -31,9 +31,7 @@ class InstanceStore:
         mapping = {k: orjson.dumps(v).decode() for k, v in fields.items()}
         await awaited(self.redis.hset(self.keys.instance(iid), mapping=mapping))
 
-    async def transition(
-        self, record: InstanceRecord, state: InstanceState, *, now_s: float, **fields: object
-    ) -> None:
+    async def transition(self, record: InstanceRecord, state: InstanceState, *, now_s: float, **fields: object) -> None:
         """Move an instance to `state`, stamping when it got there."""
         record.state = state
         record.state_since_s = now_s
