@@ -249,11 +249,17 @@ async def held_run(
     errors = [r for r in results if r.error is not None]
     # Keep-alive comments while held: gaps between consecutive comments before the first data event.
     gaps: list[float] = []
+    # The same, split by whether the gap ended before the instance came (all streams only held)
+    # or while the first 256 were served (the gateway busy streaming as well).
+    gaps_holding: list[float] = []
+    gaps_draining: list[float] = []
     late = 0
     for r in results:
         held = [t for t in r.comment_times_s if not r.event_times_s or t < r.event_times_s[0]]
         mine = [b - a for a, b in itertools.pairwise(held)]
         gaps += mine
+        for a, b in itertools.pairwise(held):
+            (gaps_holding if b < t_act else gaps_draining).append(b - a)
         if any(g > interval_s * 1.5 for g in mine):
             late += 1
     waits = [r.event_times_s[0] - t_act for r in results if r.event_times_s]
@@ -271,6 +277,9 @@ async def held_run(
         "comment_gap_p50_s": percentile(gaps, 50),
         "comment_gap_p99_s": percentile(gaps, 99),
         "comment_gap_max_s": max(gaps, default=float("nan")),
+        "comment_gap_p99_holding_s": percentile(gaps_holding, 99),
+        "comment_gap_max_holding_s": max(gaps_holding, default=float("nan")),
+        "comment_gap_p99_draining_s": percentile(gaps_draining, 99),
         "streams_with_late_comment": late,
         "cap": cap,
         "granted_at_activate": granted,
@@ -340,6 +349,9 @@ def run_held(n: int, hold_s: float, interval_s: float, cap: int, pin: bool) -> t
         "CPU (held, core share)",
         "comment gap p99 s",
         "max s",
+        "gap p99 held s",
+        "max held s",
+        "gap p99 draining s",
         "late",
         "drain s",
         "req/s drained",
@@ -351,6 +363,9 @@ def run_held(n: int, hold_s: float, interval_s: float, cap: int, pin: bool) -> t
         res["hold_cpu_core_share"],
         res["comment_gap_p99_s"],
         res["comment_gap_max_s"],
+        res["comment_gap_p99_holding_s"],
+        res["comment_gap_max_holding_s"],
+        res["comment_gap_p99_draining_s"],
         res["streams_with_late_comment"],
         res["drain_s"],
         res["drain_req_per_s"],

@@ -1,8 +1,9 @@
 """`python -m queue_gateway [--host H] [--port P]`: run one gateway process under uvicorn.
 
 Settings come from slurmless's config (`SLURMLESS_*` environment, `slurmless.toml`). The socket is
-bound before the app starts and its address printed (`queue_gateway listening on http://H:P`), so
-`--port 0` works for tests.
+bound and listening before the app starts and its address printed
+(`queue_gateway listening on http://H:P`), so `--port 0` works for tests and a client that connects
+at once waits in the backlog instead of being refused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from queue_gateway.app import build_app
 from slurmless.settings import Settings, load_settings
 from warmpool.keys import Keys
 
+LISTEN_BACKLOG = 4096
+
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Serve the gateway until SIGINT/SIGTERM (a clean stop hands back this process's tickets and slots)."""
@@ -27,7 +30,13 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+        # Listen now: connections made while the app starts wait in the backlog, not refused.
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     app = build_app(
         gw,
@@ -44,7 +53,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
             lifespan="on",
             access_log=False,
             log_level="warning",
-            backlog=4096,
+            backlog=LISTEN_BACKLOG,
+            limit_concurrency=None,
             timeout_graceful_shutdown=10,
             timeout_keep_alive=75,
         )

@@ -1,9 +1,10 @@
 """The gateway's ASGI app: the OpenAI surface, health, metrics, and the wiring of its parts.
 
-The completion endpoints are raw ASGI callables (Starlette routes a non-function endpoint to
-them unwrapped), so the warm path builds no Request/Response objects: authenticate from the
-in-process cache, resolve the model from the in-process cache, one Redis round trip to take a
-slot, then the engine's bytes go to `send` as they come.
+The completion endpoints are raw ASGI callables reached before Starlette (`GatewayApp`), so the
+warm path builds no Request/Response objects and its body chunks go to uvicorn's own `send`
+with no middleware wrapper per chunk: authenticate from the in-process cache, resolve the model
+from the in-process cache, one Redis round trip to take a slot, then the engine's bytes go to
+`send` as they come. Everything else is routed by Starlette.
 
 A client that leaves is watched for (`http.disconnect`) from the moment its body is read: the
 request's task is cancelled, which withdraws its ticket or gives its slot back and closes the
@@ -42,6 +43,7 @@ from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
 from queue_gateway.limits import KeyLimits
 from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.proxy import Upstreams
+from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.sinks import AsgiSink, Sink
 from slurmless.settings import GatewaySettings, Settings
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
@@ -82,6 +84,8 @@ class Gateway:
     phases: PhaseBoard
     async_store: AsyncRequests
     async_runner: AsyncRunner
+    pipe: RedisPipe | None
+    """The warm path's own Redis connection (admit, release); None where unsupported (TLS)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ready: bool = False
 
@@ -103,8 +107,10 @@ def _wire(
     gateway_id: str,
     clock: Callable[[], float],
     metrics: GatewayMetrics,
+    redis_timeout_s: float,
 ) -> Gateway:
     routing = Routing(redis, keys)
+    pipe = RedisPipe.for_client(redis, timeout_s=redis_timeout_s)
     hub = GrantHub(redis, keys, gateway_id, check_interval_s=settings.grant_check_interval_s)
     watch = ModelWatch(redis, keys, clock=clock)
     phases = PhaseBoard(redis, keys)
@@ -129,6 +135,7 @@ def _wire(
         retries=settings.upstream_retries,
         first_progress_s=min(FIRST_PROGRESS_S, settings.progress_interval_s),
         progress_interval_s=settings.progress_interval_s,
+        hot=HotRouting(pipe, keys) if pipe is not None else None,
     )
     catalog = Catalog(ModelStore(redis, keys), ttl_s=settings.model_cache_ttl_s, clock=clock)
     async_store = AsyncRequests(redis, keys)
@@ -144,6 +151,7 @@ def _wire(
         max_running=settings.async_max_running,
     )
     return Gateway(
+        pipe=pipe,
         settings=settings,
         redis=redis,
         keys=keys,
@@ -309,6 +317,14 @@ class CompletionEndpoint:
                 raise
             task.uncancel()
             status = 499
+        except Exception as exc:
+            # No middleware stands in front of this endpoint: a bug still answers in OpenAI's shape.
+            log.exception("internal error on %s", self.path)
+            status = 500
+            if not gone:
+                failure = GatewayError(f"Internal error: {type(exc).__name__}.")
+                with contextlib.suppress(Exception):
+                    await write_error(sink, failure, call, stream)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -319,6 +335,22 @@ class CompletionEndpoint:
                 await settle(self.holder.gateway.limits.release(key, self.holder.gateway.gateway_id, request_id))
             if self.holder.gateway is not None:
                 self.holder.gateway.metrics.requests.labels(model_label, str(status), self.path).inc()
+
+
+class GatewayApp:
+    """The ASGI app: the completion endpoints by exact path first, Starlette for everything else."""
+
+    def __init__(self, app: Starlette, hot: dict[str, CompletionEndpoint]) -> None:
+        self.app = app
+        self.hot = hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.hot.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -428,7 +460,7 @@ def build_app(
     gateway_id: str | None = None,
     root_settings: Settings | None = None,
     redis_socket_timeout_s: float = 5.0,
-) -> Starlette:
+) -> GatewayApp:
     """The gateway app. Background work (grant subscription, lease, reaper, async runner) runs in its lifespan.
 
     `redis` is a URL or a client (used from the server's event loop only); `gateway_id` names this
@@ -452,9 +484,17 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gw = _wire(settings, client, keys, gateway_id, clock, metrics)
+        gw = _wire(settings, client, keys, gateway_id, clock, metrics, redis_socket_timeout_s)
         await gw.lease.tick()  # the lease must exist before this process queues anything
-        for job in (gw.hub.listen(), gw.hub.check_loop(), gw.watch.loop(), gw.lease.loop(), gw.async_runner.loop()):
+        jobs = (
+            gw.hub.listen(),
+            gw.hub.check_loop(),
+            gw.watch.loop(),
+            gw.dispatcher.holder.loop(),
+            gw.lease.loop(),
+            gw.async_runner.loop(),
+        )
+        for job in jobs:
             gw.tasks.append(asyncio.get_running_loop().create_task(job))
         await asyncio.wait_for(gw.hub.subscribed.wait(), timeout=10)
         holder.gateway = gw
@@ -463,14 +503,14 @@ def build_app(
             yield
         finally:
             gw.ready = False
-            for t in gw.tasks:
-                t.cancel()
-            await asyncio.gather(*gw.tasks, return_exceptions=True)
+            await _stop(gw.tasks)
             with contextlib.suppress(RedisError, OSError):
                 await gw.async_runner.shutdown()
             with contextlib.suppress(RedisError, OSError):
                 await gw.routing.leave(gateway_id, now_s=clock())
             await gw.upstreams.aclose()
+            if gw.pipe is not None:
+                gw.pipe.close()
             holder.gateway = None
             if owns_redis:
                 await client.aclose()
@@ -511,10 +551,17 @@ def build_app(
             )
         return _error(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
 
+    hot = {
+        path: CompletionEndpoint(holder, path, kind)
+        for path, kind in (
+            ("/v1/chat/completions", "chat"),
+            ("/v1/completions", "completions"),
+            ("/v1/embeddings", "embeddings"),
+        )
+    }
     routes: list[BaseRoute] = [
-        Route("/v1/chat/completions", CompletionEndpoint(holder, "/v1/chat/completions", "chat"), methods=["POST"]),
-        Route("/v1/completions", CompletionEndpoint(holder, "/v1/completions", "completions"), methods=["POST"]),
-        Route("/v1/embeddings", CompletionEndpoint(holder, "/v1/embeddings", "embeddings"), methods=["POST"]),
+        # Reached only by other methods (POST is dispatched by `GatewayApp`): Starlette answers 405.
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
         Route("/v1/models", _api(holder, _list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", _api(holder, _get_model), methods=["GET"]),
         Route("/v1/async/{rid}", _api(holder, _get_async), methods=["GET"]),
@@ -525,7 +572,24 @@ def build_app(
     admin = _admin_app(client, settings, keys, clock, root_settings)
     if admin is not None:
         routes.append(Mount("/admin", app=admin))
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    return GatewayApp(app, hot)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background loops until they ended.
+
+    Cancelled again while pending: a cancellation that lands as a timeout inside a library call
+    can surface as a `TimeoutError` that a loop logs and survives.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("background task %s ended with %r", t.get_name(), t.exception())
 
 
 def _admin_app(

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
-
-import httpx
+from typing import Protocol, TypeVar
 
 from queue_gateway.budget import Budgets, retry_after_s
 from queue_gateway.catalog import Target
+from queue_gateway.engine_http import EngineError
 from queue_gateway.errors import (
     EngineRejected,
     GatewayError,
@@ -33,7 +32,7 @@ from queue_gateway.progress import granted_comment, queue_comment
 from queue_gateway.proxy import Upstreams, UpstreamUnreachable, forward_headers
 from queue_gateway.sinks import Sink
 from warmpool.phase import ModelPhase, PhaseBoard
-from warmpool.routing import AdmitOutcome, Routing
+from warmpool.routing import Admission, AdmitOutcome, Routing
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 
@@ -81,6 +80,24 @@ class _Retry(Exception):
         self.final = final
 
 
+class SlotRouting(Protocol):
+    """The two warm-path steps of `warmpool.routing.Routing` (also `redis_pipe.HotRouting`)."""
+
+    async def admit(
+        self,
+        model: str,
+        gateway_id: str,
+        request_id: str,
+        *,
+        now_s: float,
+        queue_max: int,
+        global_max: int,
+        signal_demand: bool = True,
+    ) -> Admission: ...
+
+    async def release(self, gateway_id: str, request_id: str) -> int: ...
+
+
 Release = Callable[[], Awaitable[object]]
 T = TypeVar("T")
 
@@ -115,8 +132,10 @@ class Dispatcher:
         retries: int,
         first_progress_s: float,
         progress_interval_s: float,
+        hot: SlotRouting | None = None,
     ) -> None:
         self.routing = routing
+        self.hot: SlotRouting = hot or routing
         self.hub = hub
         self.holder = holder
         self.phases = phases
@@ -175,7 +194,7 @@ class Dispatcher:
         grant = self.hub.expect(tid)
         now = self.clock()
         try:
-            adm = await self.routing.admit(
+            adm = await self.hot.admit(
                 model,
                 gw,
                 tid,
@@ -189,7 +208,7 @@ class Dispatcher:
         if adm.outcome is AdmitOutcome.SLOT:
             self.hub.forget(tid)
             assert adm.instance_id is not None
-            return adm.instance_id, partial(self.routing.release, gw, tid)
+            return adm.instance_id, partial(self.hot.release, gw, tid)
         warm = adm.ready_instances > 0
         if adm.outcome is not AdmitOutcome.QUEUED:
             self.hub.forget(tid)
@@ -258,7 +277,10 @@ class Dispatcher:
         try:
             status = response.status_code
             if status >= 400:
-                raw = await response.aread()
+                try:
+                    raw = await response.aread()
+                except EngineError as exc:
+                    raw = str(exc).encode()
                 self.metrics.upstream_errors.labels(model, "status").inc()
                 if status >= 500 or status in (401, 403):
                     detail = EngineRejected(status, raw).message
@@ -269,18 +291,21 @@ class Dispatcher:
             else:
                 await sink.start(status, forward_headers(response) + call.headers())
             try:
-                async for chunk in response.aiter_raw():
-                    if not call.first_byte_sent:
-                        call.first_byte_sent = True
-                        self.metrics.ttfb.labels(model).observe(time.perf_counter() - call.arrived_perf)
+                # One piece per socket read: chunks that arrived together go out in one write.
+                chunk = await response.read()
+                if chunk:
+                    call.first_byte_sent = True
+                    self.metrics.ttfb.labels(model).observe(time.perf_counter() - call.arrived_perf)
+                while chunk:
                     await sink.write(chunk)
-            except httpx.HTTPError as exc:
+                    chunk = await response.read()
+            except EngineError as exc:
                 self.metrics.upstream_errors.labels(model, "stream").inc()
-                failure = UpstreamFailed(f"The engine's response broke off: {exc!r}")
+                failure = UpstreamFailed(f"The engine's response broke off: {exc}")
                 if call.first_byte_sent:
                     raise failure from exc
                 raise _Retry(failure) from exc
             await sink.end()
         finally:
             in_flight.dec()
-            await response.aclose()
+            response.close()

@@ -5,7 +5,8 @@
   while the pubsub connection reconnected), and tickets reaped behind our back.
 - `ModelWatch`: per model with held requests, its phase and ready instances, refreshed once a
   second for the whole process (not per held request).
-- `Holder.wait`: one request's wait, bounded by the wait budgets, writing progress if asked.
+- `Holder`: the held requests' waits, bounded by the wait budgets, and their progress comments,
+  all driven by one ticker per process.
 - `Lease`: the heartbeat that keeps this process's tickets and slots, plus the reaper of dead
   processes' ones.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,11 @@ from warmpool.routing import Routing
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int | None, ModelPhase], Awaitable[None]]
+
+CHECK_BATCH = 1000
+"""Tickets looked up per pipelined round trip of the safety-net sweep."""
+CHECK_RATE_PER_S = 2000.0
+"""The sweep's pace with many tickets waiting: 10,000 held tickets are checked every 5 s."""
 
 
 class TicketLost(Exception):
@@ -95,10 +102,12 @@ class GrantHub:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def check(self) -> None:
-        """The safety net: look up every waiting ticket's state (one pipelined round trip)."""
+        """The safety net: look up every waiting ticket's state (pipelined, `CHECK_BATCH` per round trip)."""
         tids = list(self._waiting)
-        if not tids:
-            return
+        for i in range(0, len(tids), CHECK_BATCH):
+            await self._check(tids[i : i + CHECK_BATCH])
+
+    async def _check(self, tids: list[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for tid in tids:
                 pipe.hmget(self.keys.ticket(tid), ["state", "iid", "gw"])
@@ -121,7 +130,9 @@ class GrantHub:
 
     async def check_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.check_interval_s)
+            # Grants come by pubsub; this sweep only catches lost messages and reaped tickets, so
+            # with many tickets waiting it runs less often (at most `CHECK_RATE_PER_S` lookups/s).
+            await asyncio.sleep(max(self.check_interval_s, len(self._waiting) / CHECK_RATE_PER_S))
             try:
                 await self.check()
             except Exception as exc:  # a background loop must never die
@@ -211,13 +222,48 @@ def effective_phase(state: ModelState) -> ModelPhase:
     return state.phase
 
 
-class Holder:
-    """Waits for one ticket's grant within the wait budgets."""
+@dataclass(eq=False, slots=True)
+class _Held:
+    """One held request, as the ticker sees it."""
 
-    def __init__(self, routing: Routing, watch: ModelWatch, *, clock: Callable[[], float]) -> None:
+    grant: asyncio.Future[str]
+    model: str
+    ticket_id: str
+    enqueued_s: float
+    warm_at_admit: bool
+    budgets: Budgets
+    state: ModelState
+    progress: Progress | None
+    next_progress_s: float
+    progress_interval_s: float
+    due_s: float = 0.0
+    writing: asyncio.Task[None] | None = None
+
+
+TICK_S = 0.25
+"""How often the ticker looks at held requests (comments are at most this late)."""
+RECHECK_S = 1.0
+"""A held request's budget is re-evaluated at least this often: its model may turn warm."""
+
+
+class Holder:
+    """Holds queued requests until granted, within their wait budgets, writing their progress.
+
+    One process-wide ticker (`loop`, one step: `tick(now)`) serves every held request: it fails
+    the ones whose budget ran out and writes the due progress comments, looking up the queue
+    positions of all of them in one pipelined round trip. A held request itself only awaits its
+    grant; it costs no timer and no wake-up of its own while it waits.
+    """
+
+    def __init__(
+        self, routing: Routing, watch: ModelWatch, *, clock: Callable[[], float], tick_s: float = TICK_S
+    ) -> None:
         self.routing = routing
         self.watch = watch
         self.clock = clock
+        self.tick_s = tick_s
+        self._due: list[tuple[float, int, _Held]] = []
+        self._seq = 0
 
     async def wait(
         self,
@@ -233,45 +279,119 @@ class Holder:
         progress_interval_s: float = 5.0,
     ) -> str:
         """The granted instance id; raises `Unavailable` when the budget runs out (ticket withdrawn by the caller)."""
-        state = self.watch.enter(model)
+        held = _Held(
+            grant=grant,
+            model=model,
+            ticket_id=ticket_id,
+            enqueued_s=enqueued_s,
+            warm_at_admit=warm_at_admit,
+            budgets=budgets,
+            state=self.watch.enter(model),
+            progress=progress,
+            next_progress_s=enqueued_s + first_progress_s,
+            progress_interval_s=progress_interval_s,
+        )
         try:
-            next_progress = enqueued_s + first_progress_s
-            while True:
-                if grant.done():
-                    return grant.result()
-                now = self.clock()
-                if state.known:
-                    warm_since = None if state.warm_since_s is None else max(enqueued_s, state.warm_since_s)
-                else:
-                    warm_since = enqueued_s if warm_at_admit else None
-                deadline = wait_deadline_s(enqueued_s, budgets, warm_since)
-                if now >= deadline:
-                    warm = warm_since is not None
-                    budget = budgets.warm_s if warm else budgets.cold_s
-                    raise Unavailable(
-                        f"The model `{model}` could not take the request within the "
-                        f"{'warm' if warm else 'cold-start'} wait budget of {budget:g} s.",
-                        code="wait_budget_exceeded",
-                        retry_after_s=retry_after_s(now_s=now, warm=warm, eta_s=state.phase.eta_s),
-                    )
-                until = deadline
-                if progress is not None:
-                    until = min(until, next_progress)
-                # Re-evaluate at least every second: the model may turn warm, switching budgets.
-                timeout = max(0.0, min(until - now, 1.0))
-                await asyncio.wait((grant,), timeout=timeout)
-                if grant.done():
-                    return grant.result()
-                now = self.clock()
-                if progress is not None and now >= next_progress:
-                    next_progress = now + progress_interval_s
-                    if not state.known:
-                        with contextlib.suppress(RedisError, OSError, ValueError):
-                            await self.watch.refresh_now()
-                    position = await self.routing.position(model, ticket_id)
-                    await progress(position, effective_phase(state))
+            self._schedule(held, self._next_due(held, enqueued_s))
+            try:
+                return await grant
+            finally:
+                if held.writing is not None and not held.writing.done():
+                    # The model's stream must not interleave with a comment being written.
+                    await asyncio.wait((held.writing,))
         finally:
             self.watch.leave(model)
+
+    def _deadline(self, held: _Held) -> float:
+        state = held.state
+        if state.known:
+            warm_since = None if state.warm_since_s is None else max(held.enqueued_s, state.warm_since_s)
+        else:
+            warm_since = held.enqueued_s if held.warm_at_admit else None
+        return wait_deadline_s(held.enqueued_s, held.budgets, warm_since)
+
+    def _next_due(self, held: _Held, now: float) -> float:
+        due = min(self._deadline(held), now + RECHECK_S)
+        if held.progress is not None:
+            due = min(due, held.next_progress_s)
+        return due
+
+    def _schedule(self, held: _Held, due_s: float) -> None:
+        held.due_s = due_s
+        self._seq += 1
+        heapq.heappush(self._due, (due_s, self._seq, held))
+
+    async def tick(self, now: float) -> None:
+        """One step: fail the held requests past their budget, write the due progress comments."""
+        writes: list[_Held] = []
+        while self._due and self._due[0][0] <= now:
+            _, _, held = heapq.heappop(self._due)
+            if held.grant.done():
+                continue
+            deadline = self._deadline(held)
+            if now >= deadline:
+                warm = held.state.warm_since_s is not None if held.state.known else held.warm_at_admit
+                budget = held.budgets.warm_s if warm else held.budgets.cold_s
+                held.grant.set_exception(
+                    Unavailable(
+                        f"The model `{held.model}` could not take the request within the "
+                        f"{'warm' if warm else 'cold-start'} wait budget of {budget:g} s.",
+                        code="wait_budget_exceeded",
+                        retry_after_s=retry_after_s(now_s=now, warm=warm, eta_s=held.state.phase.eta_s),
+                    )
+                )
+                continue
+            if held.progress is not None and now >= held.next_progress_s:
+                held.next_progress_s = now + held.progress_interval_s
+                if held.writing is None or held.writing.done():
+                    writes.append(held)
+            self._schedule(held, self._next_due(held, now))
+        if writes:
+            await self._write_progress(writes)
+
+    async def _write_progress(self, writes: list[_Held]) -> None:
+        if any(not h.state.known for h in writes):
+            with contextlib.suppress(RedisError, OSError, ValueError):
+                await self.watch.refresh_now()
+        positions: list[int | None]
+        try:
+            positions = await self._positions(writes)
+        except (RedisError, OSError) as exc:
+            log.warning("queue positions unavailable: %s", exc)
+            positions = [None] * len(writes)
+        loop = asyncio.get_running_loop()
+        for held, position in zip(writes, positions, strict=True):
+            if held.grant.done() or held.progress is None:
+                continue
+            # A task per comment: one slow client must not hold up the others' comments.
+            held.writing = loop.create_task(_write_one(held, held.progress, position))
+
+    async def _positions(self, writes: list[_Held]) -> list[int | None]:
+        """Tickets ahead of each (None: no longer queued), in one pipelined round trip."""
+        keys = self.routing.keys
+        async with self.routing.redis.pipeline(transaction=False) as pipe:
+            for h in writes:
+                pipe.zrank(keys.queue(h.model), h.ticket_id)
+            ranks = await pipe.execute()
+        return [None if r is None else int(r) for r in ranks]
+
+    async def loop(self) -> None:
+        """Run the ticker forever."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self.tick(self.clock())
+            except Exception:
+                log.exception("held-request ticker failed")
+
+
+async def _write_one(held: _Held, progress: Progress, position: int | None) -> None:
+    try:
+        await progress(position, effective_phase(held.state))
+    except Exception as exc:
+        # The write failed (the client is gone or the sink broke): the request ends with it.
+        if not held.grant.done():
+            held.grant.set_exception(exc)
 
 
 class Lease:

@@ -116,6 +116,9 @@ return {'queued', '', qlen, nready}
 """
 )
 
+ADMIT_LUA = _ADMIT
+"""The admit script's source, for clients that run it over their own connection (the gateway's pipeline)."""
+
 # ARGV: prefix, gw, rid
 _RELEASE = (
     _PUMP
@@ -131,6 +134,9 @@ unload(prefix, model, iid)
 return pump(prefix, model)
 """
 )
+
+RELEASE_LUA = _RELEASE
+"""The release script's source (see ADMIT_LUA)."""
 
 # ARGV: prefix, model, gw, tid
 _CANCEL = (
