@@ -23,6 +23,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 import orjson
 import redis.asyncio as aioredis
 
@@ -40,6 +41,7 @@ from launcher.desired import (
 from launcher.health import Health, Probe, Prober, loading_probe_delay_s
 from launcher.history import LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory, p95
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
+from launcher.lora import AdapterLoadError, ensure_adapter_loaded
 from launcher.metrics import LauncherMetrics
 from policies.placement import PlacementOption, pick_placement
 from policies.types import Decision, Occurrence
@@ -416,6 +418,9 @@ class Launcher:
                 await self._loading(record, specs[record.model], probe, now_s, report)
             elif probe.health is Health.READY:
                 self._unhealthy.pop(record.id, None)
+                adapters = [s for s in specs.values() if s.kind is ModelKind.LORA and s.base_model == record.model]
+                if adapters:
+                    await self._sync_adapters(record, adapters, now_s)
             else:
                 misses = self._unhealthy.get(record.id, 0) + 1
                 self._unhealthy[record.id] = misses
@@ -753,7 +758,7 @@ class Launcher:
 
     async def _has_adapters(self, base: str) -> bool:
         # Hook for the registry: adapters are loaded at run time on instances started with --enable-lora.
-        return any(s.kind is ModelKind.LORA and s.base_model == base for s in await self.models.all())
+        return bool(await self._adapters_of(base))
 
     # --- state changes ------------------------------------------------------------------------
 
@@ -767,7 +772,37 @@ class Launcher:
             **{k: v for k, v in fields.items() if k in ("job_id", "host", "port", "reason")},
         )
 
+    async def _sync_adapters(self, record: InstanceRecord, adapters: list[ModelSpec], now_s: float) -> None:
+        """Load the registered adapters a base instance does not serve yet (`/v1/load_lora_adapter`).
+
+        Runs before an instance is first routed to and on every tick for ready ones, so an adapter
+        registered while its base runs is served within a tick. A refusal is an event, not a failure:
+        the base keeps serving its own requests.
+        """
+        if record.url is None or record.api_key is None:
+            return
+        missing = [a for a in adapters if a.client_name not in record.loaded_loras]
+        for adapter in missing:
+            try:
+                await ensure_adapter_loaded(
+                    record.url, record.api_key, adapter.client_name, adapter.source, self.prober.client
+                )
+            except (AdapterLoadError, httpx.HTTPError) as exc:
+                await self.events.record(
+                    "adapter.failed", now_s=now_s, model=adapter.name, instance=record.id, error=str(exc)[:300]
+                )
+                continue
+            record.loaded_loras.append(adapter.client_name)
+            await self.instances.update(record.id, loaded_loras=record.loaded_loras)
+            await self.events.record("adapter.loaded", now_s=now_s, model=adapter.name, instance=record.id)
+
+    async def _adapters_of(self, base: str) -> list[ModelSpec]:
+        return [s for s in await self.models.all() if s.kind is ModelKind.LORA and s.base_model == base]
+
     async def _mark_ready(self, record: InstanceRecord, spec: ModelSpec, now_s: float) -> None:
+        adapters = await self._adapters_of(spec.name)
+        if adapters:
+            await self._sync_adapters(record, adapters, now_s)
         await self._transition(record, S.READY, now_s)
         granted = await self.routing.activate(record.model, record.id, cap=spec.policy.max_concurrency)
         ts = record.timestamps

@@ -7,6 +7,7 @@ import secrets
 import string
 from pathlib import Path
 
+from launcher.lora import LORA_JOB_ENV
 from slurm.jobscript import JobSpec
 from slurmless.settings import LauncherSettings
 from warmpool.specs import ModelSpec
@@ -54,8 +55,11 @@ def job_spec(
     shortest_s = 60 * (res.time_min_min or res.time_limit_min)
     lead, settle, drain, kill = signal_timing(settings.signal_lead_s, shortest_s)
     engine_args = dict(spec.engine_args)
+    engine_env = dict(settings.engine_env)
     if enable_lora:
+        # Adapters are loaded at run time (launcher/lora.py); vLLM refuses that without the variable.
         engine_args["--enable-lora"] = True
+        engine_env.update(LORA_JOB_ENV)
     output_dir = Path(settings.job_output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return JobSpec.parse(
@@ -82,7 +86,7 @@ def job_spec(
             "env_setup_lines": tuple(settings.env_setup_lines),
             "engine_command": tuple(settings.engine_command),
             "engine_args": engine_args,
-            "engine_env": dict(settings.engine_env),
+            "engine_env": engine_env,
             "callback_url": callback_url,
             "callback_token": callback_token,
             "engine_api_key": engine_api_key,
