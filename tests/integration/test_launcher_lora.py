@@ -108,9 +108,11 @@ async def test_adapter_request_cold_starts_base_and_is_served_by_the_adapter(
                 model="grader-lora", messages=[{"role": "user", "content": "hi"}], max_tokens=4
             )
             assert second.model == "grader-lora"
-            engine_models = httpx.get(
-                f"{ready[0].url}/v1/models", headers={"Authorization": f"Bearer {ready[0].api_key}"}, timeout=5
-            ).json()
+            async with httpx.AsyncClient(timeout=5) as http:
+                listed = await http.get(
+                    f"{ready[0].url}/v1/models", headers={"Authorization": f"Bearer {ready[0].api_key}"}
+                )
+            engine_models = listed.json()
             assert {"tutor-lora", "grader-lora"} <= {m["id"] for m in engine_models["data"]}
             assert len([r for r in await records(client, settings) if r.state is not InstanceState.GONE]) == 1
     finally:
