@@ -89,7 +89,18 @@ class Stack:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.launcher.job_output_dir.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURMLESS_")}
+        # The children read the same settings as this process (environment and config file), with
+        # what `up` decided on top.
+        env = dict(os.environ)
+        if settings.slurm.local_cluster:
+            # A single machine: registered paths can be checked here, and the simulator ignores sources.
+            dev_defaults = {
+                "SLURMLESS_MODEL_ROOTS": json.dumps([str(settings.state_dir)]),
+                "SLURMLESS_REGISTRY__ALLOW_HUB_IDS": "true",
+                "SLURMLESS_REGISTRY__CHECK_PATHS_LOCALLY": "true",
+                "SLURMLESS_REGISTRY__DEFAULT_LIMITS__GPUS_PER_NODE": str(settings.dev_cluster.gpus),
+            }
+            env.update({k: v for k, v in dev_defaults.items() if k not in os.environ})
         env.update(
             {
                 "SLURMLESS_REDIS__URL": redis_url,

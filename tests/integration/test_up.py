@@ -135,6 +135,35 @@ def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
         assert status.returncode == 0, status.stderr
         assert "demo" in status.stdout
 
+        # The admin CLI against the real launcher and Slurm: register a model, warm it and wait.
+        cli_env = {**env, "SLURMLESS_URL": f"http://127.0.0.1:{port}", "SLURMLESS_ADMIN_TOKEN": admin.group(1)}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "slurmless.cli", *args],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        registered = cli("models", "register", "second", "--source", "org/second", "--cpus", "1", "--mem-mb", "500")
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        warmed = cli("models", "warm", "second", "--wait")
+        assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+        jobs = subprocess.run(
+            ["squeue", "-h", "-o", "%j"],
+            env={**os.environ, "SLURM_CONF": str(base / "cluster" / "slurm.conf")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert "second" in jobs, jobs
+        bad = cli("models", "register", "x;rm", "--source", "org/x")
+        assert bad.returncode == 1 and bad.stderr.startswith("slurmless: "), bad.stderr
+
         ours |= descendants(up.pid) | mentions(base)  # now including the job's engine
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
