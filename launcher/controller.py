@@ -413,7 +413,10 @@ class Launcher:
         probes = await asyncio.gather(
             *(self.prober.probe(r.url or "", r.api_key, specs[r.model].client_name) for r in targets)
         )
+        healthy: list[InstanceRecord] = []
         for record, probe in zip(targets, probes, strict=True):
+            if record.state is S.READY and probe.health is Health.READY:
+                healthy.append(record)
             if record.state is S.LOADING:
                 await self._loading(record, specs[record.model], probe, now_s, report)
             elif probe.health is Health.READY:
@@ -427,6 +430,23 @@ class Launcher:
                 if misses >= self.settings.unhealthy_after:
                     await self._fail(record, now_s, f"engine unhealthy: {probe.detail}")
                     report.failed[record.id] = record.reason or ""
+
+        await self._reroute(healthy, specs, now_s)
+
+    async def _reroute(self, healthy: list[InstanceRecord], specs: dict[str, ModelSpec], now_s: float) -> None:
+        """Route again to healthy ready instances that left routing: a gateway stops routing to an
+        instance it cannot connect to, and a passing connect error must cost at most one tick."""
+        current = [r for r in healthy if r.state is S.READY]
+        if not current:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in current:
+                pipe.zscore(self.keys.ready(r.model), r.id)
+            scores = await pipe.execute()
+        for record, score in zip(current, scores, strict=True):
+            if score is None and record.model in specs:
+                await self.routing.activate(record.model, record.id, cap=specs[record.model].policy.max_concurrency)
+                await self.events.record("instance.rerouted", now_s=now_s, model=record.model, instance=record.id)
 
     async def _loading(
         self, record: InstanceRecord, spec: ModelSpec, probe: Probe, now_s: float, report: TickReport

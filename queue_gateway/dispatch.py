@@ -262,12 +262,20 @@ class Dispatcher:
             await sink.start(200, SSE_HEADERS + call.headers(so_far_ms))
         await sink.write(queue_comment(position, phase, now_s=self.clock()))
 
+    async def _unroute(self, model: str, iid: str) -> None:
+        """Stop routing to an instance that refuses connections (its engine or node died), and tell the
+        launcher at once. The retry then waits in the queue, within the wait budgets, for another
+        instance instead of failing; the launcher puts the instance back if it proves healthy."""
+        await settle(self.routing.deactivate(model, iid))
+        await settle(self.routing.redis.publish(self.routing.keys.demand_channel, model))
+
     async def _proxy(self, call: Call, sink: Sink, iid: str) -> None:
         model = call.metrics_model
         try:
             response = await self.upstreams.open(iid, call.path, call.body)
         except UpstreamUnreachable as exc:
             self.metrics.upstream_errors.labels(model, "connect").inc()
+            await self._unroute(call.target.instance_model, iid)
             raise _Retry(exc) from None
         except GatewayError:
             self.metrics.upstream_errors.labels(model, "timeout").inc()

@@ -229,3 +229,30 @@ async def _async(value: int | None) -> int | None:
 
 async def _no_jobs(settings: Settings) -> bool:
     return await active_jobs(settings) == []
+
+
+async def test_healthy_instance_taken_out_of_routing_is_routed_again(
+    env: tuple[Settings, aioredis.Redis],
+) -> None:
+    """A gateway stops routing to an instance it could not connect to; if the instance is in fact
+    healthy, the launcher routes to it again on its next tick."""
+    settings, client = env
+    keys = Keys(settings.redis.key_prefix)
+    await ModelStore(client, keys).put(small_model("blip"))
+    run = Running(settings)
+    try:
+        await wait_for(lambda: _true(run.service.is_leader), timeout_s=10, what="leadership")
+        await run.service.demand("blip")
+        ready = await wait_for(
+            lambda: _first(instances_in(client, settings, InstanceState.READY)), timeout_s=90, what="a ready instance"
+        )
+        routing = Routing(client, keys)
+        assert await routing.deactivate("blip", ready.id) == 0
+
+        async def routed() -> bool | None:
+            return True if ready.id in await routing.inflight("blip") else None
+
+        await wait_for(routed, timeout_s=10, what="the instance routed again")
+        assert len(await active_jobs(settings)) == 1
+    finally:
+        await run.close()
