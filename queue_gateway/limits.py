@@ -4,7 +4,7 @@ One extra round trip, and only for keys that have a limit. Requests per minute u
 one-minute window. Concurrent requests are a sorted set of `gateway|request` members, so that
 the members of a gateway process that died (its lease lapsed) are dropped when the key is full.
 
-Keys (to move into warmpool/keys.py): `{p}klim:{key_id}:rpm:{minute}`, `{p}klim:{key_id}:conc`.
+Keys: `Keys.key_rpm` and `Keys.key_concurrency` (warmpool/keys.py); the script builds the same names from the prefix.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class KeyLimits:
         self._acquire = redis.register_script(_ACQUIRE)
 
     def _conc_key(self, key_id: str) -> str:
-        return f"{self.keys.prefix}klim:{key_id}:conc"
+        return self.keys.key_concurrency(key_id)
 
     async def acquire(self, record: ApiKeyRecord, gateway_id: str, request_id: str, *, now_s: float) -> bool:
         """Book the request; raises `RateLimited`. Returns whether `release` must be called."""

@@ -136,6 +136,12 @@ class Keys:
     def tenants(self) -> str:
         return f"{self.prefix}tenants"
 
+    def key_rpm(self, key_id: str, minute: int) -> str:
+        return f"{self.prefix}klim:{key_id}:rpm:{minute}"
+
+    def key_concurrency(self, key_id: str) -> str:
+        return f"{self.prefix}klim:{key_id}:conc"
+
     @property
     def api_keys(self) -> str:
         return f"{self.prefix}apikeys"
