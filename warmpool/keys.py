@@ -28,7 +28,7 @@
 {p}warm:{model}            string WarmRequest JSON (`models warm`); expires when the request does
 {p}tenants                 hash   tenant -> TenantSpec JSON
 {p}apikeys                 hash   sha256(key) -> ApiKeyRecord JSON
-{p}klim:{kid}:rpm:{min}  string requests of one API key in one minute (rpm limit)
+{p}klim:{kid}:rpm:{min}    string requests of one API key in one minute (rpm limit)
 {p}klim:{kid}:conc         zset   "gw|request" of one key in flight -> start (concurrency limit)
 {p}async:{rid}             hash   async request: state, body, result
 {p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
