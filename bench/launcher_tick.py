@@ -1,0 +1,283 @@
+"""The launcher's tick at scale: wall time per tick and Slurm calls, with many models and instances.
+
+    .venv/bin/python -m bench.launcher_tick                       # 100/20, then 1,000 models / 200 instances
+    .venv/bin/python -m bench.launcher_tick --models 1000 --instances 200 --ticks 30 --no-small
+
+Each size gets its own real Redis (`LocalRedis`) and real local Slurm cluster (`LocalCluster`,
+declared with enough CPUs and memory for every job at once: 1 CPU, 256 MB and no GPU per job).
+M `ModelSpec`s are registered; the first I have `min_replicas=1`, so the launcher's own first
+tick submits one job each (`sbatch`, as in production). Every job runs the real job script
+(callbacks to the launcher, signal traps) around a stub engine: a stdlib HTTP server answering
+`/health`, `/v1/models` (with its served name) and `/metrics`, so the launcher's readiness and
+health probes are real HTTP round trips at a fraction of an engine simulator's memory. The jobs
+register through the launcher's real callback app (uvicorn in this process); ticks run until
+every instance is `ready`.
+
+Then N ticks are measured back to back (`Launcher.tick(now_s=...)`, nothing else running):
+wall time per tick, Slurm commands per tick by name (`SlurmCLI.calls`), Redis commands per tick
+(`INFO stats` total_commands_processed, less the INFO calls themselves) and HTTP probes per tick.
+Slurm calls per minute are given at the default `tick_s`. Results: a table on stdout, JSON in
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+
+from bench.report import median, percentile, table, write_json
+from launcher.callbacks import callback_app
+from launcher.controller import Launcher
+from launcher.health import Probe, Prober
+from slurm.cli_backend import SlurmCLI
+from slurm.localcluster import LocalCluster
+from slurmless.localredis import LocalRedis
+from slurmless.settings import LauncherSettings
+from warmpool.instance_store import InstanceStore
+from warmpool.instances import InstanceState
+from warmpool.models import ModelStore
+from warmpool.specs import ModelSpec, Policy, Resources
+
+JOB_MEM_MB = 256
+DEFAULT_TICK_S = LauncherSettings().tick_s
+
+# A stand-in engine: stdlib only (started with `python -S`), ~10 MB, answers what the launcher asks.
+STUB_ENGINE = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+args = sys.argv[1:]
+opt = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+models = json.dumps({"object": "list", "data": [{"id": opt["--served-model-name"], "object": "model"}]}).encode()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = {"/health": b"", "/v1/models": models, "/metrics": b"vllm:num_requests_running 0\\n"}.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer((opt["--host"], int(opt["--port"])), H).serve_forever()
+"""
+
+
+class CountingProber(Prober):
+    """The launcher's prober, counting probes (each is two HTTP requests when the engine is ready)."""
+
+    def __init__(self, *, timeout_s: float) -> None:
+        super().__init__(timeout_s=timeout_s)
+        self.probes = 0
+
+    async def probe(self, url: str, api_key: str | None, served_name: str) -> Probe:
+        self.probes += 1
+        return await super().probe(url, api_key, served_name)
+
+
+async def _redis_commands(client: aioredis.Redis) -> int:
+    info = await client.info("stats")
+    return int(info["total_commands_processed"])
+
+
+async def run_size(n_models: int, n_instances: int, n_ticks: int, workdir: Path) -> dict[str, Any]:
+    """One size: set up, bring `n_instances` to ready, measure `n_ticks` ticks, tear down."""
+    stub = workdir / "stub_engine.py"
+    stub.write_text(STUB_ENGINE)
+    cluster = LocalCluster(cpus=max(8, n_instances + 8), memory_mb=JOB_MEM_MB * (n_instances + 8), gpus=0)
+    server = LocalRedis()
+    uv_server: uvicorn.Server | None = None
+    serve_task: asyncio.Task[None] | None = None
+    slurm: SlurmCLI | None = None
+    launcher: Launcher | None = None
+    redis: aioredis.Redis | None = None
+    try:
+        await asyncio.to_thread(cluster.start)
+        server.start()
+        redis = aioredis.Redis.from_url(server.url)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        callback_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = LauncherSettings(
+            engine_command=[sys.executable, "-S", str(stub)],
+            helper_python=sys.executable,
+            job_name_prefix="bt-",
+            job_output_dir=workdir / "jobs",
+            callback_port=0,
+        )
+        slurm = SlurmCLI(env=cluster.env, job_name_prefix="bt-", command_timeout_s=60.0)
+        prober = CountingProber(timeout_s=settings.health_timeout_s)
+        launcher = Launcher(redis, slurm, settings, callback_url=callback_url, prober=prober)
+        uv_server = uvicorn.Server(
+            uvicorn.Config(callback_app(launcher), lifespan="off", access_log=False, log_level="warning")
+        )
+        serve_task = asyncio.create_task(uv_server.serve(sockets=[sock]))
+
+        store = ModelStore(redis)
+        res = Resources(gpus=0, cpus=1, mem_mb=JOB_MEM_MB, time_limit_min=240)
+        for i in range(n_models):
+            policy = Policy(min_replicas=1 if i < n_instances else 0, max_replicas=1)
+            await store.put(ModelSpec(name=f"m{i:04d}", source=f"/models/m{i:04d}", resources=res, policy=policy))
+
+        # Ramp up: the launcher submits the standing replicas itself and ticks them to ready.
+        t0 = time.perf_counter()
+        instances = InstanceStore(redis)
+        submitted = 0
+        ready = 0
+        while True:
+            report = await launcher.tick(now_s=time.time())
+            submitted += len(report.submitted)
+            if report.failed:
+                raise RuntimeError(f"instances failed during ramp-up: {dict(list(report.failed.items())[:3])}")
+            records = await instances.all()
+            ready = sum(r.state is InstanceState.READY for r in records)
+            print(f"  ramp-up {time.perf_counter() - t0:6.1f}s: {submitted} submitted, {ready} ready", flush=True)
+            if ready >= n_instances:
+                break
+            if time.perf_counter() - t0 > 900:
+                raise RuntimeError(f"only {ready} of {n_instances} instances ready after 900 s")
+            await asyncio.sleep(2.0)
+        ramp_s = time.perf_counter() - t0
+        await asyncio.sleep(1.0)  # let the last callbacks and probes settle
+
+        # Measure: ticks back to back, counting what each one asked of Slurm, Redis and the engines.
+        walls_ms: list[float] = []
+        slurm_per_tick: list[Counter[str]] = []
+        redis_per_tick: list[int] = []
+        probes_per_tick: list[int] = []
+        anomalies: list[str] = []
+        for _ in range(n_ticks):
+            calls0, probes0 = Counter(slurm.calls), prober.probes
+            cmds0 = await _redis_commands(redis)
+            started = time.perf_counter()
+            report = await launcher.tick(now_s=time.time())
+            walls_ms.append((time.perf_counter() - started) * 1000)
+            # Less the INFO that read cmds0 (counted once it ran): one command.
+            redis_per_tick.append(await _redis_commands(redis) - cmds0 - 1)
+            slurm_per_tick.append(Counter(slurm.calls) - calls0)
+            probes_per_tick.append(prober.probes - probes0)
+            if report.submitted or report.failed or report.draining or report.cancelled or report.slurm_error:
+                anomalies.append(
+                    f"submitted={len(report.submitted)} failed={len(report.failed)} "
+                    f"draining={len(report.draining)} slurm_error={report.slurm_error}"
+                )
+        commands = sorted({name for c in slurm_per_tick for name in c})
+        per_cmd = {name: [c[name] for c in slurm_per_tick] for name in commands}
+        squeue = per_cmd.get("squeue", [0])
+        other = sum(sum(v) for k, v in per_cmd.items() if k != "squeue")
+        total_calls = sum(sum(v) for v in per_cmd.values())
+        return {
+            "models": n_models,
+            "instances": n_instances,
+            "ready": ready,
+            "ticks": n_ticks,
+            "ramp_up_s": ramp_s,
+            "tick_ms_p50": median(walls_ms),
+            "tick_ms_p95": percentile(walls_ms, 95),
+            "tick_ms_max": max(walls_ms),
+            "tick_ms": walls_ms,
+            "slurm_calls_per_tick": {k: sum(v) / n_ticks for k, v in per_cmd.items()},
+            "squeue_per_tick_min": min(squeue),
+            "squeue_per_tick_max": max(squeue),
+            "other_slurm_calls": other,
+            "slurm_calls_per_min_at_default_tick": total_calls / n_ticks * 60 / DEFAULT_TICK_S,
+            "redis_commands_per_tick_p50": median([float(x) for x in redis_per_tick]),
+            "redis_commands_per_tick": redis_per_tick,
+            "probes_per_tick_p50": median([float(x) for x in probes_per_tick]),
+            "anomalies": anomalies,
+        }
+    finally:
+        if slurm is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_cancel_all(slurm), timeout=120)
+        if uv_server is not None:
+            uv_server.should_exit = True
+        if serve_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(serve_task, timeout=10)
+        if launcher is not None:
+            await launcher.aclose()
+        if redis is not None:
+            await redis.aclose()
+        server.stop()
+        await asyncio.to_thread(cluster.stop)
+
+
+async def _cancel_all(slurm: SlurmCLI) -> None:
+    for job in await slurm.jobs():
+        if job.state.is_active:
+            await slurm.cancel(job.job_id)
+
+
+def main() -> None:
+    """Measure each size, print the table and write JSON."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench.launcher_tick", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    p.add_argument("--models", type=int, default=1000)
+    p.add_argument("--instances", type=int, default=200)
+    p.add_argument("--ticks", type=int, default=30)
+    p.add_argument("--no-small", action="store_true", help="skip the 1/10 size (100 models / 20 instances)")
+    args = p.parse_args()
+    sizes = [(args.models, args.instances)]
+    if not args.no_small:
+        sizes.insert(0, (max(1, args.models // 10), max(1, args.instances // 10)))
+    rows: list[dict[str, Any]] = []
+    for n_models, n_instances in sizes:
+        print(f"{n_models} models, {n_instances} instances:", flush=True)
+        workdir = Path(tempfile.mkdtemp(prefix="bench-launcher-tick-"))
+        try:
+            rows.append(asyncio.run(run_size(n_models, n_instances, args.ticks, workdir)))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    headers = [
+        "models",
+        "instances",
+        "ticks",
+        "tick ms p50",
+        "p95",
+        "max",
+        "squeue/tick",
+        "other Slurm calls",
+        f"Slurm calls/min (tick_s={DEFAULT_TICK_S:g})",
+        "Redis cmds/tick",
+        "probes/tick",
+    ]
+    body = [
+        [
+            r["models"],
+            r["instances"],
+            r["ticks"],
+            r["tick_ms_p50"],
+            r["tick_ms_p95"],
+            r["tick_ms_max"],
+            f"{r['squeue_per_tick_min']}-{r['squeue_per_tick_max']}",
+            r["other_slurm_calls"],
+            r["slurm_calls_per_min_at_default_tick"],
+            int(r["redis_commands_per_tick_p50"]),
+            int(r["probes_per_tick_p50"]),
+        ]
+        for r in rows
+    ]
+    text = "The launcher's tick in steady state (every instance ready)\n\n" + table(headers, body)
+    print("\n" + text + "\n", flush=True)
+    for r in rows:
+        if r["anomalies"]:
+            print(f"{r['models']} models: ticks that changed something: {r['anomalies'][:3]}", flush=True)
+    path = write_json("launcher_tick", {"config": vars(args), "sizes": rows, "tables": text})
+    print(f"JSON: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
