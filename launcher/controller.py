@@ -794,6 +794,7 @@ class Launcher:
 
     async def _transition(self, record: InstanceRecord, state: InstanceState, now_s: float, **fields: object) -> None:
         await self.instances.transition(record, state, now_s=now_s, **fields)
+        await self._publish_one(record.model, now_s)
         await self.events.record(
             f"instance.{state.value}",
             now_s=now_s,
@@ -923,6 +924,11 @@ class Launcher:
             hist = await self.history.get(base)
             phase = self._phase(by_model.get(base, []), hist, now_s)
             await self.phases.set(spec.name, phase)
+
+    async def _publish_one(self, model: str, now_s: float) -> None:
+        """Tell the clients waiting for `model` at once what changed (the tick republishes every model)."""
+        records = await self.instances.all(model)
+        await self.phases.set(model, self._phase(records, await self.history.get(model), now_s))
 
     def _phase(self, records: list[InstanceRecord], hist: ModelHistory, now_s: float) -> ModelPhase:
         ready = [r for r in records if r.state is S.READY]

@@ -21,6 +21,7 @@ from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
+from warmpool.phase import Phase, PhaseBoard
 from warmpool.specs import ModelSpec, Policy, Resources
 
 
@@ -122,3 +123,22 @@ async def test_a_new_leader_adopts_running_jobs_and_submits_nothing_twice(
 
 async def _leader(service: LauncherService) -> bool:
     return service.is_leader
+
+
+@pytest.mark.slurm
+async def test_waiting_clients_learn_of_a_submission_at_once_not_on_the_next_tick(
+    env: tuple[Settings, aioredis.Redis],
+) -> None:
+    settings, client = env
+    keys = Keys(settings.redis.key_prefix)
+    await ModelStore(client, keys).put(model("news"))
+    launcher = Launcher(client, slurm_for(settings), settings.launcher, callback_url="http://127.0.0.1:9", keys=keys)
+    try:
+        assert (await PhaseBoard(client, keys).get("news")).phase is Phase.COLD
+        iid = await launcher.on_demand("news", now_s=time.time())
+        assert iid is not None
+        phase = await PhaseBoard(client, keys).get("news")
+        assert phase.phase is Phase.PENDING, phase
+        assert phase.coming_instances == 1 and phase.eta_s is not None
+    finally:
+        await launcher.aclose()

@@ -238,11 +238,12 @@ async def test_healthy_instance_taken_out_of_routing_is_routed_again(
     healthy, the launcher routes to it again on its next tick."""
     settings, client = env
     keys = Keys(settings.redis.key_prefix)
-    await ModelStore(client, keys).put(small_model("blip"))
+    # min_replicas keeps the instance wanted: a bare demand signal with nobody waiting would rightly
+    # be cancelled if the job took longer than pending_cancel_grace_s to start.
+    await ModelStore(client, keys).put(small_model("blip", min_replicas=1))
     run = Running(settings)
     try:
         await wait_for(lambda: _true(run.service.is_leader), timeout_s=10, what="leadership")
-        await run.service.demand("blip")
         ready = await wait_for(
             lambda: _first(instances_in(client, settings, InstanceState.READY)), timeout_s=90, what="a ready instance"
         )
