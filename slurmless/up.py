@@ -214,6 +214,7 @@ def up_command(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGHUP, _on_term)  # the terminal closed: stop as for Ctrl-C
     try:
         extra = {"SLURMLESS_LAUNCHER__ENGINE_ENV": json.dumps(VLLM_ENGINE_ENV)} if engine_label == VLLM_LABEL else {}
         base_url = stack.start(engine_argv, extra_env=extra)
@@ -244,6 +245,16 @@ def up_command(
         console.print(f"[red]slurmless: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}[/red]")
         raise typer.Exit(1) from None
     finally:
-        console.print("stopping ..." if stopping else "cleaning up ...")
+        # Nothing may interrupt the clean-up: not a second Ctrl-C, not the terminal closing (SIGHUP),
+        # not a reader that went away (`make up | tee` stopped by the same Ctrl-C).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        _say("stopping ..." if stopping else "cleaning up ...")
         stack.stop()
-        console.print("stopped; nothing left running")
+        _say("stopped; nothing left running")
+
+
+def _say(message: str) -> None:
+    """Print, unless nobody reads any more (a broken pipe must not stop the clean-up)."""
+    with contextlib.suppress(OSError, ValueError):
+        console.print(message)
