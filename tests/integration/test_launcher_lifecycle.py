@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from launcher.controller import JOB_START
 from launcher.service import LauncherService
-from launcher.testing import active_jobs, cancel_all, local_settings, wait_for
+from launcher.testing import active_jobs, cancel_all, engine_pid, local_settings, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -133,22 +133,6 @@ async def _true(value: bool) -> bool:
 async def _first(records: asyncio.Future[list[InstanceRecord]] | object) -> InstanceRecord | None:
     found = await records  # type: ignore[misc]
     return found[0] if found else None
-
-
-def engine_pid(iid: str) -> int | None:
-    """The simulator process of one instance (it inherits SLURMLESS_INSTANCE_ID from the job script)."""
-    marker = f"SLURMLESS_INSTANCE_ID={iid}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"enginesim" in cmdline and marker in environ.split(b"\0"):
-            return int(entry.name)
-    return None
 
 
 async def _ready_other_than(client: aioredis.Redis, settings: Settings, old: str) -> InstanceRecord | None:
