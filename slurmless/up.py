@@ -2,7 +2,8 @@
 
 Starts a Redis server of its own, the local Slurm cluster (unless `slurm.local_cluster` is false),
 the launcher and the gateway as child processes, registers a demo model and prints the API URL and a
-fresh key. Ctrl-C (or SIGTERM) stops everything it started, in reverse order, and nothing is left.
+fresh key. Ctrl-C (or SIGTERM, or SIGHUP when the terminal closes) stops everything it started, in
+reverse order, and nothing is left: not even when the terminal goes away during the clean-up.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -35,6 +37,9 @@ DEMO_MODEL = "demo"
 VLLM_LABEL = "vLLM (CPU build)"
 SIM_LOAD_TIME_S = 5.0
 """The simulated engine's load time: long enough to see the cold start, short enough to wait for."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SAY_TIMEOUT_S = 1.0
+"""How long a clean-up message may wait for a terminal or pipe that takes no output (Ctrl-S, a stuck reader)."""
 
 
 def engine_choice(engine: str = "auto") -> tuple[str, list[str]]:
@@ -131,28 +136,43 @@ class Stack:
                 return f"{name} exited with {proc.returncode}: see {self.settings.state_dir / (name + '.log')}"
         return None
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stop everything, in reverse order of start; a step that fails does not skip the later ones.
+
+        Returns what could not be stopped (empty when nothing is left).
+        """
+        problems: list[str] = []
         for _name, proc in reversed(self.children):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-        for _name, proc in reversed(self.children):
+        for name, proc in reversed(self.children):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    problems.append(f"{name} (pid {proc.pid}) did not exit after SIGKILL")
         self.children.clear()
-        if self.cluster is not None:
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
             from slurm.localcluster import LocalCluster
 
-            assert isinstance(self.cluster, LocalCluster)
-            self.cluster.stop()
-            self.cluster = None
-        if self.redis is not None:
-            self.redis.stop(remove=False)
-            self.redis = None
+            assert isinstance(cluster, LocalCluster)
+            try:
+                cluster.stop()
+            except Exception as exc:
+                problems.append(f"local cluster in {cluster.base_dir}: {exc}")
+        local_redis, self.redis = self.redis, None
+        if local_redis is not None:
+            try:
+                local_redis.stop(remove=False)
+            except Exception as exc:
+                problems.append(f"redis-server (pid {local_redis.pid}): {exc}")
+        return problems
 
 
 async def _bootstrap(settings: Settings, redis_url: str, engine_label: str) -> tuple[str, str]:
@@ -208,13 +228,9 @@ def up_command(
         typer.secho(f"slurmless: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
     stack = Stack(settings)
-    stopping = False
-
-    def _on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _on_term)
-    signal.signal(signal.SIGHUP, _on_term)  # the terminal closed: stop as for Ctrl-C
+    signals = StopSignals()
+    signals.install()
+    interrupted = False
     try:
         extra = {"SLURMLESS_LAUNCHER__ENGINE_ENV": json.dumps(VLLM_ENGINE_ENV)} if engine_label == VLLM_LABEL else {}
         base_url = stack.start(engine_argv, extra_env=extra)
@@ -240,21 +256,73 @@ def up_command(
                 raise RuntimeError(problem)
             time.sleep(1)
     except KeyboardInterrupt:
-        stopping = True
+        interrupted = True
     except Exception as exc:
         console.print(f"[red]slurmless: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}[/red]")
         raise typer.Exit(1) from None
     finally:
         # Nothing may interrupt the clean-up: not a second Ctrl-C, not the terminal closing (SIGHUP),
-        # not a reader that went away (`make up | tee` stopped by the same Ctrl-C).
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        _say("stopping ..." if stopping else "cleaning up ...")
-        stack.stop()
-        _say("stopped; nothing left running")
+        # not a reader that went away (`make up | tee` stopped by the same Ctrl-C). An assignment
+        # first, so that no signal handler can run between entering this block and it.
+        signals.stopping = True
+        _say("stopping ..." if interrupted else "cleaning up ...")
+        problems = stack.stop()
+        for problem in problems:
+            _say(f"slurmless: could not stop {problem}")
+        _say("stopped; nothing left running" if not problems else "stopped, with the problems above")
+
+
+class StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP stop `up`: the first raises KeyboardInterrupt, every later one is ignored.
+
+    The handler ignores them itself, rather than SIG_IGN or a signal mask set when the clean-up starts:
+    a signal that arrived just before (Ctrl-C, then the terminal closing) has its Python handler run
+    from inside `signal.signal()` or `signal.pthread_sigmask()`, which would raise KeyboardInterrupt
+    in the clean-up; and unlike SIG_IGN and a mask, a Python handler is not inherited by children.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False  # set by the first signal, or by the clean-up when it starts for another reason
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
 
 
 def _say(message: str) -> None:
-    """Print, unless nobody reads any more (a broken pipe must not stop the clean-up)."""
-    with contextlib.suppress(OSError, ValueError):
-        console.print(message)
+    """Print a line if anyone still reads it; never raises, never blocks for more than `SAY_TIMEOUT_S`.
+
+    Not through rich: its console answers a broken pipe with SystemExit, which would end the clean-up.
+    A reader that went away (EPIPE), a hung-up terminal (EIO) or one that takes nothing (Ctrl-S) mean
+    nobody reads any more: stdout goes to /dev/null, so no later write, nor Python's flush at exit, fails.
+    """
+    stdout = 1
+    try:
+        _, writable, _ = select.select([], [stdout], [], SAY_TIMEOUT_S)
+        if writable:
+            os.write(stdout, f"{message}\n".encode())
+            return
+    except OSError:
+        pass
+    _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, and stderr too when it is the same pipe or terminal."""
+    stdout, stderr = 1, 2
+    try:
+        out, err = os.fstat(stdout), os.fstat(stderr)
+        same = (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
+    except OSError:
+        same = False
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout)
+        if same:
+            os.dup2(devnull, stderr)
+        os.close(devnull)

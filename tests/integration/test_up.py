@@ -1,5 +1,6 @@
 """`slurmless up` as a newcomer runs it: the stack comes up, one curl streams an answer after a
-visible cold start, and Ctrl-C leaves no process behind."""
+visible cold start, and Ctrl-C leaves no process behind, even when the terminal closes during the
+clean-up."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from slurmless.ports import free_port
 
@@ -66,7 +71,43 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+@dataclass
+class Up:
+    """A running `slurmless up` with its own ports and directories under `base`."""
+
+    proc: subprocess.Popen[str]
+    base: Path
+    port: int
+    env: dict[str, str]
+    output: list[str] = field(default_factory=list)
+
+    def read_until(self, pattern: str, timeout_s: float = 90) -> re.Match[str]:
+        """Read its output until a line matches `pattern`."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert time.monotonic() < deadline, "".join(self.output)
+            line = self.proc.stdout.readline()
+            assert line or self.proc.poll() is None, "".join(self.output)
+            self.output.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    def ours(self) -> set[int]:
+        """Every process of this run: its descendants and whatever names its directory."""
+        return descendants(self.proc.pid) | mentions(self.base)
+
+
+@contextmanager
+def running_up() -> Iterator[Up]:
+    """`slurmless up --engine sim` on free ports in a fresh directory; killed and removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="sl-up-", dir="/tmp"))
     base.chmod(0o755)
     port = free_port()
@@ -79,31 +120,30 @@ def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
             "SLURMLESS_LAUNCHER__CALLBACK_PORT": str(free_port()),
         }
     )
-    up = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "slurmless.cli", "up", "--port", str(port), "--engine", "sim"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output: list[str] = []
     try:
-        assert up.stdout is not None
-        key = None
-        deadline = time.monotonic() + 90
-        while key is None:
-            assert time.monotonic() < deadline, "".join(output)
-            line = up.stdout.readline()
-            assert line or up.poll() is None, "".join(output)
-            output.append(line)
-            if match := re.search(r"API key\s+(sk-sl-\S+)", line):
-                key = match.group(1)
+        yield Up(proc, base, port, env)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in mentions(base):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
+    with running_up() as run:
+        up, base, port, env, output = run.proc, run.base, run.port, run.env, run.output
+        key = run.read_until(r"API key\s+(sk-sl-\S+)").group(1)
         assert any("engine simulator" in line for line in output), "".join(output)
-        while not any("admin key" in line for line in output):
-            output.append(up.stdout.readline())
-        admin = re.search(r"admin key\s+(sk-sl-\S+)", "".join(output))
-        assert admin is not None
-        ours = descendants(up.pid) | mentions(base)
+        admin = run.read_until(r"admin key\s+(sk-sl-\S+)")
+        ours = run.ours()
         assert len(ours) >= 5, f"expected redis, munged, slurmctld, slurmd, launcher, gateway: {ours}"
 
         comments, content = [], []
@@ -170,9 +210,30 @@ def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
         time.sleep(1)
         left = {pid for pid in ours if alive(pid)}
         assert not left, f"left running after Ctrl-C: {left}"
-    finally:
-        if up.poll() is None:
-            up.kill()
-        for pid in mentions(base):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("hangup_after_s", [0.3, 0.0], ids=["hangup-later", "hangup-at-once"])
+def test_ctrl_c_then_terminal_closed_leaves_nothing(hangup_after_s: float) -> None:
+    """What a terminal does to `make up | tee log` on Ctrl-C and then closing the window: SIGINT, the
+    reader of the output goes away, then SIGHUP while `up` cleans up (or at once, as a second signal
+    that is already pending when the clean-up starts)."""
+    with running_up() as run:
+        run.read_until(r"admin key\s+(sk-sl-\S+)")
+        ours = run.ours()
+        names = sorted(comm(pid) for pid in ours)
+        for daemon in ("redis-server", "munged", "slurmctld", "slurmd"):
+            assert daemon in names, names
+        assert run.proc.stdout is not None
+
+        run.proc.send_signal(signal.SIGINT)
+        run.proc.stdout.close()
+        time.sleep(hangup_after_s)
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGHUP)
+        returncode = run.proc.wait(timeout=60)
+        time.sleep(1)
+
+        left = sorted(f"{pid} {comm(pid)}" for pid in ours if alive(pid))
+        assert not left, f"left running after Ctrl-C and SIGHUP: {left}"
+        assert not (run.base / "cluster").exists(), "the local cluster's directory was not removed"
+        assert returncode == 0, returncode
