@@ -25,6 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import io
+import pstats
 import shutil
 import socket
 import sys
@@ -75,7 +78,7 @@ ThreadingHTTPServer((opt["--host"], int(opt["--port"])), H).serve_forever()
 
 
 class CountingProber(Prober):
-    """The launcher's prober, counting probes (each is two HTTP requests when the engine is ready)."""
+    """The launcher's prober, counting probes: readiness (two HTTP requests) and liveness (one)."""
 
     def __init__(self, *, timeout_s: float) -> None:
         super().__init__(timeout_s=timeout_s)
@@ -85,13 +88,19 @@ class CountingProber(Prober):
         self.probes += 1
         return await super().probe(url, api_key, served_name)
 
+    async def alive(self, url: str, api_key: str | None) -> Probe:
+        self.probes += 1
+        return await super().alive(url, api_key)
+
 
 async def _redis_commands(client: aioredis.Redis) -> int:
     info = await client.info("stats")
     return int(info["total_commands_processed"])
 
 
-async def run_size(n_models: int, n_instances: int, n_ticks: int, workdir: Path) -> dict[str, Any]:
+async def run_size(
+    n_models: int, n_instances: int, n_ticks: int, workdir: Path, *, profile: bool = False
+) -> dict[str, Any]:
     """One size: set up, bring `n_instances` to ready, measure `n_ticks` ticks, tear down."""
     stub = workdir / "stub_engine.py"
     stub.write_text(STUB_ENGINE)
@@ -157,12 +166,20 @@ async def run_size(n_models: int, n_instances: int, n_ticks: int, workdir: Path)
         redis_per_tick: list[int] = []
         probes_per_tick: list[int] = []
         anomalies: list[str] = []
+        profiler = cProfile.Profile() if profile else None
+        steps: dict[str, list[float]] = {}
         for _ in range(n_ticks):
             calls0, probes0 = Counter(slurm.calls), prober.probes
             cmds0 = await _redis_commands(redis)
             started = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             report = await launcher.tick(now_s=time.time())
+            if profiler is not None:
+                profiler.disable()
             walls_ms.append((time.perf_counter() - started) * 1000)
+            for name, ms in report.steps_ms.items():
+                steps.setdefault(name, []).append(ms)
             # Less the INFO that read cmds0 (counted once it ran): one command.
             redis_per_tick.append(await _redis_commands(redis) - cmds0 - 1)
             slurm_per_tick.append(Counter(slurm.calls) - calls0)
@@ -172,6 +189,23 @@ async def run_size(n_models: int, n_instances: int, n_ticks: int, workdir: Path)
                     f"submitted={len(report.submitted)} failed={len(report.failed)} "
                     f"draining={len(report.draining)} slurm_error={report.slurm_error}"
                 )
+        if profiler is not None:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+            print(out.getvalue(), flush=True)
+        # The health check of every ready instance, which runs in its own loop (`health_check_s`).
+        health_ms: list[float] = []
+        health_cpu_ms: list[float] = []
+        health_probes: list[int] = []
+        for _ in range(max(3, n_ticks // 4)):
+            probes0 = prober.probes
+            started, cpu0 = time.perf_counter(), time.process_time()
+            failed = await launcher.check_ready(now_s=time.time())
+            health_ms.append((time.perf_counter() - started) * 1000)
+            health_cpu_ms.append((time.process_time() - cpu0) * 1000)
+            health_probes.append(prober.probes - probes0)
+            if failed:
+                anomalies.append(f"health check failed {len(failed)}: {list(failed.values())[:2]}")
         commands = sorted({name for c in slurm_per_tick for name in c})
         per_cmd = {name: [c[name] for c in slurm_per_tick] for name in commands}
         squeue = per_cmd.get("squeue", [0])
@@ -187,6 +221,7 @@ async def run_size(n_models: int, n_instances: int, n_ticks: int, workdir: Path)
             "tick_ms_p95": percentile(walls_ms, 95),
             "tick_ms_max": max(walls_ms),
             "tick_ms": walls_ms,
+            "steps_ms_p50": {name: median(v) for name, v in steps.items()},
             "slurm_calls_per_tick": {k: sum(v) / n_ticks for k, v in per_cmd.items()},
             "squeue_per_tick_min": min(squeue),
             "squeue_per_tick_max": max(squeue),
@@ -195,6 +230,11 @@ async def run_size(n_models: int, n_instances: int, n_ticks: int, workdir: Path)
             "redis_commands_per_tick_p50": median([float(x) for x in redis_per_tick]),
             "redis_commands_per_tick": redis_per_tick,
             "probes_per_tick_p50": median([float(x) for x in probes_per_tick]),
+            "decision_memo_hits": launcher.decisions.hits,
+            "decision_memo_misses": launcher.decisions.misses,
+            "health_check_ms_p50": median(health_ms),
+            "health_check_cpu_ms_p50": median(health_cpu_ms),
+            "health_check_probes_p50": median([float(x) for x in health_probes]),
             "anomalies": anomalies,
         }
     finally:
@@ -229,6 +269,7 @@ def main() -> None:
     p.add_argument("--instances", type=int, default=200)
     p.add_argument("--ticks", type=int, default=30)
     p.add_argument("--no-small", action="store_true", help="skip the 1/10 size (100 models / 20 instances)")
+    p.add_argument("--profile", action="store_true", help="cProfile the measured ticks and print the top functions")
     args = p.parse_args()
     sizes = [(args.models, args.instances)]
     if not args.no_small:
@@ -238,7 +279,7 @@ def main() -> None:
         print(f"{n_models} models, {n_instances} instances:", flush=True)
         workdir = Path(tempfile.mkdtemp(prefix="bench-launcher-tick-"))
         try:
-            rows.append(asyncio.run(run_size(n_models, n_instances, args.ticks, workdir)))
+            rows.append(asyncio.run(run_size(n_models, n_instances, args.ticks, workdir, profile=args.profile)))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     headers = [
@@ -253,6 +294,9 @@ def main() -> None:
         f"Slurm calls/min (tick_s={DEFAULT_TICK_S:g})",
         "Redis cmds/tick",
         "probes/tick",
+        "health check ms p50",
+        "its CPU ms",
+        "its probes",
     ]
     body = [
         [
@@ -267,10 +311,18 @@ def main() -> None:
             r["slurm_calls_per_min_at_default_tick"],
             int(r["redis_commands_per_tick_p50"]),
             int(r["probes_per_tick_p50"]),
+            r["health_check_ms_p50"],
+            r["health_check_cpu_ms_p50"],
+            int(r["health_check_probes_p50"]),
         ]
         for r in rows
     ]
     text = "The launcher's tick in steady state (every instance ready)\n\n" + table(headers, body)
+    for r in rows:
+        text += (
+            f"\n{r['models']} models: decisions reused {r['decision_memo_hits']}, computed {r['decision_memo_misses']}"
+        )
+        text += "; step ms p50: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items())
     print("\n" + text + "\n", flush=True)
     for r in rows:
         if r["anomalies"]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,17 +30,21 @@ import redis.asyncio as aioredis
 
 from launcher.desired import (
     BudgetAsk,
+    DecisionMemo,
+    DemandForecast,
     ModelLoad,
     PolicyInputs,
+    decision_expires_s,
     demand_rate_per_s,
     desired_record,
     desired_replicas,
     drivers,
     fit_to_budget,
+    live_warm_requests,
     with_cap,
 )
 from launcher.health import Health, Probe, Prober, loading_probe_delay_s
-from launcher.history import LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory, p95
+from launcher.history import LAST_DEMAND, LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
 from launcher.lora import AdapterLoadError, ensure_adapter_loaded
 from launcher.metrics import LauncherMetrics
@@ -53,16 +58,16 @@ from slurmless.settings import LauncherSettings
 from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
-from warmpool.keys import Keys
+from warmpool.keys import DEMAND_SLOT_S, Keys
 from warmpool.models import ModelStore
 from warmpool.phase import ModelPhase, Phase, PhaseBoard
-from warmpool.redisio import awaited, text
+from warmpool.redisio import awaited
 from warmpool.routing import Routing
+from warmpool.snapshot import ModelSnapshot, SnapshotReader
 from warmpool.specs import ModelKind, ModelSpec
 from warmpool.warm import WarmRequest
 
 S = InstanceState
-LAST_DEMAND = "last_demand_s"
 CANCEL_SENT = "cancel_sent"
 """Timestamp key: when the launcher itself asked Slurm to end the job."""
 JOB_DRAIN = "job_drain"
@@ -77,10 +82,13 @@ periodically; 22.05 sent it up to 30 s early on the local cluster). The successo
 then, or the warned instance deregisters and leaves a gap."""
 
 PROBE_CONCURRENCY = 50
-"""Probes in flight at once in a tick. httpcore's pool rescans every queued request against every
-connection whenever one is assigned: 200 probes started at once took 2.7 s on the 2-core VM, 50 at
-a time 1.0 s (bench/launcher_tick.py). The cost: engines that hang are waited out
-(`health_timeout_s`) 50 at a time instead of 100 (the prober's connection limit)."""
+"""Probes in flight at once. httpcore's pool rescans every queued request against every connection
+whenever one is assigned: 200 probes started at once took 2.7 s on the 2-core VM, 50 at a time
+1.0 s (bench/launcher_tick.py). The cost: engines that hang are waited out (`health_timeout_s`) 50
+at a time instead of 100 (the prober's connection limit)."""
+PHASE_REFRESH_S = 60.0
+"""A model's published phase is rewritten at least this often even when unchanged (a Redis that lost
+it, a stale `updated_s`); otherwise only when it changes."""
 
 # How a job that ended tells us why, when the launcher did not end it itself.
 _END_REASONS: dict[JobState, str] = {
@@ -110,6 +118,20 @@ class ScalePlan:
     ask: BudgetAsk
 
 
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """A model without instances: the inputs of its last plan (compared by identity), and until when it stands."""
+
+    spec: ModelSpec
+    snap: ModelSnapshot
+    hist: ModelHistory
+    demand: DemandForecast | None
+    occurrences: tuple[Occurrence, ...]
+    warm: WarmRequest | None
+    plan: ScalePlan
+    until_s: float
+
+
 @dataclass
 class TickReport:
     """What one tick did, for tests and logs."""
@@ -122,6 +144,12 @@ class TickReport:
     gone: list[str] = field(default_factory=list)
     desired: dict[str, int] = field(default_factory=dict)
     slurm_error: str | None = None
+    steps_ms: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step of the tick (for the benchmark and slow-tick diagnosis)."""
+
+    def changed(self) -> bool:
+        """Whether the tick changed any instance (otherwise the records it read are still current)."""
+        return bool(self.submitted or self.ready or self.failed or self.draining or self.cancelled or self.gone)
 
 
 class Launcher:
@@ -152,7 +180,18 @@ class Launcher:
         self.events = EventLog(redis, self.keys)
         self.history = HistoryStore(redis, self.keys)
         self.inputs = PolicyInputs(redis, self.keys)
+        self.snapshots = SnapshotReader(redis, self.keys)
+        self.decisions = DecisionMemo()
         self._desired_seen: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self._published: dict[str, tuple[str, float]] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        # Per model, what the last tick derived, reused while its inputs are the same objects.
+        self._hist_cache: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
+        self._quiet: dict[str, _Quiet] = {}
+        self._touched: set[str] = set()
+        """Models whose instances, routing or history this tick changed (their snapshot is re-read)."""
+        self._recorded: dict[str, Decision] = {}
+        self._phase_cache: dict[str, ModelHistory] = {}
         self.prober = prober or Prober(timeout_s=settings.health_timeout_s)
         self.metrics = metrics or LauncherMetrics()
         # Only the loading watchers (a runner concern) read a clock; ticks get the time passed in.
@@ -281,26 +320,62 @@ class Launcher:
         """One reconciliation: squeue once, move every instance along, scale every model."""
         report = TickReport()
         self.metrics.ticks.inc()
+        step = _Stopwatch(report.steps_ms)
         async with self.lock:
-            try:
-                jobs: list[SlurmJob] | None = await self.slurm.jobs()
-            except SlurmError as exc:
-                jobs = None
-                report.slurm_error = str(exc)[:300]
+            # squeue runs while the registry, the instance records and the models' snapshots are read
+            # (those of the models known at the last tick; the steps below re-read what they change).
+            self._touched = set()
+            known = [s.name for s in self._specs.values() if s.kind is ModelKind.BASE]
+            jobs_or_error, spec_list, records, snaps = await asyncio.gather(
+                self._jobs(), self.models.all(), self.instances.all(), self.snapshots.read(known)
+            )
+            step("slurm+read")
+            jobs: list[SlurmJob] | None = None
+            if isinstance(jobs_or_error, SlurmError):
+                report.slurm_error = str(jobs_or_error)[:300]
                 await self.events.record("slurm.unavailable", now_s=now_s, error=report.slurm_error)
-            specs = {s.name: s for s in await self.models.all()}
-            records = await self.instances.all()
+            else:
+                jobs = jobs_or_error
+            specs = {s.name: s for s in spec_list}
+            self._specs = specs
             if jobs is not None:
                 await self._reconcile(records, jobs, specs, now_s, report)
-                await self._probe(records, specs, now_s, report)
+                await self._probe_loading(records, specs, now_s, report)
                 await self._progress_drains(records, now_s, report)
-                await self._scale_all(specs, now_s, report)
-            await self._publish(specs, now_s)
-            await self._purge(now_s)
+            step("reconcile")
+            bases = [s.name for s in specs.values() if s.kind is ModelKind.BASE]
+            self.snapshots.forget(set(bases))
+            stale = [m for m in bases if m in self._touched or m not in snaps]
+            if stale:
+                snaps.update(await self.snapshots.read(stale))
+            snaps = {m: snaps[m] for m in bases}
+            hists = self._histories(snaps)
+            step("snapshot")
+            self._touched = set()
+            if jobs is not None:
+                await self._scale_all(specs, snaps, hists, records, now_s, report)
+            if self._touched:
+                # What scaling changed (a submission, a model found broken) is published as it is now.
+                snaps.update(await self.snapshots.read(sorted(self._touched & set(bases))))
+                hists = self._histories(snaps)
+            step("scale")
+            if report.changed():
+                records = await self.instances.all()
+            await self._publish(specs, records, hists, now_s)
+            await self._purge(records, now_s)
+            step("publish")
         for model in await self.routing.queued_models():
             await self.routing.pump(model)
         await self.routing.reap(now_s=now_s)
+        step("routing")
+        self.metrics.tick_s.observe(sum(report.steps_ms.values()) / 1000)
         return report
+
+    async def _jobs(self) -> list[SlurmJob] | SlurmError:
+        try:
+            return await self.slurm.jobs()
+        except SlurmError as exc:
+            return exc
 
     async def _reconcile(
         self,
@@ -349,6 +424,7 @@ class Launcher:
         if job.state is JobState.COMPLETING:
             # Its processes are ending; the final state (why it ended) shows on a later tick.
             if record.state is S.READY:
+                self._touched.add(record.model)
                 await self.routing.deactivate(record.model, record.id)
             return
         if job.state.is_finished:
@@ -412,10 +488,11 @@ class Launcher:
         await self._fail(record, now_s, why, cancel_job=False)
         report.failed[record.id] = why
 
-    async def _probe(
+    async def _probe_loading(
         self, records: list[InstanceRecord], specs: dict[str, ModelSpec], now_s: float, report: TickReport
     ) -> None:
-        targets = [r for r in records if r.state in (S.LOADING, S.READY) and r.url is not None and r.model in specs]
+        """Readiness probes of loading instances (ready ones are `check_ready`'s business)."""
+        targets = [r for r in records if r.state is S.LOADING and r.url is not None and r.model in specs]
         gate = asyncio.Semaphore(PROBE_CONCURRENCY)
 
         async def probe_one(record: InstanceRecord) -> Probe:
@@ -423,25 +500,53 @@ class Launcher:
                 return await self.prober.probe(record.url or "", record.api_key, specs[record.model].client_name)
 
         probes = await asyncio.gather(*(probe_one(r) for r in targets))
-        healthy: list[InstanceRecord] = []
         for record, probe in zip(targets, probes, strict=True):
-            if record.state is S.READY and probe.health is Health.READY:
-                healthy.append(record)
-            if record.state is S.LOADING:
-                await self._loading(record, specs[record.model], probe, now_s, report)
-            elif probe.health is Health.READY:
-                self._unhealthy.pop(record.id, None)
-                adapters = [s for s in specs.values() if s.kind is ModelKind.LORA and s.base_model == record.model]
-                if adapters:
-                    await self._sync_adapters(record, adapters, now_s)
-            else:
+            await self._loading(record, specs[record.model], probe, now_s, report)
+
+    async def check_ready(self, *, now_s: float) -> dict[str, str]:
+        """Probe every ready instance's `/health`; fail those that missed `unhealthy_after` probes in a row.
+
+        Runs in its own loop (`health_check_s`), not in the tick: 200 ready instances cost ~0.5 s of
+        probing, which held the tick (and the lock on-demand submissions wait for) for as long. The
+        probes run without the lock; their answers are acted on under it, for instances still ready
+        at the same address. Healthy instances also get adapters registered since they started, and
+        are routed again if a gateway took them out of routing. Returns the instances failed.
+        """
+        targets = [r for r in await self.instances.all() if r.state is S.READY and r.url is not None]
+        await self.prober.forget({r.url for r in targets if r.url is not None})
+        gate = asyncio.Semaphore(PROBE_CONCURRENCY)
+
+        async def probe_one(record: InstanceRecord) -> Probe:
+            async with gate:
+                return await self.prober.alive(record.url or "", record.api_key)
+
+        probes = await asyncio.gather(*(probe_one(r) for r in targets))
+        failed: dict[str, str] = {}
+        async with self.lock:
+            specs = self._specs or {s.name: s for s in await self.models.all()}
+            current = {r.id: r for r in await self.instances.all() if r.state is S.READY}
+            adapters: dict[str, list[ModelSpec]] = {}
+            for spec in specs.values():
+                if spec.kind is ModelKind.LORA and spec.base_model:
+                    adapters.setdefault(spec.base_model, []).append(spec)
+            healthy: list[InstanceRecord] = []
+            for probed, probe in zip(targets, probes, strict=True):
+                record = current.get(probed.id)
+                if record is None or record.url != probed.url:
+                    continue
+                if probe.health is Health.READY:
+                    self._unhealthy.pop(record.id, None)
+                    healthy.append(record)
+                    if record.model in adapters:
+                        await self._sync_adapters(record, adapters[record.model], now_s)
+                    continue
                 misses = self._unhealthy.get(record.id, 0) + 1
                 self._unhealthy[record.id] = misses
                 if misses >= self.settings.unhealthy_after:
                     await self._fail(record, now_s, f"engine unhealthy: {probe.detail}")
-                    report.failed[record.id] = record.reason or ""
-
-        await self._reroute(healthy, specs, now_s)
+                    failed[record.id] = record.reason or ""
+            await self._reroute(healthy, specs, now_s)
+        return failed
 
     async def _reroute(self, healthy: list[InstanceRecord], specs: dict[str, ModelSpec], now_s: float) -> None:
         """Route again to healthy ready instances that left routing: a gateway stops routing to an
@@ -473,7 +578,7 @@ class Launcher:
 
     async def load_budget_s(self, model: str) -> float:
         """How long an instance of `model` may load: generous until load times were observed."""
-        observed = p95((await self.history.get(model)).load_times_s)
+        observed = (await self.history.get(model)).load_p95_s
         if observed is None:
             return self.settings.first_load_timeout_s
         return max(observed * self.settings.load_timeout_factor, self.settings.first_load_timeout_s / 10)
@@ -495,66 +600,142 @@ class Launcher:
 
     # --- scaling ------------------------------------------------------------------------------
 
-    async def _scale_all(self, specs: dict[str, ModelSpec], now_s: float, report: TickReport) -> None:
-        """The desired-replicas step: every base model's decision, fitted into the GPU budget, then acted on."""
+    def _histories(self, snaps: dict[str, ModelSnapshot]) -> dict[str, ModelHistory]:
+        """Each model's history from its snapshot, decoded again only when the snapshot changed."""
+        hists: dict[str, ModelHistory] = {}
+        cache: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
+        for name, snap in snaps.items():
+            seen = self._hist_cache.get(name)
+            hist = seen[1] if seen is not None and seen[0] is snap else ModelHistory.from_fields(snap.stats)
+            hists[name] = hist
+            cache[name] = (snap, hist)
+        self._hist_cache = cache
+        return hists
+
+    async def _scale_all(
+        self,
+        specs: dict[str, ModelSpec],
+        snaps: dict[str, ModelSnapshot],
+        hists: dict[str, ModelHistory],
+        records: list[InstanceRecord],
+        now_s: float,
+        report: TickReport,
+    ) -> None:
+        """The desired-replicas step: every base model's decision, fitted into the GPU budget, then acted on.
+
+        Reads nothing per model: the snapshot, the instance records and the cached policy inputs
+        were read for all models at once.
+        """
         bases = [s for s in specs.values() if s.kind is ModelKind.BASE]
         names = [s.name for s in bases]
         self.inputs.forget(names)
-        hists = {name: await self.history.get(name) for name in names}
-        leads_s = {name: self._expected_cold_start_s(h) for name, h in hists.items()}
+        self.decisions.forget(names)
+        leads_s = {name: self._expected_cold_start_s(hists[name]) for name in names}
         occurrences = await self.inputs.occurrences(names, now_s, leads_s)
-        warm = await self.inputs.warm_requests(names, now_s)
-        plans = [
-            await self._plan(spec, hists[spec.name], now_s, occurrences=occurrences.get(spec.name, ()), warm=warm)
-            for spec in bases
-        ]
+        warm = live_warm_requests({name: snaps[name].warm for name in names}, now_s)
+        demands = await self.inputs.demand_many(names, now_s)
+        await self._recall_desired(names)
+        live: dict[str, list[InstanceRecord]] = {}
+        for record in records:
+            if record.state in LIVE_STATES:
+                live.setdefault(record.model, []).append(record)
+        plans: list[ScalePlan] = []
+        quiet: dict[str, _Quiet] = {}
+        for spec in bases:
+            name = spec.name
+            snap, hist, demand = snaps[name], hists[name], demands.get(name)
+            occs, warm_req = occurrences.get(name, ()), warm.get(name)
+            model_live = live.get(name)
+            if not model_live:
+                # A model with no instance whose inputs are the very objects of the last tick: the same plan.
+                seen = self._quiet.get(name)
+                if (
+                    seen is not None
+                    and now_s < seen.until_s
+                    and seen.spec is spec
+                    and seen.snap is snap
+                    and seen.hist is hist
+                    and seen.demand is demand
+                    and seen.warm is warm_req
+                    and seen.occurrences == occs
+                ):
+                    quiet[name] = seen
+                    plans.append(seen.plan)
+                    continue
+                plan = self._plan(spec, hist, snap, [], demand, now_s, occurrences=occs, warm=warm)
+                quiet[name] = _Quiet(spec, snap, hist, demand, occs, warm_req, plan, self._quiet_until_s(plan, now_s))
+            else:
+                plan = self._plan(spec, hist, snap, model_live, demand, now_s, occurrences=occs, warm=warm)
+            plans.append(plan)
+        self._quiet = quiet
         fitted = fit_to_budget([p.ask for p in plans], self.settings.gpu_budget)
         for plan in plans:
-            await self._scale(plan, fitted[plan.spec.name], now_s, report)
+            decision = fitted[plan.spec.name]
+            if not plan.active and decision.replicas == 0 and self._recorded.get(plan.spec.name) is decision:
+                # Nothing held, nothing wanted, nothing new to record: most models, most ticks.
+                report.desired[plan.spec.name] = 0
+                continue
+            await self._scale(plan, decision, now_s, report)
 
-    async def _plan(
+    def _quiet_until_s(self, plan: ScalePlan, now_s: float) -> float:
+        """Until when a model without instances keeps `plan` if its inputs do not change.
+
+        The decision's own expiry (`DecisionMemo`), the instant the no-waiters cut starts to apply,
+        and the end of the current demand slot (the budget prices a replica by the slot's rate).
+        """
+        until_s = self.decisions.expires_s(plan.spec.name)
+        last_s = plan.hist.last_activity_s
+        if last_s is not None and now_s <= last_s + self.settings.pending_cancel_grace_s:
+            until_s = min(until_s, last_s + self.settings.pending_cancel_grace_s)
+        return min(until_s, (now_s // DEMAND_SLOT_S + 1) * DEMAND_SLOT_S)
+
+    def _plan(
         self,
         spec: ModelSpec,
         hist: ModelHistory,
+        snap: ModelSnapshot,
+        live: list[InstanceRecord],
+        demand: DemandForecast | None,
         now_s: float,
         *,
         occurrences: tuple[Occurrence, ...],
         warm: dict[str, WarmRequest],
     ) -> ScalePlan:
-        """What one model has and what the policies want for it, before the GPU budget."""
+        """What one model has and what the policies want for it, before the GPU budget (pure)."""
         model = spec.name
-        live = [r for r in await self.instances.all(model) if r.state in LIVE_STATES]
         active = [r for r in live if r.state is not S.DRAINING]
         active_ids = {r.id for r in active}
         # A ready instance whose successor is on its way counts once, as its successor.
         capacity = [r for r in active if not (r.successor and r.successor in active_ids)]
         ready = [r for r in active if r.state is S.READY]
-        inflight = await self.routing.inflight(model)
-        queue_depth = await self.routing.queue_depth(model)
-        last_s = max(
-            [t for t in (hist.last_request_s, await self._last_demand_s(model)) if t is not None], default=None
-        )
+        inflight = snap.inflight
+        queue_depth = snap.queue_depth
+        last_s = hist.last_activity_s
         load = ModelLoad(
             queue_depth=queue_depth,
-            oldest_wait_s=await self.routing.oldest_ticket_age_s(model, now_s=now_s),
+            oldest_wait_s=snap.oldest_wait_s(now_s),
             in_flight=sum(inflight.values()),
             ready=len(ready),
             held=len(capacity),
             last_request_s=last_s,
-            idle_counts=await self._idle_counts(model),
+            idle_counts=snap.idle_counts,
         )
-        demand = await self.inputs.demand(model, now_s)
         cold_start_s = self._expected_cold_start_s(hist)
-        decision = desired_replicas(
-            spec,
-            load,
-            now_s,
-            expected_cold_start_s=cold_start_s,
-            default_keepalive_s=self.settings.default_keepalive_s,
-            forecast=demand.forecast if demand is not None else None,
-            occurrences=occurrences,
-            warm=warm.get(model),
-        )
+        forecast = demand.forecast if demand is not None else None
+        key = (spec, load, cold_start_s, forecast, occurrences, warm.get(model))
+        decision = self.decisions.get(model, key, now_s)
+        if decision is None:
+            decision = desired_replicas(
+                spec,
+                load,
+                now_s,
+                expected_cold_start_s=cold_start_s,
+                default_keepalive_s=self.settings.default_keepalive_s,
+                forecast=forecast,
+                occurrences=occurrences,
+                warm=warm.get(model),
+            )
+            self.decisions.put(model, key, decision, now_s, decision_expires_s(decision, last_s))
         nobody_waits = queue_depth == 0 and load.in_flight == 0
         idle_s = now_s - last_s if last_s is not None else float("inf")
         if not ready and nobody_waits and idle_s > self.settings.pending_cancel_grace_s:
@@ -587,6 +768,11 @@ class Launcher:
         )
         desired = decision.replicas
         report.desired[model] = desired
+        if not active and desired == 0:
+            # Nothing held and nothing wanted (most models, most ticks): only record a changed decision.
+            if self._recorded.get(model) is not decision:
+                await self._record_desired(model, decision, now_s)
+            return
         await self._record_desired(model, decision, now_s)
 
         if desired > len(capacity):
@@ -621,7 +807,7 @@ class Launcher:
         self, spec: ModelSpec, active: list[InstanceRecord], hist: ModelHistory, now_s: float, report: TickReport
     ) -> None:
         """Submit a successor for each ready instance whose walltime ends before a new one could be ready."""
-        if hist.broken_reason or now_s < hist.retry_at_s:
+        if not active or hist.broken_reason or now_s < hist.retry_at_s:
             return
         ids = {r.id for r in active}
         lead_s = self._renew_lead_s(spec, hist)
@@ -648,27 +834,34 @@ class Launcher:
                 )
 
     def _renew_lead_s(self, spec: ModelSpec, hist: ModelHistory) -> float:
-        queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
-        load_s = p95(hist.load_times_s) or self.settings.default_load_s
+        queue_s = hist.queue_wait_p95_s or self.settings.default_queue_wait_s
+        load_s = hist.load_p95_s or self.settings.default_load_s
         res = spec.resources
         lead, *_ = signal_timing(self.settings.signal_lead_s, 60 * (res.time_min_min or res.time_limit_min))
         return queue_s + load_s + lead + SIGNAL_EARLY_S + self.settings.renew_margin_s
 
     def _expected_cold_start_s(self, hist: ModelHistory) -> float:
-        queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
-        load_s = p95(hist.load_times_s) or self.settings.default_load_s
+        queue_s = hist.queue_wait_p95_s or self.settings.default_queue_wait_s
+        load_s = hist.load_p95_s or self.settings.default_load_s
         return queue_s + load_s
+
+    async def _recall_desired(self, models: list[str]) -> None:
+        """What a predecessor launcher last decided for models this one has not decided yet (one HMGET)."""
+        unseen = [m for m in models if m not in self._desired_seen]
+        if not unseen:
+            return
+        raws = await awaited(self.redis.hmget(self.keys.desired, unseen))
+        for model, raw in zip(unseen, raws, strict=True):
+            stored = orjson.loads(raw) if raw else {}
+            if isinstance(stored, dict) and "replicas" in stored:
+                self._desired_seen[model] = (int(stored["replicas"]), tuple(sorted(stored.get("drivers", []))))
 
     async def _record_desired(self, model: str, decision: Decision, now_s: float) -> None:
         """Write `Keys.desired` and an event whenever the number or the policies behind it change."""
+        self._recorded[model] = decision
         seen = (decision.replicas, tuple(sorted({r.policy for r in drivers(decision)})))
+        # On first sight since this launcher started, what its predecessor wrote (`_recall_desired`).
         previous = self._desired_seen.get(model)
-        if previous is None:
-            # First sight since this launcher started: compare with what its predecessor wrote.
-            raw = await awaited(self.redis.hget(self.keys.desired, model))
-            stored = orjson.loads(raw) if raw else {}
-            if isinstance(stored, dict) and "replicas" in stored:
-                previous = (int(stored["replicas"]), tuple(sorted(stored.get("drivers", []))))
         self._desired_seen[model] = seen
         if previous == seen:
             return
@@ -685,14 +878,6 @@ class Launcher:
             why=value["why"],
             reasons=[f"{r.policy}={r.replicas} ({r.detail})" for r in decision.reasons],
         )
-
-    async def _last_demand_s(self, model: str) -> float | None:
-        raw = await awaited(self.redis.hget(self.keys.model_stats(model), LAST_DEMAND))
-        return float(text(raw)) if raw else None
-
-    async def _idle_counts(self, model: str) -> dict[int, int]:
-        raw = await awaited(self.redis.hgetall(self.keys.idle_hist(model)))
-        return {int(text(k)): int(text(v)) for k, v in raw.items()}
 
     # --- submission and placement -------------------------------------------------------------
 
@@ -733,6 +918,7 @@ class Launcher:
         except ScriptValidationError as exc:
             # A spec that cannot be rendered will never start: say so instead of retrying.
             reason = f"invalid job: {exc}"[:500]
+            self._touched.add(spec.name)
             await awaited(self.redis.hset(self.keys.model_stats(spec.name), "broken_reason", reason))
             await self.events.record("model.broken", now_s=now_s, model=spec.name, reason=reason)
             return None
@@ -793,6 +979,7 @@ class Launcher:
     # --- state changes ------------------------------------------------------------------------
 
     async def _transition(self, record: InstanceRecord, state: InstanceState, now_s: float, **fields: object) -> None:
+        self._touched.add(record.model)
         await self.instances.transition(record, state, now_s=now_s, **fields)
         await self._publish_one(record.model, now_s)
         await self.events.record(
@@ -906,35 +1093,68 @@ class Launcher:
             await self.events.record("model.broken", now_s=now_s, model=record.model, failures=failures, reason=reason)
 
     async def _observe(self, model: str, field_name: str, phase: str, seconds: float) -> None:
+        self._touched.add(model)
         seconds = max(0.0, seconds)
         await self.history.observe(model, field_name, seconds)
         self.metrics.cold_start_phase_s.labels(model, phase).observe(seconds)
 
     # --- what clients and operators see -------------------------------------------------------
 
-    async def _publish(self, specs: dict[str, ModelSpec], now_s: float) -> None:
-        records = await self.instances.all()
+    async def _publish(
+        self,
+        specs: dict[str, ModelSpec],
+        records: list[InstanceRecord],
+        hists: dict[str, ModelHistory],
+        now_s: float,
+    ) -> None:
         self.metrics.instances.clear()
         by_model: dict[str, list[InstanceRecord]] = {}
         for record in records:
             by_model.setdefault(record.model, []).append(record)
             self.metrics.instances.labels(record.model, record.state.value).inc()
+        phases: dict[str, ModelPhase] = {}
+        cache: dict[str, ModelHistory] = {}
         for spec in specs.values():
             base = spec.instance_model
-            hist = await self.history.get(base)
-            phase = self._phase(by_model.get(base, []), hist, now_s)
-            await self.phases.set(spec.name, phase)
+            hist = hists.get(base) or ModelHistory.from_fields({})
+            model_records = by_model.get(base)
+            if not model_records:
+                # No instance and the same history as last tick: cold or broken exactly as then.
+                seen = self._phase_cache.get(spec.name)
+                last = self._published.get(spec.name)
+                if seen is hist and last is not None and now_s - last[1] < PHASE_REFRESH_S:
+                    cache[spec.name] = hist
+                    continue
+                cache[spec.name] = hist
+            phases[spec.name] = self._phase(model_records or [], hist, now_s)
+        self._phase_cache = cache
+        await self._write_phases(phases, now_s)
+        for gone in [m for m in self._published if m not in specs]:
+            del self._published[gone]
 
     async def _publish_one(self, model: str, now_s: float) -> None:
         """Tell the clients waiting for `model` at once what changed (the tick republishes every model)."""
         records = await self.instances.all(model)
-        await self.phases.set(model, self._phase(records, await self.history.get(model), now_s))
+        phase = self._phase(records, await self.history.get(model), now_s)
+        await self._write_phases({model: phase}, now_s, force=True)
+
+    async def _write_phases(self, phases: dict[str, ModelPhase], now_s: float, *, force: bool = False) -> None:
+        """Write the phases that changed (or were last written `PHASE_REFRESH_S` ago), in one round trip."""
+        changed: dict[str, str] = {}
+        for model, phase in phases.items():
+            seen = phase.model_dump_json(exclude={"updated_s"})
+            last = self._published.get(model)
+            if force or last is None or last[0] != seen or now_s - last[1] >= PHASE_REFRESH_S:
+                changed[self.keys.phase(model)] = phase.model_dump_json()
+                self._published[model] = (seen, now_s)
+        if changed:
+            await awaited(self.redis.mset(changed))
 
     def _phase(self, records: list[InstanceRecord], hist: ModelHistory, now_s: float) -> ModelPhase:
         ready = [r for r in records if r.state is S.READY]
         coming = [r for r in records if r.state in COMING_STATES]
-        load_s = p95(hist.load_times_s) or self.settings.default_load_s
-        queue_s = p95(hist.queue_waits_s) or self.settings.default_queue_wait_s
+        load_s = hist.load_p95_s or self.settings.default_load_s
+        queue_s = hist.queue_wait_p95_s or self.settings.default_queue_wait_s
         base = {"ready_instances": len(ready), "coming_instances": len(coming), "updated_s": now_s}
         if ready:
             return ModelPhase(phase=Phase.READY, **base)
@@ -961,10 +1181,23 @@ class Launcher:
             **base,
         )
 
-    async def _purge(self, now_s: float) -> None:
-        for record in await self.instances.all():
+    async def _purge(self, records: list[InstanceRecord], now_s: float) -> None:
+        for record in records:
             if record.state in (S.GONE, S.FAILED) and now_s - record.state_since_s > self.settings.gone_retention_s:
                 await self.instances.purge(record)
+
+
+class _Stopwatch:
+    """Records the wall time since the previous call under each step's name (a measurement, not a decision)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = (now - self.last) * 1000
+        self.last = now
 
 
 def _token_ok(record: InstanceRecord, token: str) -> bool:

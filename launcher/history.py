@@ -7,7 +7,7 @@ restarted or standby launcher knows them too. Only the leader writes here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import redis.asyncio as aioredis
@@ -23,6 +23,8 @@ FAILURES = "start_failures"
 RETRY_AT = "retry_at_s"
 BROKEN = "broken_reason"
 LAST_REQUEST = "last_request_s"
+LAST_DEMAND = "last_demand_s"
+"""When the launcher last got a demand signal for the model (a gateway's first queued ticket)."""
 
 
 def p95(samples: list[float]) -> float | None:
@@ -49,6 +51,34 @@ class ModelHistory:
     retry_at_s: float
     broken_reason: str | None
     last_request_s: float | None
+    last_demand_s: float | None = None
+    load_p95_s: float | None = field(init=False, default=None)
+    """p95 of `load_times_s` (None without samples), computed once: the tick asks for it per model."""
+    queue_wait_p95_s: float | None = field(init=False, default=None)
+    """p95 of `queue_waits_s`, likewise."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "load_p95_s", p95(self.load_times_s))
+        object.__setattr__(self, "queue_wait_p95_s", p95(self.queue_waits_s))
+
+    @classmethod
+    def from_fields(cls, f: dict[str, str]) -> ModelHistory:
+        """A history from the model's stats hash, decoded."""
+        return cls(
+            load_times_s=_floats(f.get(LOAD_TIMES)),
+            queue_waits_s=_floats(f.get(QUEUE_WAITS)),
+            start_failures=int(f.get(FAILURES) or 0),
+            retry_at_s=float(f.get(RETRY_AT) or 0.0),
+            broken_reason=f.get(BROKEN) or None,
+            last_request_s=float(f[LAST_REQUEST]) if f.get(LAST_REQUEST) else None,
+            last_demand_s=float(f[LAST_DEMAND]) if f.get(LAST_DEMAND) else None,
+        )
+
+    @property
+    def last_activity_s(self) -> float | None:
+        """The later of the last request and the last demand signal."""
+        seen = [t for t in (self.last_request_s, self.last_demand_s) if t is not None]
+        return max(seen) if seen else None
 
     def may_start(self, now_s: float) -> bool:
         """False while the model is broken or backing off after a failed start."""
@@ -62,15 +92,7 @@ class HistoryStore:
 
     async def get(self, model: str) -> ModelHistory:
         raw = await awaited(self.redis.hgetall(self.keys.model_stats(model)))
-        f = {text(k): text(v) for k, v in raw.items()}
-        return ModelHistory(
-            load_times_s=_floats(f.get(LOAD_TIMES)),
-            queue_waits_s=_floats(f.get(QUEUE_WAITS)),
-            start_failures=int(f.get(FAILURES) or 0),
-            retry_at_s=float(f.get(RETRY_AT) or 0.0),
-            broken_reason=f.get(BROKEN) or None,
-            last_request_s=float(f[LAST_REQUEST]) if f.get(LAST_REQUEST) else None,
-        )
+        return ModelHistory.from_fields({text(k): text(v) for k, v in raw.items()})
 
     async def observe(self, model: str, field: str, value_s: float) -> None:
         """Append one observed phase duration, keeping the newest `SAMPLES_KEPT`."""

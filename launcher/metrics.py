@@ -40,6 +40,12 @@ class LauncherMetrics:
             registry=self.registry,
         )
         self.submissions = Counter("slurmless_submissions", "Jobs submitted.", ["model", "why"], registry=self.registry)
+        self.tick_s = Histogram(
+            "slurmless_launcher_tick_seconds",
+            "Wall time of one reconciliation tick.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
         self.ticks = Counter("slurmless_launcher_ticks", "Reconciliation ticks run.", registry=self.registry)
         self.is_leader = Gauge(
             "slurmless_launcher_leader", "1 while this launcher holds the lease.", registry=self.registry

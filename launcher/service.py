@@ -1,4 +1,4 @@
-"""The launcher process: leader lease, tick loop, demand listener, callback server and arq worker.
+"""The launcher process: leader lease, tick and health loops, demand listener, callback server and arq worker.
 
 The only place that reads the clock and sleeps. Every launcher process serves callbacks (they
 only update instance records); only the lease holder ticks and submits. A standby takes over
@@ -83,6 +83,7 @@ class LauncherService:
             asyncio.create_task(server.serve(sockets=[self.sock]), name="callbacks"),
             asyncio.create_task(self._lease_loop(stop), name="lease"),
             asyncio.create_task(self._tick_loop(stop), name="tick"),
+            asyncio.create_task(self._health_loop(stop), name="health"),
             asyncio.create_task(self._demand_loop(stop), name="demand"),
         ]
         print(f"slurmless launcher {self.id} callbacks on {self.callback_url}", flush=True)
@@ -137,6 +138,15 @@ class LauncherService:
                     # A tick that fails (Redis blip, a bug on one record) must not stop the loop.
                     log.exception("tick failed")
             await _sleep_or_stop(stop, self.settings.launcher.tick_s)
+
+    async def _health_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.is_leader:
+                try:
+                    await self.launcher.check_ready(now_s=time.time())
+                except Exception:
+                    log.exception("health check failed")
+            await _sleep_or_stop(stop, self.settings.launcher.health_check_s)
 
     async def _demand_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

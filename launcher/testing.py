@@ -43,6 +43,7 @@ def local_settings(
         "job_name_prefix": prefix,
         "job_output_dir": output_dir,
         "health_poll_s": 0.2,
+        "health_check_s": 0.5,
         "health_timeout_s": 2.0,
         "first_load_timeout_s": 60.0,
         "register_timeout_s": 30.0,

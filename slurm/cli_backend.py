@@ -12,8 +12,10 @@ tenacity when the controller is transiently unreachable. Errors are mapped once,
 * "Invalid job id" and "already completing or completed" -> `JobNotFound`;
 * other non-zero exits -> `SlurmCommandError`.
 
-`squeue --json` in Slurm 22.05 ignores every filter, so `jobs()` asks for all jobs once and keeps
-those whose name starts with the prefix.
+`jobs()` runs one `squeue --noheader --user=<us> --states=all --Format=...` and keeps the jobs whose
+name starts with the prefix: a fifth of `squeue --json`'s time and a 37th of its output with 200
+jobs (see `slurm.parse`), and only this user's jobs on a shared cluster (22.05's `--json` ignores
+every filter).
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from slurm.errors import JobNotFound, SlurmCommandError, SlurmTimeout, SlurmUnavailable
-from slurm.parse import parse_sinfo, parse_squeue, parse_test_only, partitions_from_nodes
+from slurm.parse import (
+    SQUEUE_ENV,
+    SQUEUE_FORMAT,
+    parse_sinfo,
+    parse_squeue_lines,
+    parse_test_only,
+    partitions_from_nodes,
+)
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
 from slurm.validate import check_slurm_word
 
@@ -99,9 +108,12 @@ class SlurmCLI:
         return await self._call("sbatch", ["--parsable"], _parse_job_id, stdin=script, retry_on=(_SubmitNotReached,))
 
     async def jobs(self) -> list[SlurmJob]:
-        """All jobs whose name starts with `job_name_prefix`, from one `squeue --json`."""
-        # --states=all keeps 23.x+ in line with 22.05, which lists recently ended jobs regardless.
-        jobs = await self._call("squeue", ["--json", "--states=all"], lambda out, _: parse_squeue(out))
+        """This user's jobs whose name starts with `job_name_prefix`, from one `squeue`.
+
+        `--states=all` lists recently ended jobs too (for `MinJobAge`): how a job ended is read there.
+        """
+        args = ["--noheader", f"--user={os.getuid()}", "--states=all", f"--Format={SQUEUE_FORMAT}"]
+        jobs = await self._call("squeue", args, lambda out, _: parse_squeue_lines(out), env=SQUEUE_ENV)
         return [j for j in jobs if j.name.startswith(self.job_name_prefix)]
 
     async def job(self, job_id: int) -> SlurmJob | None:
@@ -165,6 +177,7 @@ class SlurmCLI:
         *,
         stdin: str | None = None,
         retry_on: tuple[type[Exception], ...] = (SlurmUnavailable, SlurmTimeout),
+        env: Mapping[str, str] | None = None,
     ) -> T:
         """Run one command (with retries) and parse its (stdout, stderr) inside each attempt."""
         async for attempt in AsyncRetrying(
@@ -174,15 +187,23 @@ class SlurmCLI:
             reraise=True,
         ):
             with attempt:
-                return await self._run(name, args, parse, stdin=stdin)
+                return await self._run(name, args, parse, stdin=stdin, env=env)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _run(self, name: str, args: list[str], parse: Callable[[str, str], T], *, stdin: str | None) -> T:
+    async def _run(
+        self,
+        name: str,
+        args: list[str],
+        parse: Callable[[str, str], T],
+        *,
+        stdin: str | None,
+        env: Mapping[str, str] | None = None,
+    ) -> T:
         self.calls[name] += 1
         started = time.monotonic()
         ok = False
         try:
-            out, err = await self._exec(name, args, stdin)
+            out, err = await self._exec(name, args, stdin, env)
             # Parsing counts as part of the command: 22.05 reports a dead controller in the JSON.
             result = parse(out, err)
             ok = True
@@ -193,9 +214,11 @@ class SlurmCLI:
             if self.on_command is not None:
                 self.on_command(name, time.monotonic() - started, ok)
 
-    async def _exec(self, name: str, args: list[str], stdin: str | None) -> tuple[str, str]:
+    async def _exec(
+        self, name: str, args: list[str], stdin: str | None, extra_env: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
         """Run the command once; map its failure modes to the error tree."""
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, **(extra_env or {})}
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._executable(name),

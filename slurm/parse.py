@@ -12,6 +12,12 @@ The shapes differ in three ways that matter here:
 Both report failures to reach the controller only in an `errors` list (exit status 0 in 22.05);
 a non-empty `errors` list raises `SlurmUnavailable`.
 
+The CLI backend lists jobs with `squeue --Format` instead (`SQUEUE_FORMAT`, `parse_squeue_lines`):
+with 200 jobs `squeue --json` printed 750 KB in 67 ms on the local cluster, the same fields as
+delimited text 20 KB in 11 ms, and 22.05's `--json` ignores `--user`, so on a shared cluster it
+prints every user's jobs. `parse_squeue` stays for JSON producers (slurmrestd speaks the same
+shapes).
+
 Nothing here runs a command: the CLI backend feeds these functions, and tests feed them recorded
 output from both generations.
 """
@@ -33,6 +39,7 @@ __all__ = [
     "normalise_job_state",
     "parse_sinfo",
     "parse_squeue",
+    "parse_squeue_lines",
     "parse_test_only",
     "partitions_from_nodes",
 ]
@@ -193,6 +200,136 @@ def parse_squeue(text: str | bytes | Mapping[str, Any]) -> list[SlurmJob]:
     if not isinstance(jobs, list):
         raise SlurmParseError("squeue --json output has no 'jobs' list")
     return [_job(j) for j in jobs if isinstance(j, Mapping)]
+
+
+# --- squeue --Format -------------------------------------------------------------------------
+
+SQUEUE_SEP = "\x1f"
+"""Field separator (ASCII unit separator): no job name or comment slurmless writes contains it."""
+SQUEUE_FIELDS = (
+    "JobID",
+    "State",
+    "Reason",
+    "Partition",
+    "QOS",
+    "Account",
+    "UserName",
+    "NodeList",
+    "NumNodes",
+    "BatchHost",
+    "TimeLimit",
+    "SubmitTime",
+    "StartTime",
+    "EndTime",
+    "exit_code",
+    "Comment",
+    "Name",
+)
+SQUEUE_FORMAT = ",".join(f"{name}:{SQUEUE_SEP}" for name in SQUEUE_FIELDS)
+"""The `squeue --noheader --Format` argument `parse_squeue_lines` reads (no widths: nothing is cut)."""
+SQUEUE_ENV = {"SLURM_TIME_FORMAT": "%s"}
+"""Times as epoch seconds: no time zone or locale in between."""
+_UNSET = frozenset({"", "N/A", "n/a", "(null)", "None", "NONE", "Unknown", "UNLIMITED", "INVALID", "NOT_SET"})
+
+
+def parse_squeue_lines(text: str) -> list[SlurmJob]:
+    """Every job in `squeue --noheader --Format=SQUEUE_FORMAT` output (run with `SQUEUE_ENV`).
+
+    A line with the wrong number of fields (another user's job whose name contains the separator)
+    is skipped: the launcher filters on its own job-name prefix, whose names never contain it.
+    """
+    jobs: list[SlurmJob] = []
+    for line in text.splitlines():
+        fields = line.split(SQUEUE_SEP)
+        if fields and fields[-1] == "":
+            fields.pop()  # every field, the last included, ends with the separator
+        if len(fields) != len(SQUEUE_FIELDS):
+            continue
+        f = dict(zip(SQUEUE_FIELDS, fields, strict=True))
+        job_id = _digits(f["JobID"])
+        if job_id is None:
+            raise SlurmParseError(f"squeue printed a job without a job id: {line!r}"[:500])
+        state, flags = normalise_job_state(f["State"])
+        code, sig = _exit_text(f["exit_code"])
+        jobs.append(
+            SlurmJob(
+                job_id=job_id,
+                name=f["Name"],
+                state=state,
+                state_flags=flags,
+                reason=_unset_none(f["Reason"]),
+                comment=_unset_empty(f["Comment"]),
+                partition=_unset_empty(f["Partition"]),
+                qos=_unset_empty(f["QOS"]),
+                account=_unset_empty(f["Account"]),
+                user_name=_unset_empty(f["UserName"]),
+                node_list=_unset_empty(f["NodeList"]),
+                node_count=_digits(f["NumNodes"]),
+                batch_host=_unset_empty(f["BatchHost"]),
+                time_limit_min=duration_min(f["TimeLimit"]),
+                submit_time=_text_time(f["SubmitTime"]),
+                start_time=_text_time(f["StartTime"]),
+                end_time=_text_time(f["EndTime"]),
+                exit_code=code,
+                exit_signal=sig,
+            )
+        )
+    return jobs
+
+
+def _unset_empty(value: str) -> str:
+    value = value.strip()
+    return "" if value in _UNSET else value
+
+
+def _unset_none(value: str) -> str | None:
+    return _unset_empty(value) or None
+
+
+def _digits(value: str) -> int | None:
+    value = value.strip()
+    return int(value) if value.isdigit() else None
+
+
+def duration_min(value: str) -> int | None:
+    """Minutes in a Slurm duration ("2-04:00:00", "1:00:00", "30:00", "45"); None when unset or unlimited."""
+    value = value.strip()
+    if value in _UNSET:
+        return None
+    days = 0
+    if "-" in value:
+        head, _, value = value.partition("-")
+        if not head.isdigit():
+            return None
+        days = int(head)
+    parts = value.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        return None
+    nums = [int(p) for p in parts]
+    hours, minutes = (nums[0], nums[1]) if len(nums) == 3 else (0, nums[0])
+    return days * 1440 + hours * 60 + minutes
+
+
+def _text_time(value: str) -> datetime | None:
+    """Epoch seconds (`SQUEUE_ENV`), or an ISO local time if the variable was not honoured."""
+    value = value.strip()
+    if value in _UNSET:
+        return None
+    if value.isdigit():
+        return datetime.fromtimestamp(int(value), tz=UTC) if int(value) > 0 else None
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _exit_text(value: str) -> tuple[int | None, int | None]:
+    """(return code, signal) from "768" (a wait status, 22.05) or "3:0" (code:signal)."""
+    value = value.strip()
+    if ":" in value:
+        code, _, sig = value.partition(":")
+        return _digits(code), (_digits(sig) or None)
+    return _exit_code(_digits(value))
 
 
 def _split_gres(gres: str) -> list[str]:

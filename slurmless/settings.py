@@ -102,6 +102,8 @@ class LauncherSettings(BaseModel):
     """Timeout of one readiness/liveness probe of an engine."""
     unhealthy_after: int = 3
     """Consecutive failed probes after which a ready instance is declared failed."""
+    health_check_s: float = 5.0
+    """How often every ready instance's `/health` is probed (its own loop, outside the tick)."""
     default_queue_wait_s: float = 120.0
     """p95 Slurm queue wait assumed until one was observed (plans walltime renewal)."""
     default_load_s: float = 300.0

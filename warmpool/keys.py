@@ -1,6 +1,7 @@
 """The Redis key schema: every key slurmless writes is built here and nowhere else.
 
 {p}models                  hash   model name -> ModelSpec JSON
+{p}models:version          string a new random value with every change of {p}models (readers cache the specs)
 {p}aliases                 hash   alias/served name -> model name
 {p}inst:{iid}              hash   one instance record (see instances.py)
 {p}instances               set    every instance id not yet purged
@@ -51,6 +52,10 @@ class Keys:
     @property
     def models(self) -> str:
         return f"{self.prefix}models"
+
+    @property
+    def models_version(self) -> str:
+        return f"{self.prefix}models:version"
 
     @property
     def aliases(self) -> str:

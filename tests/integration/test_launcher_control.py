@@ -84,6 +84,44 @@ async def test_a_tick_makes_exactly_one_squeue_call_whatever_the_number_of_model
 
 
 @pytest.mark.slurm
+async def test_a_steady_tick_reads_in_bulk_and_writes_nothing(env: tuple[Settings, aioredis.Redis]) -> None:
+    """With nothing changing, a tick writes no phase, desired record or event, and its Redis round
+    trips do not grow with the number of models."""
+    settings, client = env
+    keys = Keys(settings.redis.key_prefix)
+    for i in range(30):
+        await ModelStore(client, keys).put(model(f"m{i}"))
+    launcher = Launcher(client, slurm_for(settings), settings.launcher, callback_url="http://127.0.0.1:9", keys=keys)
+
+    async def writes() -> dict[str, int]:
+        stats = await client.info("commandstats")
+        return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("set", "mset", "hset", "xadd")}
+
+    async def calls() -> int:
+        return int((await client.info("stats"))["total_commands_processed"])
+
+    try:
+        now_s = time.time()
+        await launcher.tick(now_s=now_s)
+        assert len(await PhaseBoard(client, keys).many([f"m{i}" for i in range(30)])) == 30
+        before, calls0 = await writes(), await calls()
+        await launcher.tick(now_s=now_s + 1)
+        assert await writes() == before
+        per_tick = await calls() - calls0
+        for i in range(30, 300):
+            await ModelStore(client, keys).put(model(f"m{i}"))
+        await launcher.tick(now_s=now_s + 2)  # first sight of the new models: they are written once
+        before, calls0 = await writes(), await calls()
+        await launcher.tick(now_s=now_s + 3)
+        assert await writes() == before
+        # The snapshot's Lua runs one command per key it reads; everything else is per tick, not per model.
+        lua_reads_per_model = 6
+        assert await calls() - calls0 - per_tick <= lua_reads_per_model * 270 + 4
+    finally:
+        await launcher.aclose()
+
+
+@pytest.mark.slurm
 async def test_a_new_leader_adopts_running_jobs_and_submits_nothing_twice(
     env: tuple[Settings, aioredis.Redis],
 ) -> None:

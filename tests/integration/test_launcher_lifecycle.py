@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -204,6 +205,30 @@ async def test_scancel_and_engine_kill_fail_the_instance_and_replace_it(
         await wait_for(lambda: _ready_other_than(client, settings, second.id), timeout_s=90, what="a replacement")
         assert len(await active_jobs(settings)) == 1
     finally:
+        await run.close()
+
+
+async def test_hung_engine_fails_by_health_checks_and_is_replaced(env: tuple[Settings, aioredis.Redis]) -> None:
+    """An engine that stops answering (SIGSTOP: the process lives, the port accepts, nothing replies)
+    is failed after `unhealthy_after` health checks in a row, by the health loop, and replaced."""
+    settings, client = env
+    keys = Keys(settings.redis.key_prefix)
+    await ModelStore(client, keys).put(small_model("hang", min_replicas=1))
+    run = Running(settings)
+    pid: int | None = None
+    try:
+        first = await wait_for(
+            lambda: _first(instances_in(client, settings, InstanceState.READY)), timeout_s=90, what="ready"
+        )
+        pid = await wait_for(lambda: _async(engine_pid(first.id)), timeout_s=10, what="the engine's pid")
+        os.kill(pid, signal.SIGSTOP)
+        failed = await wait_for(lambda: _failed(client, settings, first.id), timeout_s=30, what="failed when hung")
+        assert (failed.reason or "").startswith("engine unhealthy: ")
+        await wait_for(lambda: _ready_other_than(client, settings, first.id), timeout_s=90, what="a replacement")
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         await run.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sys
 import time
@@ -18,6 +19,7 @@ from slurm.cli_backend import SlurmCLI
 from slurm.errors import JobNotFound, SlurmCommandError, SlurmTimeout, SlurmUnavailable
 from slurm.jobscript import JobSpec, render_job_script
 from slurm.localcluster import LocalCluster
+from slurm.parse import parse_squeue
 from slurm.types import JobState, SlurmJob
 from tests.fixtures.callback_receiver import Callback, CallbackReceiver
 
@@ -260,3 +262,61 @@ async def test_command_timeout(slurm_cluster: LocalCluster) -> None:
 def test_cli_implements_the_backend_protocol() -> None:
     backend: SlurmBackend = SlurmCLI(job_name_prefix="slurmless-")  # checked by mypy too
     assert isinstance(backend, SlurmBackend)
+
+
+async def test_jobs_agree_with_squeue_json(
+    cli: SlurmCLI, slurm_cluster: LocalCluster, tmp_path: Path, cleanup: list[int]
+) -> None:
+    """The delimited `squeue` that `jobs()` reads says what `squeue --json` says, field by field."""
+
+    def script(name: str, body: str, *extra: str) -> str:
+        lines = [f"--job-name=slurmless-{name}", f"--output={tmp_path}/%j.out", "--mem=64", *extra]
+        return "#!/bin/bash\n" + "".join(f"#SBATCH {line}\n" for line in lines) + body + "\n"
+
+    running = await cli.submit(
+        script("agree-run", "sleep 300", "--time=90", "--time-min=30", "--comment=slurmless:i-1")
+    )
+    failed = await cli.submit(script("agree-fail", "exit 3"))
+    pending = await cli.submit(script("agree-pend", "sleep 1", "--cpus-per-task=64"))
+    cleanup.extend([running, failed, pending])
+    await _wait_for_job(cli, running, lambda j: j.state is JobState.RUNNING)
+    await _wait_for_job(cli, failed, lambda j: j.state is JobState.FAILED)
+    await _wait_for_job(cli, pending, lambda j: j.state is JobState.PENDING and j.reason is not None)
+
+    proc = await asyncio.create_subprocess_exec(
+        "squeue",
+        "--json",
+        "--states=all",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **slurm_cluster.env},
+    )
+    out, _ = await proc.communicate()
+    ids = {running, failed, pending}
+    from_json = {j.job_id: j for j in parse_squeue(out) if j.job_id in ids}
+    from_lines = {j.job_id: j for j in await cli.jobs() if j.job_id in ids}
+    assert set(from_json) == set(from_lines) == ids
+    fields = [
+        "name",
+        "state",
+        "reason",
+        "comment",
+        "partition",
+        "qos",
+        "account",
+        "user_name",
+        "node_list",
+        "node_count",
+        "batch_host",
+        "time_limit_min",
+        "submit_time",
+        "start_time",
+        "end_time",
+        "exit_code",
+        "exit_signal",
+    ]
+    for job_id in ids:
+        mine, theirs = from_lines[job_id], from_json[job_id]
+        assert {f: getattr(mine, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    assert from_lines[running].instance_id == "i-1"
+    assert from_lines[running].time_limit_min == 30  # backfill gave it its --time-min
+    assert (from_lines[failed].exit_code, from_lines[failed].exit_signal) == (3, None)

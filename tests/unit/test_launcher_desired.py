@@ -10,8 +10,10 @@ from launcher.desired import (
     FOLD_GRACE_S,
     RECENT_SLOTS,
     BudgetAsk,
+    DecisionMemo,
     DemandForecast,
     ModelLoad,
+    decision_expires_s,
     demand_rate_per_s,
     desired_record,
     desired_replicas,
@@ -268,3 +270,40 @@ def test_floors_come_before_value_and_multi_gpu_replicas_count_their_gpus() -> N
     big = BudgetAsk(spec=spec("big", gpus=2), decision=decide_at(spec("big", gpus=2), 0.0, idle(queue_depth=1)))
     fitted = fit_to_budget([floor, busy, big], 2)
     assert {m: d.replicas for m, d in fitted.items()} == {"floor": 1, "busy": 1, "big": 0}
+
+
+def test_a_remembered_decision_is_what_deciding_again_would_say() -> None:
+    """Walk two days minute by minute, reusing decisions as the launcher does (same inputs, not
+    expired): every reused answer equals a fresh one, and most minutes reuse."""
+    model = spec(keepalive_min_s=600, keepalive_max_s=1200)
+    start_s = MONDAY_S + 21 * DAY_S
+    demand = fold_demand(None, lecture_demand(3), int(start_s // SLOT))
+    assert demand is not None
+    lecture = ScheduleSpec(model="m", kind=ScheduleKind.CRON, expression="0 14 * * 1-5", duration_s=3600)
+    occurrences = schedule_occurrences([lecture], start_s, start_s + 3 * DAY_S)
+    memo = DecisionMemo()
+    load = idle()
+    for minute in range(2 * 24 * 60):
+        now_s = start_s + 60 * minute
+        if minute % 700 == 100:
+            load = idle(held=1, ready=1, last_request_s=now_s)  # a burst of use, then quiet
+        elif minute % 700 == 500:
+            load = idle()  # its replica drained
+        key: tuple[object, ...] = (model, load, COLD_S, demand.forecast, occurrences, None)
+        fresh = decide_at(model, now_s, load, forecast=demand.forecast, occurrences=occurrences)
+        reused = memo.get("m", key, now_s)
+        if reused is None:
+            memo.put("m", key, fresh, now_s, decision_expires_s(fresh, load.last_request_s))
+        else:
+            # The details ("idle 60s < ...") age; the number and the policies behind it must not.
+            assert reused.replicas == fresh.replicas, minute
+            assert {r.policy for r in drivers(reused)} == {r.policy for r in drivers(fresh)}, minute
+    assert memo.hits > 3 * memo.misses  # a tick a minute here; production ticks every 5 s
+
+
+def test_decision_expiry_includes_the_keep_alive_deadline() -> None:
+    held = idle(held=1, ready=1, last_request_s=1000.0)
+    decision = decide_at(spec(keepalive_min_s=60, keepalive_max_s=120), 1010.0, held)
+    assert decision.replicas == 1 and decision.keepalive_s is not None
+    assert decision_expires_s(decision, 1000.0) == 1000.0 + decision.keepalive_s
+    assert decide_at(spec(keepalive_min_s=60, keepalive_max_s=120), 1000.0 + decision.keepalive_s, held).replicas == 0

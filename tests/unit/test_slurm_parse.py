@@ -11,10 +11,14 @@ import pytest
 
 from slurm.errors import SlurmParseError, SlurmUnavailable
 from slurm.parse import (
+    SQUEUE_FIELDS,
+    SQUEUE_SEP,
     count_gpus,
+    duration_min,
     normalise_job_state,
     parse_sinfo,
     parse_squeue,
+    parse_squeue_lines,
     parse_test_only,
     partitions_from_nodes,
 )
@@ -203,3 +207,82 @@ def test_reported_errors_mean_unavailable_not_empty(name: str, parse: Callable[[
     # Recorded with the controller unreachable: exit status 0, an empty list and an error entry.
     with pytest.raises(SlurmUnavailable):
         parse(_read(name))
+
+
+def _line(**fields: str) -> str:
+    """One `squeue --Format=SQUEUE_FORMAT` line, every field ending with the separator."""
+    return "".join(fields.get(name, "") + SQUEUE_SEP for name in SQUEUE_FIELDS)
+
+
+def test_squeue_lines_as_22_05_prints_them() -> None:
+    # Recorded from 22.05.8 on the local cluster (SLURM_TIME_FORMAT=%s), separator swapped in.
+    running = _line(
+        JobID="1", State="RUNNING", Reason="None", Partition="gpu", QOS="(null)", Account="(null)", UserName="root",
+        NodeList="sl-node0", NumNodes="1", BatchHost="sl-node0", TimeLimit="30:00", SubmitTime="1795443823",
+        StartTime="1795443824", EndTime="1795445624", exit_code="0", Comment="slurmless:inst-0123",
+        Name="slurmless-a-very-long-job-name-that-exceeds-twenty-chars",
+    )  # fmt: skip
+    failed = _line(
+        JobID="2", State="FAILED", Reason="NonZeroExitCode", Partition="gpu", NodeList="sl-node0", NumNodes="1",
+        BatchHost="sl-node0", TimeLimit="1:00:00", SubmitTime="1795443823", StartTime="1795443824",
+        EndTime="1795443824", exit_code="768", Comment="(null)", Name="slurmless-fail",
+    )  # fmt: skip
+    pending = _line(
+        JobID="3", State="PENDING", Reason="Resources", NumNodes="1", BatchHost="n/a", TimeLimit="UNLIMITED",
+        SubmitTime="1795443823", StartTime="N/A", EndTime="N/A", exit_code="0", Name="slurmless-pend",
+    )  # fmt: skip
+    jobs = _by_id(parse_squeue_lines("\n".join([running, failed, pending]) + "\n"))
+    assert jobs[1].state is JobState.RUNNING and jobs[1].reason is None
+    assert jobs[1].instance_id == "inst-0123"
+    assert jobs[1].name == "slurmless-a-very-long-job-name-that-exceeds-twenty-chars"
+    assert (jobs[1].qos, jobs[1].account, jobs[1].batch_host, jobs[1].node_count) == ("", "", "sl-node0", 1)
+    assert jobs[1].time_limit_min == 30
+    assert jobs[1].start_time == datetime.fromtimestamp(1795443824, tz=UTC)
+    assert jobs[1].end_time is not None and jobs[1].end_time - jobs[1].start_time == timedelta(minutes=30)
+    assert (jobs[2].state, jobs[2].reason, jobs[2].exit_code, jobs[2].exit_signal) == (
+        JobState.FAILED, "NonZeroExitCode", 3, None,
+    )  # fmt: skip
+    assert jobs[2].comment == "" and jobs[2].instance_id is None
+    assert (jobs[3].state, jobs[3].reason, jobs[3].batch_host) == (JobState.PENDING, "Resources", "")
+    assert (jobs[3].time_limit_min, jobs[3].start_time, jobs[3].end_time) == (None, None, None)
+
+
+def test_squeue_lines_skip_what_does_not_parse_as_a_job() -> None:
+    ok = _line(JobID="7", State="COMPLETING", Name="slurmless-x")
+    extra = _line(JobID="8", State="RUNNING", Name="someone" + SQUEUE_SEP + "else")
+    short = "9" + SQUEUE_SEP + "RUNNING" + SQUEUE_SEP
+    jobs = parse_squeue_lines("\n".join([ok, extra, short, ""]))
+    assert [(j.job_id, j.state) for j in jobs] == [(7, JobState.COMPLETING)]
+    with pytest.raises(SlurmParseError):
+        parse_squeue_lines(_line(JobID="x", State="RUNNING"))
+
+
+def test_squeue_lines_signal_exit_and_iso_times() -> None:
+    line = _line(
+        JobID="4", State="CANCELLED", exit_code="0:15", StartTime="2026-11-23T10:00:00+00:00", EndTime="0",
+        Name="slurmless-sig",
+    )  # fmt: skip
+    (job,) = parse_squeue_lines(line)
+    assert (job.exit_code, job.exit_signal) == (0, 15)
+    assert job.start_time == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert job.end_time is None
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [
+        ("2-04:00:00", 2 * 1440 + 240),
+        ("1:00:00", 60),
+        ("30:00", 30),
+        ("45", 45),
+        ("0:30", 0),
+        ("UNLIMITED", None),
+        ("INVALID", None),
+        ("N/A", None),
+        ("", None),
+        ("x-1:00:00", None),
+        ("1:2:3:4", None),
+    ],
+)
+def test_duration_min(text: str, minutes: int | None) -> None:
+    assert duration_min(text) == minutes
