@@ -42,8 +42,10 @@ class Child:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -62,6 +64,7 @@ def start(
     capture_stdout: bool = False,
     cwd: Path | None = None,
     unset_prefixes: Sequence[str] = (),
+    stdin_pipe: bool = False,
 ) -> Child:
     """Start `argv` (pinned to `cores` with taskset when given) with stderr, and stdout unless captured, to a log."""
     log_path = log_dir / f"{name}.log"
@@ -73,7 +76,7 @@ def start(
     full_env = {**inherited, **(env or {})}
     proc = subprocess.Popen(
         [*prefix, *argv],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
         stdout=subprocess.PIPE if capture_stdout else log,
         stderr=log,
         env=full_env,

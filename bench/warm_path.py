@@ -4,6 +4,11 @@
     .venv/bin/python -m bench.warm_path --quick    # 1 and 50 streams, 2 rounds, 2 s each
     .venv/bin/python -m bench.warm_path --vllm-bench   # also drive every target with `vllm bench serve`
 
+`--vllm-bench` runs vLLM's own benchmark client (`vllm bench serve --backend openai-chat
+--dataset-name random`, 16 prompt tokens, `--max-tokens` out, `--max-concurrency N`, one
+warm-up per stream) against every target after our own client, in one vLLM process
+(`bench/peers/vllm_bench_serve.py`, which says why not the `vllm` command), pinned like our client.
+
 One engine simulator (no token pacing by default: the engine is as fast as its core allows)
 serves model `m`; every target stands in front of that same engine. The load is closed-loop:
 N streams each send the next streaming chat completion as soon as the last ended, over a
@@ -21,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
+import math
 import os
-import shutil
-import subprocess
+import select
 import sys
 import tempfile
 import time
@@ -34,13 +38,14 @@ from pathlib import Path
 
 import uvloop
 
-from bench.procs import cpu_seconds
+from bench.procs import REPO, cpu_seconds, start, wait_line
 from bench.rawclient import Connection, StreamResult, build_request
 from bench.report import median, percentile, table, write_json
 from bench.targets import MODEL, STARTERS, Layout, PeerMissing, Target, start_engine
+from slurmless.demo_model import build_tiny_llama
 
 ALL_TARGETS = ["direct", "slurmless", "nginx", "vllm-router", "litellm"]
-VLLM_PYTHON = Path(os.environ.get("SLURMLESS_VLLM_PYTHON", "/work/main/.venv-vllm/bin/python"))
+VLLM_PYTHON = Path(os.environ.get("SLURMLESS_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python")))
 REQUEST_TIMEOUT_S = 120.0
 
 
@@ -200,74 +205,120 @@ def render(summaries: list[Summary], title: str) -> str:
 
 # --- vllm bench serve --------------------------------------------------------------------------
 
-
-def vllm_bench(
-    target: Target, streams: int, prompts: int, tokenizer: Path, out_dir: Path, max_tokens: int, cores: list[int] | None
-) -> dict[str, float]:
-    """Drive `target` with `vllm bench serve` (random dataset, fixed output length) and return its summary."""
-    name = f"{target.name}-{streams}-{time.monotonic_ns()}.json"
-    argv = [
-        str(VLLM_PYTHON),
-        "-m",
-        "vllm.entrypoints.cli.main",
-        "bench",
-        "serve",
-        "--backend",
-        "openai-chat",
-        "--base-url",
-        target.base_url,
-        "--endpoint",
-        "/v1/chat/completions",
-        "--model",
-        MODEL,
-        "--tokenizer",
-        str(tokenizer),
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        "16",
-        "--random-output-len",
-        str(max_tokens),
-        "--ignore-eos",
-        "--num-prompts",
-        str(prompts),
-        "--max-concurrency",
-        str(streams),
-        "--request-rate",
-        "inf",
-        "--percentile-metrics",
-        "ttft,tpot,itl",
-        "--metric-percentiles",
-        "50,99",
-        "--save-result",
-        "--result-dir",
-        str(out_dir),
-        "--result-filename",
-        name,
-    ]
-    if cores is not None and shutil.which("taskset"):
-        argv = ["taskset", "-c", ",".join(map(str, cores)), *argv]
-    env = {**os.environ, "OPENAI_API_KEY": target.api_key, "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=900)
-    path = out_dir / name
-    if proc.returncode != 0 or not path.exists():
-        raise RuntimeError(f"vllm bench serve failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    raw = json.loads(path.read_text())
-    keys = [
-        "completed",
-        "failed",
-        "request_throughput",
-        "output_throughput",
-        "median_ttft_ms",
-        "p99_ttft_ms",
-        "median_itl_ms",
-        "p99_itl_ms",
-        "median_tpot_ms",
-    ]
-    return {k: float(raw[k]) for k in keys if k in raw and raw[k] is not None}
+VLLM_BENCH_KEYS = [
+    "completed",
+    "failed",
+    "duration",
+    "request_throughput",
+    "output_throughput",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "median_itl_ms",
+    "p99_itl_ms",
+    "median_tpot_ms",
+]
+VLLM_BENCH_TIMEOUT_S = 600.0
 
 
-def render_vllm(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
+class VllmBench:
+    """`vllm bench serve` runs one after the other in one vLLM process (`bench/peers/vllm_bench_serve.py`)."""
+
+    def __init__(self, log_dir: Path, cores: list[int] | None) -> None:
+        self.out_dir = log_dir / "vllm-bench"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = log_dir / "tokenizer"
+        build_tiny_llama(self.tokenizer)
+        driver = Path(__file__).resolve().parent / "peers" / "vllm_bench_serve.py"
+        env = {"VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.child = start(
+            "vllm-bench",
+            [str(VLLM_PYTHON), str(driver)],
+            log_dir=log_dir,
+            cores=cores,
+            env=env,
+            capture_stdout=True,
+            stdin_pipe=True,
+        )
+        wait_line(self.child, "ready", VLLM_BENCH_TIMEOUT_S)
+
+    def run(self, target: Target, streams: int, prompts: int, max_tokens: int) -> dict[str, float]:
+        """One `vllm bench serve`: random 16-token prompts, `max_tokens` out, `streams` at a time, after
+        one warm-up request per stream (which also opens the connections)."""
+        name = f"{target.name}-{streams}-{time.monotonic_ns()}.json"
+        argv = [
+            *("--backend", "openai-chat", "--base-url", target.base_url, "--endpoint", "/v1/chat/completions"),
+            *("--model", MODEL, "--tokenizer", str(self.tokenizer)),
+            *("--dataset-name", "random", "--random-input-len", "16", "--random-output-len", str(max_tokens)),
+            "--ignore-eos",
+            *("--num-prompts", str(prompts), "--max-concurrency", str(streams), "--request-rate", "inf"),
+            *("--num-warmups", str(streams)),
+            *("--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99"),
+            "--disable-tqdm",
+            *("--save-result", "--result-dir", str(self.out_dir), "--result-filename", name),
+        ]
+        reply = self._ask({"argv": argv, "api_key": target.api_key})
+        path = self.out_dir / name
+        if not reply.get("ok") or not path.exists():
+            raise RuntimeError(f"vllm bench serve failed: {reply.get('error')}\n{self.child.log_tail(10)}")
+        raw = json.loads(path.read_text())
+        out = {k: float(raw[k]) for k in VLLM_BENCH_KEYS if raw.get(k) is not None}
+        out["prompts"] = float(prompts)
+        return out
+
+    def _ask(self, job: dict[str, object]) -> dict[str, object]:
+        proc = self.child.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm bench driver exited with {proc.returncode}:\n{self.child.log_tail(20)}")
+        proc.stdin.write(json.dumps(job).encode() + b"\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], VLLM_BENCH_TIMEOUT_S)
+        line = proc.stdout.readline().decode(errors="replace") if ready else ""
+        if not line:
+            raise RuntimeError(f"vllm bench driver did not answer:\n{self.child.log_tail(20)}")
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+VLLM_SUMMARY = {
+    "ttft_p50_ms": "median_ttft_ms",
+    "ttft_p99_ms": "p99_ttft_ms",
+    "itl_p50_ms": "median_itl_ms",
+    "itl_p99_ms": "p99_itl_ms",
+    "tpot_ms": "median_tpot_ms",
+    "req_s": "request_throughput",
+    "tok_s": "output_throughput",
+}
+
+
+def summarise_vllm(results: dict[str, dict[int, list[dict[str, float]]]]) -> list[Summary]:
+    """Median over rounds of `vllm bench serve`'s figures, and ratios to direct (as `summarise`)."""
+    out: list[Summary] = []
+    for streams in sorted({lvl for per in results.values() for lvl in per}):
+        for name in sorted(results, key=_order):
+            runs = results[name].get(streams)
+            if not runs:
+                continue
+            summary = Summary(name, streams, len(runs))
+            summary.values = {m: median([r.get(k, float("nan")) for r in runs]) for m, k in VLLM_SUMMARY.items()}
+            summary.values["failed"] = float(sum(r.get("failed", 0.0) for r in runs))
+            summary.values["completed"] = float(sum(r.get("completed", 0.0) for r in runs))
+            out.append(summary)
+    for summary in out:
+        direct = next((d for d in out if d.target == "direct" and d.streams == summary.streams), None)
+        if direct is None:
+            continue
+        for m in ["ttft_p50_ms", "ttft_p99_ms", "req_s", "tok_s"]:
+            base = direct.values[m]
+            summary.vs_direct[m] = summary.values[m] / base if base else float("nan")
+        summary.vs_direct["added_ttft_p50_ms"] = summary.values["ttft_p50_ms"] - direct.values["ttft_p50_ms"]
+    return out
+
+
+def render_vllm(summaries: list[Summary], title: str) -> str:
     headers = [
         "streams",
         "target",
@@ -279,43 +330,76 @@ def render_vllm(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
         "req/s",
         "x direct",
         "tok/s",
+        "completed",
         "failed",
     ]
-    rows: list[list[object]] = []
-    levels = sorted({lvl for per in results.values() for lvl in per})
-    for lvl in levels:
-
-        def med(name: str, key: str, lvl: int = lvl) -> float:
-            return median([r.get(key, float("nan")) for r in results.get(name, {}).get(lvl, [])])
-
-        for name in sorted(results, key=_order):
-            if lvl not in results[name]:
-                continue
-            rows.append(
-                [
-                    lvl,
-                    name,
-                    med(name, "median_ttft_ms"),
-                    med(name, "median_ttft_ms") - med("direct", "median_ttft_ms") if name != "direct" else float("nan"),
-                    med(name, "p99_ttft_ms"),
-                    med(name, "median_itl_ms"),
-                    med(name, "p99_itl_ms"),
-                    med(name, "request_throughput"),
-                    med(name, "request_throughput") / med("direct", "request_throughput"),
-                    med(name, "output_throughput"),
-                    int(sum(r.get("failed", 0) for r in results[name][lvl])),
-                ]
-            )
-    return "vllm bench serve (third-party client), median of rounds\n\n" + table(headers, rows)
+    rows = [
+        [
+            s.streams,
+            s.target,
+            s.values["ttft_p50_ms"],
+            s.vs_direct.get("added_ttft_p50_ms", float("nan")) if s.target != "direct" else float("nan"),
+            s.values["ttft_p99_ms"],
+            s.values["itl_p50_ms"],
+            s.values["itl_p99_ms"],
+            s.values["req_s"],
+            s.vs_direct.get("req_s", float("nan")),
+            s.values["tok_s"],
+            int(s.values["completed"]),
+            int(s.values["failed"]),
+        ]
+        for s in summaries
+    ]
+    return f"{title}\n\n{table(headers, rows)}"
 
 
-def ensure_tokenizer(directory: Path) -> Path:
-    """A tiny local tokenizer for `vllm bench serve` (no hub access)."""
-    if not (directory / "tokenizer.json").exists():
-        # The e2e tests' builder (tests/ is not an installed package, hence the dynamic import).
-        builder = importlib.import_module("tests.e2e.tinyllama")
-        builder.build_tiny_llama(directory)
-    return directory
+async def estimate_req_s(target: Target, streams: int, body: dict[str, object]) -> float:
+    """Requests/s of `target` at `streams` over one second (to size a `vllm bench serve` run)."""
+    return (await run_level(target, streams, 1.0, body)).req_s
+
+
+def vllm_bench_all(
+    targets: dict[str, Target],
+    args: argparse.Namespace,
+    body: dict[str, object],
+    log_dir: Path,
+    cores: list[int] | None,
+    own: list[Summary],
+) -> dict[str, dict[int, list[dict[str, float]]]]:
+    """Every target at every concurrency with `vllm bench serve`, interleaved round by round.
+
+    A run has about `--vllm-bench-duration-s` worth of prompts at the rate our own client saw
+    for that target (a one-second probe when it did not run), at least one per stream.
+    """
+    rates = {(s.target, s.streams): s.values["req_s"] for s in own}
+    bench = VllmBench(log_dir, cores)
+    results: dict[str, dict[int, list[dict[str, float]]]] = {}
+    names = list(targets)
+    try:
+        for streams in args.streams:
+            for rnd in range(args.vllm_bench_rounds):
+                shift = rnd % len(names)
+                for name in names[shift:] + names[:shift]:
+                    rate = rates.get((name, streams))
+                    if rate is None or math.isnan(rate):
+                        rate = rates[(name, streams)] = uvloop.run(estimate_req_s(targets[name], streams, body))
+                    prompts = max(streams, round(rate * args.vllm_bench_duration_s))
+                    try:
+                        res = bench.run(targets[name], streams, prompts, args.max_tokens)
+                    except RuntimeError as exc:
+                        print(f"  vllm bench {name} streams={streams}: {exc}", file=sys.stderr, flush=True)
+                        continue
+                    results.setdefault(name, {}).setdefault(streams, []).append(res)
+                    print(
+                        f"  vllm-bench streams={streams:3d} round={rnd} {name:12s} prompts={prompts:5d} "
+                        f"req/s={res.get('request_throughput', float('nan')):8.1f} "
+                        f"ttft_p50={res.get('median_ttft_ms', float('nan')):7.2f}ms "
+                        f"failed={int(res.get('failed', 0))}",
+                        flush=True,
+                    )
+    finally:
+        bench.stop()
+    return results
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -336,7 +420,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin engine+client to core 0 and proxies to core 1")
     p.add_argument("--vllm-bench", action="store_true", help="also run `vllm bench serve` against every target")
     p.add_argument("--vllm-bench-rounds", type=int, default=1)
-    p.add_argument("--vllm-bench-prompts-per-stream", type=int, default=20)
+    p.add_argument(
+        "--vllm-bench-duration-s",
+        type=float,
+        default=3.0,
+        help="prompts per `vllm bench serve` run: this many seconds at the rate our own client saw",
+    )
     p.add_argument("--skip-own-client", action="store_true", help="only run `vllm bench serve`")
     args = p.parse_args()
     if args.quick:
@@ -399,6 +488,7 @@ def main() -> None:
         "logs": str(log_dir),
     }
     tables: list[str] = []
+    summaries: list[Summary] = []
     try:
         if not args.skip_own_client:
             samples = uvloop.run(own_client(targets, args, body))
@@ -416,25 +506,16 @@ def main() -> None:
             if not VLLM_PYTHON.exists():
                 print(f"skipping vllm bench serve: {VLLM_PYTHON} not found", file=sys.stderr)
             else:
-                tok = ensure_tokenizer(log_dir / "tokenizer")
-                results: dict[str, dict[int, list[dict[str, float]]]] = {}
-                names = list(targets)
-                for streams in args.streams:
-                    for rnd in range(args.vllm_bench_rounds):
-                        shift = rnd % len(names)
-                        for name in names[shift:] + names[:shift]:
-                            prompts = max(20, streams * args.vllm_bench_prompts_per_stream)
-                            try:
-                                res = vllm_bench(
-                                    targets[name], streams, prompts, tok, log_dir, args.max_tokens, client_cores
-                                )
-                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                                print(f"  vllm bench {name} streams={streams}: {exc}", file=sys.stderr)
-                                continue
-                            results.setdefault(name, {}).setdefault(streams, []).append(res)
-                            print(f"  vllm-bench streams={streams:3d} round={rnd} {name:12s} {res}", flush=True)
-                payload["vllm_bench"] = results
-                tables.append(render_vllm(results))
+                results = vllm_bench_all(targets, args, body, log_dir, client_cores, summaries)
+                vsummaries = summarise_vllm(results)
+                payload["vllm_bench"] = {"runs": results, "summary": [asdict(s) for s in vsummaries]}
+                tables.append(
+                    render_vllm(
+                        vsummaries,
+                        f"vllm bench serve (third-party client): {args.max_tokens} tokens/request, "
+                        f"{args.vllm_bench_rounds} round(s) of ~{args.vllm_bench_duration_s} s, median of rounds",
+                    )
+                )
     finally:
         for target in reversed(list(targets.values())):
             target.stop()

@@ -136,6 +136,7 @@ def _wire(
         first_progress_s=min(FIRST_PROGRESS_S, settings.progress_interval_s),
         progress_interval_s=settings.progress_interval_s,
         hot=HotRouting(pipe, keys) if pipe is not None else None,
+        speculative=settings.speculative_forward,
     )
     catalog = Catalog(ModelStore(redis, keys), ttl_s=settings.model_cache_ttl_s, clock=clock)
     async_store = AsyncRequests(redis, keys)

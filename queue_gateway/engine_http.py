@@ -231,6 +231,25 @@ class EngineResponse:
             conn.close()
 
 
+class PendingResponse:
+    """A request sent by `EnginePool.send_idle`: wait for its response, or close its connection."""
+
+    __slots__ = ("_conn", "_key", "_pool")
+
+    def __init__(self, pool: EnginePool, key: tuple[str, int], conn: _Connection) -> None:
+        self._pool = pool
+        self._key = key
+        self._conn = conn
+
+    async def response(self) -> EngineResponse:
+        """The status and headers (`EngineError` as for `EnginePool.request`; the connection is closed)."""
+        return await self._pool.response(self._key, self._conn)
+
+    def close(self) -> None:
+        """Give up on the response: the connection is closed, so the engine aborts the request."""
+        self._conn.close()
+
+
 class EnginePool:
     """Keep-alive connections to engines by (host, port); no limit beyond the instances' slots."""
 
@@ -289,20 +308,33 @@ class EnginePool:
                 conn = await self._connect(key)
             conn.send(data)
             try:
-                while not conn.headers_done:
-                    if conn.error is not None:
-                        raise conn.error
-                    await conn.wait(self.read_timeout_s)
+                return await self.response(key, conn)
             except EngineClosed:
-                conn.close()
                 if reused and not conn.received:
                     # The engine closed this idle connection as we reused it; it saw no request.
                     continue
                 raise
-            except BaseException:
-                conn.close()
-                raise
-            return EngineResponse(self, key, conn, self.read_timeout_s)
+
+    def send_idle(self, host: str, port: int, data: bytes) -> PendingResponse | None:
+        """Send `data` at once on an idle connection, if there is one (nothing is awaited)."""
+        key = (host, port)
+        conn = self._take(key)
+        if conn is None:
+            return None
+        conn.send(data)
+        return PendingResponse(self, key, conn)
+
+    async def response(self, key: tuple[str, int], conn: _Connection) -> EngineResponse:
+        """Wait for the status and headers of the request sent on `conn` (closed on any failure)."""
+        try:
+            while not conn.headers_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self.read_timeout_s)
+        except BaseException:
+            conn.close()
+            raise
+        return EngineResponse(self, key, conn, self.read_timeout_s)
 
     def close(self) -> None:
         """Close every idle connection."""

@@ -50,6 +50,12 @@ class GatewayMetrics:
             "slurmless_gateway_upstream_retries", "Requests retried on another instance before the first byte.",
             ["model"], registry=r,
         )  # fmt: skip
+        self.speculation = Counter(
+            "slurmless_gateway_speculative_sends",
+            "Requests sent to an engine before their admit answered, by outcome (used; abandoned: the admit "
+            "gave another instance or queued it, the engine's request was aborted; failed: sent anew).",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip
         self.disconnects = Counter(
             "slurmless_gateway_client_disconnects", "Clients that left, by where (queued, streaming).",
             ["model", "where"], registry=r,

@@ -15,6 +15,7 @@ from queue_gateway.engine_http import (
     EnginePool,
     EngineResponse,
     EngineTimeout,
+    PendingResponse,
 )
 from queue_gateway.errors import UpstreamFailed, UpstreamTimeout
 from warmpool.instance_store import InstanceStore
@@ -79,9 +80,8 @@ class Upstreams:
         for key in [k for k in self._heads if k[0] == instance_id]:
             del self._heads[key]
 
-    async def open(self, instance_id: str, path: str, body: bytes) -> EngineResponse:
-        """Send the request and return once the engine's status and headers arrived (body streamed)."""
-        host, port, auth = await self.address(instance_id)
+    def _request(self, instance_id: str, address: tuple[str, int, bytes], path: str, body: bytes) -> bytes:
+        host, port, auth = address
         head = self._heads.get((instance_id, path))
         if head is None:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -91,7 +91,22 @@ class Upstreams:
                 + auth
                 + b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\ncontent-length: "
             )
-        request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
+        return b"%s%d\r\n\r\n%s" % (head, len(body), body)
+
+    def speculate(self, instance_id: str, path: str, body: bytes) -> Speculation | None:
+        """Send the request now, before its slot is confirmed, if the instance's address is known and a
+        connection to it is idle (nothing is awaited); None otherwise."""
+        address = self._addresses.get(instance_id)
+        if address is None:
+            return None
+        sent = self.pool.send_idle(address[0], address[1], self._request(instance_id, address, path, body))
+        return None if sent is None else Speculation(instance_id, sent)
+
+    async def open(self, instance_id: str, path: str, body: bytes) -> EngineResponse:
+        """Send the request and return once the engine's status and headers arrived (body streamed)."""
+        address = await self.address(instance_id)
+        host, port, _ = address
+        request = self._request(instance_id, address, path, body)
         try:
             return await self.pool.request(host, port, request)
         except EngineConnectError as exc:
@@ -104,6 +119,42 @@ class Upstreams:
 
     async def aclose(self) -> None:
         self.pool.close()
+
+
+class Speculation:
+    """A request sent to an instance while the admit that should give it a slot there is on its way.
+
+    `response(iid)` returns the engine's response if the admit gave a slot on that same instance,
+    else abandons it (the connection is closed, so the engine aborts the request); None also when the
+    engine failed, so the caller sends the request again the ordinary way (with its retries and errors).
+    """
+
+    __slots__ = ("_sent", "instance_id")
+
+    def __init__(self, instance_id: str, sent: PendingResponse) -> None:
+        self.instance_id = instance_id
+        self._sent: PendingResponse | None = sent
+
+    @property
+    def abandoned(self) -> bool:
+        return self._sent is None
+
+    def abandon(self) -> None:
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent.close()
+
+    async def response(self, instance_id: str) -> EngineResponse | None:
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return None
+        if instance_id != self.instance_id:
+            sent.close()
+            return None
+        try:
+            return await sent.response()
+        except EngineError:
+            return None
 
 
 def forward_headers(response: EngineResponse) -> list[tuple[bytes, bytes]]:

@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from warmpool.keys import DEMAND_SLOT_S, Keys
-from warmpool.routing import ADMIT_LUA, RELEASE_LUA, Admission, AdmitOutcome
+from warmpool.routing import ADMIT_LUA, RELEASE_LUA, Admission, admission
 
 Arg = str | int | float | bytes
 
@@ -177,10 +177,6 @@ class _Script:
             return await self.pipe.call("EVAL", self.source, 0, *args)
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class HotRouting:
     """`warmpool.routing.Routing.admit` and `release`, the same scripts, over a `RedisPipe`."""
 
@@ -213,7 +209,7 @@ class HotRouting:
             int(now_s // DEMAND_SLOT_S),
             1 if signal_demand else 0,
         )
-        return Admission(AdmitOutcome(_s(res[0])), _s(res[1]) or None, int(res[2]), int(res[3]))
+        return admission(res)
 
     async def release(self, gateway_id: str, request_id: str) -> int:
         """Give back the slot booked for `request_id`; returns tickets granted (-1: nothing was booked)."""

@@ -60,6 +60,9 @@ class GatewaySettings(BaseModel):
     upstream_max_connections: int = 2000
     upstream_retries: int = 1
     """Retries on another instance when an engine fails before the first byte reached the client."""
+    speculative_forward: bool = True
+    """Send a request to its engine while its admit is on the way to Redis when the last admit left the model's
+    only ready instance at most half full; the answer is used only if the admit gives that instance the slot."""
     model_cache_ttl_s: float = 2.0
     """How long a resolved model spec is trusted in-process; registrations and changes show after this."""
     grant_check_interval_s: float = 1.0

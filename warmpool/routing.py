@@ -96,10 +96,11 @@ local nready = redis.call('ZCARD', ready)
 local qlen = redis.call('ZCARD', queue)
 if qlen == 0 and nready > 0 then
   local best = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
-  if tonumber(best[2]) < cap_of(prefix, model) then
+  local load, cap = tonumber(best[2]), cap_of(prefix, model)
+  if load < cap then
     redis.call('ZINCRBY', ready, 1, best[1])
     redis.call('HSET', prefix .. 'gw:' .. gw .. ':slots', rid, model .. '|' .. best[1])
-    return {'slot', best[1], 0, nready}
+    return {'slot', best[1], 0, nready, load + 1, cap}
   end
 end
 if qlen >= queue_max then return {'full', '', qlen, nready} end
@@ -243,6 +244,23 @@ class Admission:
     """Tickets ahead of this one (QUEUED) or the queue's length (FULL)."""
     ready_instances: int
     """Ready instances of the model at that moment: 0 means the model is cold."""
+    load: int = 0
+    """Requests in flight on the instance, this one included (SLOT only)."""
+    cap: int = 0
+    """The instance's concurrency cap (SLOT only)."""
+
+
+def admission(reply: list[Any]) -> Admission:
+    """The admit script's reply, as an `Admission`."""
+    slot = len(reply) > 5
+    return Admission(
+        AdmitOutcome(_s(reply[0])),
+        _s(reply[1]) or None,
+        int(reply[2]),
+        int(reply[3]),
+        int(reply[4]) if slot else 0,
+        int(reply[5]) if slot else 0,
+    )
 
 
 class Routing:
@@ -289,8 +307,7 @@ class Routing:
                 1 if signal_demand else 0,
             ]
         )
-        iid = _s(res[1]) or None
-        return Admission(AdmitOutcome(_s(res[0])), iid, int(res[2]), int(res[3]))
+        return admission(res)
 
     async def release(self, gateway_id: str, request_id: str) -> int:
         """Give back the slot booked for `request_id`; returns tickets granted (-1: nothing was booked)."""

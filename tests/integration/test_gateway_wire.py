@@ -150,6 +150,7 @@ async def test_hot_routing_admits_and_releases_like_routing(
     await redis_client.script_flush()  # EVALSHA misses once, then EVAL loads the script
     adm = await hot.admit("m", "gw-a", "r1", now_s=100.0, queue_max=10, global_max=100)
     assert (adm.outcome, adm.instance_id, adm.ready_instances) == (AdmitOutcome.SLOT, "i1", 1)
+    assert (adm.load, adm.cap) == (1, 1)  # what the gateway's speculative forwarding goes by
     both = await asyncio.gather(
         hot.admit("m", "gw-a", "r2", now_s=100.5, queue_max=10, global_max=100),
         routing.admit("m", "gw-a", "r3", now_s=100.5, queue_max=10, global_max=100),
