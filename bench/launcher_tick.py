@@ -15,9 +15,12 @@ every instance is `ready`.
 
 Then N ticks are measured back to back (`Launcher.tick(now_s=...)`, nothing else running):
 wall time per tick, Slurm commands per tick by name (`SlurmCLI.calls`), Redis commands per tick
-(`INFO stats` total_commands_processed, less the INFO calls themselves) and HTTP probes per tick.
-Slurm calls per minute are given at the default `tick_s`. Results: a table on stdout, JSON in
-bench/results/.
+(`INFO stats` total_commands_processed, less the INFO calls themselves; commands run inside the
+snapshot's Lua count one by one), HTTP probes per tick, and the wall time of each step of the tick
+(`TickReport.steps_ms`). Then the health check of every ready instance (`Launcher.check_ready`, its
+own loop in production) is measured apart: wall time, this process's CPU time, probes. Slurm calls
+per minute are given at the default `tick_s`. `--profile` prints cProfile's top functions over the
+measured ticks. Results: a table on stdout, JSON in bench/results/.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import os
 import pstats
 import shutil
 import socket
@@ -46,6 +50,7 @@ from launcher.controller import Launcher
 from launcher.health import Probe, Prober
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
+from slurm.parse import parse_squeue
 from slurmless.localredis import LocalRedis
 from slurmless.settings import LauncherSettings
 from warmpool.instance_store import InstanceStore
@@ -206,6 +211,17 @@ async def run_size(
             health_probes.append(prober.probes - probes0)
             if failed:
                 anomalies.append(f"health check failed {len(failed)}: {list(failed.values())[:2]}")
+        # The Slurm call itself: what `jobs()` runs against the `squeue --json` it replaced, interleaved.
+        lines_ms: list[float] = []
+        json_ms: list[float] = []
+        json_bytes = 0
+        for _ in range(10):
+            started = time.perf_counter()
+            await slurm.jobs()
+            lines_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            json_bytes = len(await _squeue_json(cluster.env))
+            json_ms.append((time.perf_counter() - started) * 1000)
         commands = sorted({name for c in slurm_per_tick for name in c})
         per_cmd = {name: [c[name] for c in slurm_per_tick] for name in commands}
         squeue = per_cmd.get("squeue", [0])
@@ -230,6 +246,9 @@ async def run_size(
             "redis_commands_per_tick_p50": median([float(x) for x in redis_per_tick]),
             "redis_commands_per_tick": redis_per_tick,
             "probes_per_tick_p50": median([float(x) for x in probes_per_tick]),
+            "squeue_lines_ms_p50": median(lines_ms),
+            "squeue_json_ms_p50": median(json_ms),
+            "squeue_json_bytes": json_bytes,
             "decision_memo_hits": launcher.decisions.hits,
             "decision_memo_misses": launcher.decisions.misses,
             "health_check_ms_p50": median(health_ms),
@@ -252,6 +271,16 @@ async def run_size(
             await redis.aclose()
         server.stop()
         await asyncio.to_thread(cluster.stop)
+
+
+async def _squeue_json(env: dict[str, str]) -> bytes:
+    """`squeue --json --states=all` as the launcher ran it before (parsed too, as it was)."""
+    proc = await asyncio.create_subprocess_exec(
+        "squeue", "--json", "--states=all", stdout=asyncio.subprocess.PIPE, env={**os.environ, **env}
+    )
+    out, _ = await proc.communicate()
+    parse_squeue(out)
+    return out
 
 
 async def _cancel_all(slurm: SlurmCLI) -> None:
@@ -323,6 +352,10 @@ def main() -> None:
             f"\n{r['models']} models: decisions reused {r['decision_memo_hits']}, computed {r['decision_memo_misses']}"
         )
         text += "; step ms p50: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items())
+        text += (
+            f"; jobs() {r['squeue_lines_ms_p50']:.1f} ms vs squeue --json {r['squeue_json_ms_p50']:.1f} ms"
+            f" ({r['squeue_json_bytes'] / 1000:.0f} kB) for {r['instances']} jobs"
+        )
     print("\n" + text + "\n", flush=True)
     for r in rows:
         if r["anomalies"]:

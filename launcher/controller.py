@@ -183,7 +183,8 @@ class Launcher:
         self.snapshots = SnapshotReader(redis, self.keys)
         self.decisions = DecisionMemo()
         self._desired_seen: dict[str, tuple[int, tuple[str, ...]]] = {}
-        self._published: dict[str, tuple[str, float]] = {}
+        self._published: dict[str, tuple[tuple[object, ...], float]] = {}
+        self._counted: dict[tuple[str, str], int] = {}
         self._specs: dict[str, ModelSpec] = {}
         # Per model, what the last tick derived, reused while its inputs are the same objects.
         self._hist_cache: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
@@ -1107,11 +1108,19 @@ class Launcher:
         hists: dict[str, ModelHistory],
         now_s: float,
     ) -> None:
-        self.metrics.instances.clear()
         by_model: dict[str, list[InstanceRecord]] = {}
+        counts: dict[tuple[str, str], int] = {}
         for record in records:
             by_model.setdefault(record.model, []).append(record)
-            self.metrics.instances.labels(record.model, record.state.value).inc()
+            label = (record.model, record.state.value)
+            counts[label] = counts.get(label, 0) + 1
+        # Only changed counts touch the gauge (a label lookup costs ~10 us: 2 ms a tick at 200 instances).
+        for label in [k for k in self._counted if k not in counts]:
+            self.metrics.instances.remove(*label)
+        for label, count in counts.items():
+            if self._counted.get(label) != count:
+                self.metrics.instances.labels(*label).set(count)
+        self._counted = counts
         phases: dict[str, ModelPhase] = {}
         cache: dict[str, ModelHistory] = {}
         for spec in specs.values():
@@ -1142,7 +1151,7 @@ class Launcher:
         """Write the phases that changed (or were last written `PHASE_REFRESH_S` ago), in one round trip."""
         changed: dict[str, str] = {}
         for model, phase in phases.items():
-            seen = phase.model_dump_json(exclude={"updated_s"})
+            seen = phase.visible()
             last = self._published.get(model)
             if force or last is None or last[0] != seen or now_s - last[1] >= PHASE_REFRESH_S:
                 changed[self.keys.phase(model)] = phase.model_dump_json()

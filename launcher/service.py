@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -130,23 +131,23 @@ class LauncherService:
             await _sleep_or_stop(stop, period_s)
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if self.is_leader:
-                try:
-                    await self.launcher.tick(now_s=time.time())
-                except Exception:
-                    # A tick that fails (Redis blip, a bug on one record) must not stop the loop.
-                    log.exception("tick failed")
-            await _sleep_or_stop(stop, self.settings.launcher.tick_s)
+        await self._leader_loop(stop, "tick", self.settings.launcher.tick_s, self.launcher.tick)
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
+        await self._leader_loop(stop, "health check", self.settings.launcher.health_check_s, self.launcher.check_ready)
+
+    async def _leader_loop(
+        self, stop: asyncio.Event, what: str, period_s: float, step: Callable[..., Awaitable[object]]
+    ) -> None:
+        """Run `step(now_s=...)` every `period_s` while this process leads."""
         while not stop.is_set():
             if self.is_leader:
                 try:
-                    await self.launcher.check_ready(now_s=time.time())
+                    await step(now_s=time.time())
                 except Exception:
-                    log.exception("health check failed")
-            await _sleep_or_stop(stop, self.settings.launcher.health_check_s)
+                    # A step that fails (Redis blip, a bug on one record) must not stop the loop.
+                    log.exception("%s failed", what)
+            await _sleep_or_stop(stop, period_s)
 
     async def _demand_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

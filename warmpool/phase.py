@@ -41,6 +41,10 @@ class ModelPhase(BaseModel):
     detail: str | None = None
     updated_s: float = 0.0
 
+    def visible(self) -> tuple[object, ...]:
+        """Everything clients are told but when it was written: equal means nothing new to tell."""
+        return tuple(getattr(self, name) for name in _VISIBLE)
+
 
 class PhaseBoard:
     def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
@@ -62,3 +66,6 @@ class PhaseBoard:
             m: ModelPhase() if raw is None else ModelPhase.model_validate_json(raw)
             for m, raw in zip(models, raws, strict=True)
         }
+
+
+_VISIBLE = tuple(name for name in ModelPhase.model_fields if name != "updated_s")

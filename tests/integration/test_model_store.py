@@ -1,9 +1,11 @@
-"""The registry's read cache: every reader sees every change, whoever made it."""
+"""The stores' read caches: every reader sees every change, whoever made it, and nothing it did not."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from warmpool.instance_store import InstanceStore
+from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
 from warmpool.specs import ModelSpec, Resources
@@ -31,3 +33,21 @@ async def test_cached_specs_follow_changes_by_other_stores_and_a_flush(redis_cli
     await writer.put(spec("d"))
     await writer.remove("c")
     assert [s.name for s in await reader.all()] == ["d"]
+
+
+async def test_instance_records_read_again_are_independent_copies(redis_client: aioredis.Redis) -> None:
+    """The store remembers decoded records; what it hands out may be mutated without touching the next read."""
+    store = InstanceStore(redis_client, Keys("inst:"))
+    await store.put(InstanceRecord(id="i1", model="m", state=InstanceState.READY, timestamps={"ready": 1.0}))
+    (first,) = await store.all()
+    first.timestamps["job_start"] = 2.0
+    first.loaded_loras.append("tutor")
+    first.state = InstanceState.DRAINING
+    (second,) = await store.all()
+    assert (second.state, second.timestamps, second.loaded_loras) == (InstanceState.READY, {"ready": 1.0}, [])
+    await store.transition(second, InstanceState.DRAINING, now_s=3.0)
+    (third,) = await store.all()
+    assert third.state is InstanceState.DRAINING and third.timestamps == {"ready": 1.0, "draining": 3.0}
+    # Every mutable field gets a fresh container per read: a new list or dict field must be added there.
+    mutable = {n for n, f in InstanceRecord.model_fields.items() if str(f.annotation).startswith(("dict", "list"))}
+    assert mutable == {"timestamps", "loaded_loras"}
