@@ -173,16 +173,19 @@ async def run_size(
         anomalies: list[str] = []
         profiler = cProfile.Profile() if profile else None
         steps: dict[str, list[float]] = {}
+        cpu_ms: list[float] = []
+        busy0 = _cpu_busy()
         for _ in range(n_ticks):
             calls0, probes0 = Counter(slurm.calls), prober.probes
             cmds0 = await _redis_commands(redis)
-            started = time.perf_counter()
+            started, cpu0 = time.perf_counter(), time.process_time()
             if profiler is not None:
                 profiler.enable()
             report = await launcher.tick(now_s=time.time())
             if profiler is not None:
                 profiler.disable()
             walls_ms.append((time.perf_counter() - started) * 1000)
+            cpu_ms.append((time.process_time() - cpu0) * 1000)
             for name, ms in report.steps_ms.items():
                 steps.setdefault(name, []).append(ms)
             # Less the INFO that read cmds0 (counted once it ran): one command.
@@ -194,6 +197,7 @@ async def run_size(
                     f"submitted={len(report.submitted)} failed={len(report.failed)} "
                     f"draining={len(report.draining)} slurm_error={report.slurm_error}"
                 )
+        machine_busy = _cpu_busy_since(busy0)
         if profiler is not None:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
@@ -238,6 +242,8 @@ async def run_size(
             "tick_ms_max": max(walls_ms),
             "tick_ms": walls_ms,
             "steps_ms_p50": {name: median(v) for name, v in steps.items()},
+            "tick_cpu_ms_p50": median(cpu_ms),
+            "machine_busy_during_ticks": machine_busy,
             "slurm_calls_per_tick": {k: sum(v) / n_ticks for k, v in per_cmd.items()},
             "squeue_per_tick_min": min(squeue),
             "squeue_per_tick_max": max(squeue),
@@ -271,6 +277,19 @@ async def run_size(
             await redis.aclose()
         server.stop()
         await asyncio.to_thread(cluster.stop)
+
+
+def _cpu_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _cpu_busy_since(start: tuple[int, int]) -> float:
+    """Share of the machine's CPU time busy since `start` (every process, ours included)."""
+    busy, total = _cpu_busy()
+    return (busy - start[0]) / max(1, total - start[1])
 
 
 async def _squeue_json(env: dict[str, str]) -> bytes:
@@ -318,6 +337,8 @@ def main() -> None:
         "tick ms p50",
         "p95",
         "max",
+        "its CPU ms p50",
+        "machine busy",
         "squeue/tick",
         "other Slurm calls",
         f"Slurm calls/min (tick_s={DEFAULT_TICK_S:g})",
@@ -335,6 +356,8 @@ def main() -> None:
             r["tick_ms_p50"],
             r["tick_ms_p95"],
             r["tick_ms_max"],
+            r["tick_cpu_ms_p50"],
+            f"{100 * r['machine_busy_during_ticks']:.0f} %",
             f"{r['squeue_per_tick_min']}-{r['squeue_per_tick_max']}",
             r["other_slurm_calls"],
             r["slurm_calls_per_min_at_default_tick"],
