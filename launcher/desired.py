@@ -11,12 +11,13 @@ warm` request is a floor like `min_replicas` under its own policy name, "warm".
 What is read from Redis, and how often (`PolicyInputs`):
 
 - demand history (`Keys.demand`, 600 s slots -> requests): folded into a seasonal forecast
-  incrementally. A model's first sight reads at most `FORECAST_HISTORY_SLOTS` (three weeks) with one
-  HMGET; afterwards one HMGET of the slots finished since (usually one) per model per 600 s.
+  incrementally. A model's first sight folds at most `FORECAST_HISTORY_SLOTS` (three weeks), read with
+  one HGETALL; afterwards one HMGET of the slots finished since (usually one) per model per 600 s, for
+  all models in one pipeline (`demand_many`).
 - schedules: one pipelined read for all models every `SCHEDULE_REFRESH_S`; their occurrences are
   expanded over a rolling `SCHEDULE_HORIZON_S` and re-expanded only when that runs out or the
   schedules changed.
-- warm requests: one pipelined GET for all models per tick (they must end on time).
+- warm requests: read with the tick's snapshot (`warmpool.snapshot`), filtered here on their end (`live_warm_requests`).
 """
 
 from __future__ import annotations
@@ -409,15 +410,7 @@ class PolicyInputs:
 
     async def demand(self, model: str, now_s: float) -> DemandForecast | None:
         """The model's forecast with every finished demand slot folded in."""
-        end = finished_slots_end(now_s)
-        known = self._history.get(model)
-        start = end - self.history_slots if known is None else max(known.read_to_slot, end - self.history_slots)
-        if known is not None and start >= end:
-            return known.demand
-        async with self.redis.pipeline(transaction=False) as pipe:
-            _queue_slot_read(pipe, self.keys.demand(model), start, end)
-            (raw,) = await pipe.execute()
-        return await self._fold(model, start, end, raw)
+        return (await self.demand_many([model], now_s))[model]
 
     async def _fold(self, model: str, start: int, end: int, raw: Any) -> DemandForecast | None:
         """Fold the slots [start, end) read for `model` (see `_queue_slot_read`) into its cached forecast."""
@@ -482,16 +475,6 @@ class PolicyInputs:
                     by_model[model] = specs
         self._schedules = by_model
         self.counters.schedule_reads += 1
-
-    async def warm_requests(self, models: Sequence[str], now_s: float) -> dict[str, WarmRequest]:
-        """Live `models warm` requests by model (one round trip)."""
-        if not models:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for model in models:
-                pipe.get(self.keys.warm(model))
-            raws: list[bytes | None] = await pipe.execute()
-        return live_warm_requests(dict(zip(models, raws, strict=True)), now_s)
 
     async def demand_many(self, models: Sequence[str], now_s: float) -> dict[str, DemandForecast | None]:
         """`demand` for many models: the slots of all that need reading in one pipelined round trip.

@@ -6,12 +6,13 @@ Each test gets its own job-name prefix, so it sees only its own jobs on a shared
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -21,6 +22,10 @@ from slurmless.settings import LauncherSettings, RedisSettings, Settings, SlurmS
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
+
+if TYPE_CHECKING:
+    from slurm.localcluster import LocalCluster
+    from slurmless.localredis import LocalRedis
 
 T = TypeVar("T")
 
@@ -61,6 +66,32 @@ def local_settings(
         launcher=LauncherSettings.model_validate(fields),
         slurm=SlurmSettings(conf=slurm_conf, command_timeout_s=20.0, local_cluster=False),
     )
+
+
+@contextlib.asynccontextmanager
+async def launcher_env(
+    cluster: LocalCluster,
+    redis_server: LocalRedis,
+    output_dir: Path,
+    *,
+    load_time_s: float = 2.0,
+    **launcher: object,
+) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
+    """Settings for one test (`local_settings`, with `launcher` overrides) and a Redis client; on the way
+    out every job of the test is cancelled and the client closed."""
+    settings = local_settings(
+        redis_url=redis_server.url,
+        slurm_conf=cluster.conf_path,
+        output_dir=output_dir,
+        load_time_s=load_time_s,
+        **launcher,
+    )
+    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        yield settings, client
+    finally:
+        await cancel_all(settings)
+        await client.aclose()
 
 
 def slurm_for(settings: Settings) -> SlurmCLI:

@@ -28,8 +28,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from warmpool.keys import DEMAND_SLOT_S, Keys
-from warmpool.routing import ADMIT_LUA, RELEASE_LUA, Admission, admission
+from warmpool.keys import Keys
+from warmpool.routing import ADMIT_LUA, RELEASE_LUA, Admission, admission, admit_args
 
 Arg = str | int | float | bytes
 
@@ -198,18 +198,17 @@ class HotRouting:
         signal_demand: bool = True,
     ) -> Admission:
         """Take a slot, or else enqueue a ticket `request_id` (one round trip)."""
-        res = await self._admit(
+        args = admit_args(
             self.keys.prefix,
             model,
             gateway_id,
             request_id,
-            queue_max,
-            global_max,
-            now_s,
-            int(now_s // DEMAND_SLOT_S),
-            1 if signal_demand else 0,
+            now_s=now_s,
+            queue_max=queue_max,
+            global_max=global_max,
+            signal_demand=signal_demand,
         )
-        return admission(res)
+        return admission(await self._admit(*args))
 
     async def release(self, gateway_id: str, request_id: str) -> int:
         """Give back the slot booked for `request_id`; returns tickets granted (-1: nothing was booked)."""

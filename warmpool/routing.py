@@ -250,6 +250,23 @@ class Admission:
     """The instance's concurrency cap (SLOT only)."""
 
 
+def admit_args(
+    prefix: str,
+    model: str,
+    gateway_id: str,
+    request_id: str,
+    *,
+    now_s: float,
+    queue_max: int,
+    global_max: int,
+    signal_demand: bool,
+) -> list[str | int]:
+    """The admit script's ARGV (see `_ADMIT`), for every client that runs it."""
+    slot = int(now_s // DEMAND_SLOT_S)
+    flag = 1 if signal_demand else 0
+    return [prefix, model, gateway_id, request_id, queue_max, global_max, repr(now_s), slot, flag]
+
+
 def admission(reply: list[Any]) -> Admission:
     """The admit script's reply, as an `Admission`."""
     slot = len(reply) > 5
@@ -293,19 +310,17 @@ class Routing:
         signal_demand: bool = True,
     ) -> Admission:
         """Take a slot, or else enqueue a ticket `request_id` (one round trip)."""
-        slot = int(now_s // DEMAND_SLOT_S)
         res: list[Any] = await self._admit(
-            args=[
+            args=admit_args(
                 self.prefix,
                 model,
                 gateway_id,
                 request_id,
-                queue_max,
-                global_max,
-                repr(now_s),
-                slot,
-                1 if signal_demand else 0,
-            ]
+                now_s=now_s,
+                queue_max=queue_max,
+                global_max=global_max,
+                signal_demand=signal_demand,
+            )
         )
         return admission(res)
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from launcher.controller import Launcher
 from launcher.lease import LeaderLease
 from launcher.service import LauncherService
-from launcher.testing import active_jobs, cancel_all, local_settings, slurm_for, wait_for
+from launcher.testing import active_jobs, launcher_env, slurm_for, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -53,15 +53,8 @@ async def test_lease_has_one_holder_and_passes_on(redis_client: aioredis.Redis) 
 async def env(
     slurm_cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
-    settings = local_settings(
-        redis_url=redis_server.url, slurm_conf=slurm_cluster.conf_path, output_dir=tmp_path / "jobs"
-    )
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield settings, client
-    finally:
-        await cancel_all(settings)
-        await client.aclose()
+    async with launcher_env(slurm_cluster, redis_server, tmp_path / "jobs") as pair:
+        yield pair
 
 
 @pytest.mark.slurm

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, cancel_all, local_settings, records, wait_for
+from launcher.testing import RunningLauncher, launcher_env, records, wait_for
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
 from slurm.types import JobState, SlurmJob
@@ -54,13 +54,8 @@ async def cluster() -> AsyncIterator[LocalCluster]:
 async def env(
     cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
-    settings = local_settings(redis_url=redis_server.url, slurm_conf=cluster.conf_path, output_dir=tmp_path / "jobs")
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield settings, client
-    finally:
-        await cancel_all(settings)
-        await client.aclose()
+    async with launcher_env(cluster, redis_server, tmp_path / "jobs") as pair:
+        yield pair
 
 
 def _sbatch(cluster: LocalCluster, tmp_path: Path, name: str, gpus: int, minutes: int, sleep_s: float) -> int:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from launcher.controller import JOB_START
 from launcher.service import LauncherService
-from launcher.testing import active_jobs, cancel_all, engine_pid, local_settings, wait_for
+from launcher.testing import active_jobs, engine_pid, launcher_env, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -60,18 +60,8 @@ class Running:
 async def env(
     slurm_cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
-    settings = local_settings(
-        redis_url=redis_server.url,
-        slurm_conf=slurm_cluster.conf_path,
-        output_dir=tmp_path / "jobs",
-        load_time_s=LOAD_TIME_S,
-    )
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield settings, client
-    finally:
-        await cancel_all(settings)
-        await client.aclose()
+    async with launcher_env(slurm_cluster, redis_server, tmp_path / "jobs", load_time_s=LOAD_TIME_S) as pair:
+        yield pair
 
 
 async def instances_in(client: aioredis.Redis, settings: Settings, state: InstanceState) -> list[InstanceRecord]:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from launcher.jobs import job_spec
 from launcher.lora import LORA_JOB_ENV
-from launcher.testing import RunningLauncher, cancel_all, local_settings, records, wait_for
+from launcher.testing import RunningLauncher, launcher_env, local_settings, records, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -64,13 +64,8 @@ def test_job_of_a_lora_base_allows_runtime_loading(tmp_path: Path) -> None:
 async def env(
     slurm_cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
-    settings = local_settings(redis_url=redis_server.url, slurm_conf=slurm_cluster.conf_path, output_dir=tmp_path)
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield settings, client
-    finally:
-        await cancel_all(settings)
-        await client.aclose()
+    async with launcher_env(slurm_cluster, redis_server, tmp_path) as pair:
+        yield pair
 
 
 async def test_adapter_request_cold_starts_base_and_is_served_by_the_adapter(

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from launcher.testing import RunningLauncher, cancel_all, local_settings, records, wait_for
+from launcher.testing import RunningLauncher, launcher_env, records, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -28,18 +28,8 @@ async def env(
     slurm_cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
     # A long backoff: the unplaceable model fails once and is not retried during the test.
-    settings = local_settings(
-        redis_url=redis_server.url,
-        slurm_conf=slurm_cluster.conf_path,
-        output_dir=tmp_path / "jobs",
-        failure_backoff_s=600.0,
-    )
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield settings, client
-    finally:
-        await cancel_all(settings)
-        await client.aclose()
+    async with launcher_env(slurm_cluster, redis_server, tmp_path / "jobs", failure_backoff_s=600.0) as pair:
+        yield pair
 
 
 def spec(name: str, partitions: list[str]) -> ModelSpec:

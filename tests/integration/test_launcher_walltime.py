@@ -18,7 +18,14 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, active_jobs, cancel_all, local_settings, record, records, wait_for
+from launcher.testing import (
+    RunningLauncher,
+    active_jobs,
+    launcher_env,
+    record,
+    records,
+    wait_for,
+)
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -38,20 +45,15 @@ STREAM_TOKENS = 120  # about 12 s: long enough to span the hand-over, short enou
 async def env(
     slurm_cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
-    settings = local_settings(
-        redis_url=redis_server.url,
-        slurm_conf=slurm_cluster.conf_path,
-        output_dir=tmp_path / "jobs",
+    async with launcher_env(
+        slurm_cluster,
+        redis_server,
+        tmp_path / "jobs",
         renew_margin_s=5.0,
         drain_grace_s=30.0,
         engine_env={"ENGINESIM_INTER_TOKEN_MS": str(INTER_TOKEN_MS)},
-    )
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield settings, client
-    finally:
-        await cancel_all(settings)
-        await client.aclose()
+    ) as pair:
+        yield pair
 
 
 async def _stream(url: str, api_key: str | None, model: str) -> tuple[int, bool, float]:
