@@ -691,7 +691,9 @@ def build_admin_app(redis: aioredis.Redis, settings: Settings, *, clock: Clock =
         Route("/v1/status", _endpoint(api.status), methods=["GET"]),
         Route("/v1/events", _endpoint(api.list_events), methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    from queue_gateway.sd import observability_routes  # it imports this module: at call time
+
+    return Starlette(routes=routes + observability_routes(api))
 
 
 def openapi_document(mount: str = "/admin") -> dict[str, Any]:
@@ -790,6 +792,9 @@ def openapi_document(mount: str = "/admin") -> dict[str, Any]:
         "/v1/status": {"get": op("Models with phase, desired/actual replicas, queue depth, last cold start")},
         "/v1/events": {"get": op("The events stream, newest last (query: model, kind, count)")},
     }
+    from queue_gateway.sd import observability_paths
+
+    paths |= observability_paths()
     return {
         "openapi": "3.1.0",
         "info": {"title": "slurmless admin API", "version": "1"},

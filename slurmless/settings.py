@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +38,9 @@ class GatewaySettings(BaseModel):
     """The OpenAI-compatible front door."""
 
     host: str = "127.0.0.1"
+    """Address the gateway listens on; 0.0.0.0 behind a load balancer."""
     port: int = 8000
+    """Port of the OpenAI API (and the admin API under /admin, health and metrics)."""
     cold_wait_budget_s: float = 900.0
     """How long a request may wait while no instance of its model runs (Slurm queue + load)."""
     warm_wait_budget_s: float = 30.0
@@ -55,9 +58,11 @@ class GatewaySettings(BaseModel):
     async_result_ttl_s: float = 3600.0
     """How long async results stay fetchable."""
     upstream_connect_timeout_s: float = 5.0
+    """Timeout of connecting to an engine."""
     upstream_read_timeout_s: float = 600.0
     """Longest silence tolerated from an engine while streaming."""
     upstream_max_connections: int = 2000
+    """Connections to engines one gateway process keeps open at most."""
     upstream_retries: int = 1
     """Retries on another instance when an engine fails before the first byte reached the client."""
     speculative_forward: bool = True
@@ -77,14 +82,19 @@ class LauncherSettings(BaseModel):
     tick_s: float = 5.0
     """Reconciliation period: one `squeue` per tick for all jobs."""
     callback_host: str = "127.0.0.1"
+    """Address the launcher's callback server (job callbacks and /metrics) listens on."""
     callback_port: int = 8099
+    """Port of the callback server; 0 picks a free one."""
     callback_public_url: str | None = None
     """URL jobs use to register; defaults to http://callback_host:callback_port."""
     engine_command: list[str] = Field(default_factory=lambda: ["python3", "-m", "vllm.entrypoints.openai.api_server"])
     """argv of the engine started by each job; tests use the engine simulator."""
     job_name_prefix: str = "slurmless-"
+    """Prefix of every job's name: the launcher lists and adopts only jobs whose name starts with it."""
     job_output_dir: Path = Path("/tmp/slurmless-jobs")
+    """Where job scripts write their output (engine logs): storage the compute nodes share."""
     health_poll_s: float = 1.0
+    """How often a loading engine is probed until it serves."""
     first_load_timeout_s: float = 1800.0
     """Load budget before any load time was observed: generous, never kill a loader early."""
     register_timeout_s: float = 300.0
@@ -122,6 +132,7 @@ class LauncherSettings(BaseModel):
     failure_backoff_s: float = 10.0
     """Wait before resubmitting after a failed start; doubles per consecutive failure."""
     max_backoff_s: float = 600.0
+    """Longest wait between failed starts."""
     default_keepalive_s: float = 600.0
     """Idle time before an unused model scales to zero, until its idle histogram says otherwise."""
     gpu_budget: int | None = Field(None, ge=0)
@@ -129,6 +140,7 @@ class LauncherSettings(BaseModel):
     preemptible_partitions: list[str] = Field(default_factory=list)
     """Partitions whose jobs may be preempted: tried first when they start as soon as the others."""
     preemptible_qos: list[str] = Field(default_factory=list)
+    """QOS whose jobs may be preempted: tried first like preemptible partitions."""
     gone_retention_s: float = 3600.0
     """How long records of gone and failed instances stay readable before they are purged."""
     launcher_id: str | None = None
@@ -139,11 +151,15 @@ class SlurmSettings(BaseModel):
     """How to reach Slurm."""
 
     backend: str = "cli"
+    """How Slurm is reached: "cli" runs sbatch, squeue, scancel and sinfo."""
     bin_dir: Path | None = None
+    """Directory of the Slurm commands; None finds them on PATH."""
     conf: Path | None = None
     """SLURM_CONF for the command-line tools; None uses the system's."""
     command_timeout_s: float = 30.0
+    """Timeout of one Slurm command; the command is killed when it expires."""
     default_partition: str | None = None
+    """Partition used for models that name none; None leaves it to the cluster's default."""
     local_cluster: bool = True
     """`slurmless up` starts a throwaway single-node cluster when true."""
 
@@ -154,10 +170,13 @@ class PartitionLimits(BaseModel):
     gpu_mem_gb: float = 80.0
     """Memory of one GPU in the partition, for estimating GPUs from a model's config.json."""
     gpus_per_node: int = 8
+    """GPUs of one node: the most one instance may ask for per node."""
     max_nodes: int = 1
     """Nodes one instance may span (multi-node tensor/pipeline parallelism)."""
     cpus_per_node: int | None = None
+    """CPUs of one node, when registrations must fit them."""
     mem_mb_per_node: int | None = None
+    """Memory of one node in MB, when registrations must fit it."""
 
 
 class RegistrySettings(BaseModel):
@@ -175,11 +194,38 @@ class RegistrySettings(BaseModel):
     """KV-cache room reserved per instance when estimating GPUs (capped by the model's context)."""
 
 
+class MetricsSettings(BaseModel):
+    """What Prometheus is told about engines, and the credential it scrapes them with."""
+
+    token: str | None = None
+    """Bearer token that may read the admin API's service discovery, pool metrics and engine metrics proxy, nothing
+    else: give Prometheus this rather than an admin key. Unset: only admin credentials may."""
+    cluster: str = "slurm"
+    """Value of the `cluster` label on discovered engines (the Slurm cluster's name)."""
+    gateway_url: str | None = None
+    """Base URL Prometheus reaches this gateway at, for the engine targets it discovers; unset: the URL the
+    discovery request itself came to."""
+    engine_timeout_s: float = Field(5.0, gt=0)
+    """Timeout of one proxied scrape of an engine's /metrics."""
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"{value!r} is not an http(s) URL with a host and no query: http://gw.example.org:8000")
+        return value
+
+
 class DevClusterSettings(BaseModel):
     """The throwaway local cluster used by `slurmless up` and the tests."""
 
     base_dir: Path = Path("/tmp/slurmless-dev-cluster")
+    """Directory holding the local cluster's configuration, state and logs."""
     gpus: int = 4
+    """Fake GPUs the local node declares."""
 
 
 class Settings(BaseSettings):
@@ -203,6 +249,7 @@ class Settings(BaseSettings):
     model_roots: list[Path] = Field(default_factory=list)
     """Model paths must lie under one of these directories."""
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(
