@@ -26,6 +26,18 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
   # The packages may start system daemons; slurmless never uses them (own ports, own dirs).
 fi
+# Prometheus and promtool, for the tests of deploy/prometheus and deploy/grafana (a real server
+# scrapes a running stack); without the recommended node exporter.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian package prometheus; run this as root or install it first" >&2
+    exit 1
+  fi
+  log "installing Debian package prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 # 2. The virtualenv, rebuilt only when pyproject.toml changes.
 VENV=.venv
