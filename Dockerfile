@@ -15,5 +15,10 @@ COPY policies policies
 COPY enginesim enginesim
 COPY tracesim tracesim
 RUN pip install --no-cache-dir .
+# Run as an unprivileged user: neither the gateway nor the launcher needs root (the Slurm client
+# authenticates through munge's socket). The uid must match a user Slurm knows for the launcher's jobs.
+RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin slurmless
+USER slurmless:slurmless
 EXPOSE 8000 8099
 CMD ["slurmless", "gateway"]
