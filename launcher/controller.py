@@ -5,7 +5,7 @@ is the fast path from zero, run the moment a gateway signals demand; `on_registe
 `on_deregister` are the jobs' callbacks. All four take the same lock, so concurrent triggers for
 one model become one submission. The time is passed in; only the runner loop reads a clock.
 
-An instance's life (DESIGN.md section 3)::
+An instance's life (docs/architecture.md, "An instance's life")::
 
     requested -> pending -> starting -> loading -> ready -> draining -> gone
              \\-------------------------------------------------------> failed (with a reason)

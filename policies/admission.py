@@ -1,6 +1,6 @@
 """Admission for the gateway: take a request into a model's queue, or refuse it and say when to retry.
 
-Rules (DESIGN.md section 2): a full queue while the model is warm is 429 (the client is too fast);
+Rules (docs/architecture.md, "A request's path"): a full queue while the model is warm is 429 (the client is too fast);
 a full queue or a wait past the budget while it is cold is 503 with Retry-After near the expected
 readiness (the service is not there yet); a full global queue is 503 (slurmless is overloaded).
 Two budgets: `cold_budget_s` while no instance is ready (covers Slurm queue wait and loading),

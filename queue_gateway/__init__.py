@@ -1,4 +1,4 @@
-"""The queue gateway: slurmless's OpenAI-compatible front door (DESIGN.md section 2).
+"""The queue gateway: slurmless's OpenAI-compatible front door (docs/architecture.md, "A request's path").
 
 Entry point: `queue_gateway.app.build_app(settings, redis_url_or_client, ...)`; run one process
 with `python -m queue_gateway` or `slurmless gateway`. Several processes may share one Redis.

@@ -1,4 +1,4 @@
-"""The two wait budgets and Retry-After, as pure functions of the time (DESIGN.md section 2).
+"""The two wait budgets and Retry-After, as pure functions of the time.
 
 Rule for a request that waits through a cold start: the cold budget counts from when it was
 queued, as long as no instance of its model is ready. From the moment the request first sees the

@@ -1,6 +1,6 @@
 """The warm path's HTTP/1.1 client for engines: pooled keep-alive connections, httptools parsing.
 
-Why not httpx here (issue 8 asked for "httpx async streaming"): at 50 streams httpx's transport
+Why not httpx here, the obvious choice for async streaming: at 50 streams httpx's transport
 (httpcore's pool, h11's `ChunkedReader` and event machinery, anyio's per-read timeout scopes)
 cost 9-11 % of the gateway's CPU on its own, and it yields one piece per HTTP chunk, so every
 engine token became one ASGI message and one `transport.write` to the client (the largest item

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class InstanceState(StrEnum):
-    """The life of an instance (DESIGN.md section 3)."""
+    """The life of an instance (docs/architecture.md, "An instance's life")."""
 
     REQUESTED = "requested"
     PENDING = "pending"

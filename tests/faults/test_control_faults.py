@@ -1,8 +1,8 @@
 """Faults of slurmless's own processes and of Redis: launcher, standby, gateway, redis-server.
 
-Held and async requests must not be lost where the design says they survive (DESIGN.md section
-5), held synchronous connections may die with their gateway but their tickets must not linger, and
-warm traffic must not notice a launcher dying.
+Held and async requests must not be lost where the architecture says they survive (docs/architecture.md,
+"Scale and failure"), held synchronous connections may die with their gateway but their tickets must
+not linger, and warm traffic must not notice a launcher dying.
 """
 
 from __future__ import annotations
