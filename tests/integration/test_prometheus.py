@@ -17,7 +17,7 @@ from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import MetricsSettings, Settings
 from tests.fixtures.gateway_stack import gateway, gateway_settings
-from tests.fixtures.prometheus_server import Prometheus, deploy_config, prometheus_server
+from tests.fixtures.prometheus_server import Prometheus, dashboard_exprs, deploy_config, prometheus_server, substitute
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
@@ -109,6 +109,13 @@ async def test_prometheus_scrapes_gateway_launcher_pool_and_engines_found_throug
                         what=f"{job} up",
                         poll_s=0.5,
                     )
+                # Every dashboard expression runs against live data without an error (promtool only parses;
+                # a vector matching mistake shows only here), and the engines dashboard has data.
+                answered = {}
+                for board, title, expr in dashboard_exprs():
+                    answered[(board, title, expr)] = await prom.query(substitute(expr))
+                engines_with_data = [k for k, v in answered.items() if k[0] == "engines.json" and v]
+                assert len(engines_with_data) >= 3, answered
                 leader = await prom.query('slurmless_launcher_leader{job="slurmless-launcher"}')
                 assert [float(r["value"][1]) for r in leader] == [1.0]
                 pool = await wait_for(

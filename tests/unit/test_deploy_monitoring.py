@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from launcher.metrics import LauncherMetrics
 from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.pool_metrics import ModelFacts, PoolFacts, families
-from tests.fixtures.prometheus_server import deploy_config
+from tests.fixtures.prometheus_server import dashboard_exprs, deploy_config, substitute
 from warmpool.phase import ModelPhase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,14 +28,6 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 VLLM_LOGGERS = sorted((ROOT / ".venv-vllm").glob("lib/python3*/site-packages/vllm/v1/metrics/loggers.py"))
 
-# Grafana's variables, replaced by values of the same kind before promtool parses an expression.
-GRAFANA_VARS = {
-    "$__rate_interval": "1m",
-    "$__interval": "1m",
-    "$__range_s": "3600",
-    "$__range": "1h",
-    "$model": ".*",
-}
 METRIC = re.compile(r"\b(slurmless_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
 
 
@@ -102,26 +94,9 @@ def vllm_metric_names() -> set[str]:
     return names
 
 
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expression) for every query of every dashboard."""
-    out = []
-    for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                out.append((path.name, panel["title"], target["expr"]))
-    return out
-
-
 def alert_exprs() -> list[str]:
     doc = yaml.safe_load((PROM / "slurmless-alerts.yml").read_text())
     return [rule["expr"] for group in doc["groups"] for rule in group["rules"]]
-
-
-def substitute(expr: str) -> str:
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unknown Grafana variable in {expr}"
-    return expr
 
 
 # --- Prometheus ------------------------------------------------------------------------------
