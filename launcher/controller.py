@@ -23,6 +23,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 import orjson
@@ -44,10 +45,11 @@ from launcher.desired import (
     with_cap,
 )
 from launcher.health import Health, Probe, Prober, loading_probe_delay_s
-from launcher.history import LAST_DEMAND, LOAD_TIMES, QUEUE_WAITS, START_TIMES, HistoryStore, ModelHistory
+from launcher.history import LAST_DEMAND, HistoryStore, ModelHistory
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
 from launcher.lora import AdapterLoadError, ensure_adapter_loaded
 from launcher.metrics import LauncherMetrics
+from policies.eta import ready_eta_s
 from policies.placement import PlacementOption, pick_placement
 from policies.types import Decision, Occurrence
 from slurm.backend import SlurmBackend
@@ -59,12 +61,14 @@ from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
 from warmpool.keys import DEMAND_SLOT_S, Keys
+from warmpool.learnt import LOAD_TIMES, QUEUE_WAITS, START_TIMES, LearntTimes
 from warmpool.models import ModelStore
 from warmpool.phase import ModelPhase, Phase, PhaseBoard
 from warmpool.redisio import awaited
 from warmpool.routing import Routing
 from warmpool.snapshot import ModelSnapshot, SnapshotReader
 from warmpool.specs import ModelKind, ModelSpec
+from warmpool.timeline import Timeline
 from warmpool.warm import WarmRequest
 
 S = InstanceState
@@ -179,6 +183,8 @@ class Launcher:
         self.phases = PhaseBoard(redis, self.keys)
         self.events = EventLog(redis, self.keys)
         self.history = HistoryStore(redis, self.keys)
+        self.timeline = Timeline(redis, self.keys)
+        self.learnt = LearntTimes(redis, self.keys)
         self.inputs = PolicyInputs(redis, self.keys)
         self.snapshots = SnapshotReader(redis, self.keys)
         self.decisions = DecisionMemo()
@@ -339,6 +345,7 @@ class Launcher:
                 jobs = jobs_or_error
             specs = {s.name: s for s in spec_list}
             self._specs = specs
+            self._touched |= await self.learnt.forget_changed(spec_list, self.settings.engine_command, now_s=now_s)
             if jobs is not None:
                 await self._reconcile(records, jobs, specs, now_s, report)
                 await self._probe_loading(records, specs, now_s, report)
@@ -363,6 +370,7 @@ class Launcher:
             if report.changed():
                 records = await self.instances.all()
             await self._publish(specs, records, hists, now_s)
+            await self.timeline.sample(now_s, specs.values(), snaps, records, report.desired)
             await self._purge(records, now_s)
             step("publish")
         for model in await self.routing.queued_models():
@@ -1023,6 +1031,7 @@ class Launcher:
         if adapters:
             await self._sync_adapters(record, adapters, now_s)
         await self._transition(record, S.READY, now_s)
+        await self.timeline.cold_start(record, now_s=now_s)
         granted = await self.routing.activate(record.model, record.id, cap=spec.policy.max_concurrency)
         ts = record.timestamps
         if S.LOADING.value in ts:
@@ -1173,20 +1182,20 @@ class Launcher:
         if not coming:
             return ModelPhase(phase=Phase.COLD, **base)
         lead = min(coming, key=lambda r: order.get(r.state, 9))
-        if lead.state is S.LOADING:
-            since = lead.timestamps.get(S.LOADING.value, now_s)
-            return ModelPhase(phase=Phase.LOADING, eta_s=max(now_s, since + load_s), **base)
-        if lead.state is S.STARTING:
-            since = lead.timestamps.get(S.STARTING.value, now_s)
-            return ModelPhase(phase=Phase.STARTING, eta_s=max(now_s, since + load_s), **base)
-        start_s = lead.est_start_s if lead.est_start_s and lead.est_start_s > now_s else now_s
-        if lead.est_start_s is None:
-            start_s = max(now_s, lead.created_s + queue_s)
+        eta = partial(ready_eta_s, now_s=now_s, load_samples_s=hist.load_times_s, default_load_s=load_s)
+        if lead.state in (S.LOADING, S.STARTING):
+            since = lead.timestamps.get(lead.state.value, now_s)
+            return ModelPhase(phase=Phase(lead.state.value), eta_s=eta(loading_since_s=since), **base)
         return ModelPhase(
             phase=Phase.PENDING,
             slurm_reason=lead.slurm_reason,
             est_start_s=lead.est_start_s,
-            eta_s=start_s + load_s,
+            eta_s=eta(
+                queue_samples_s=hist.queue_waits_s,
+                default_queue_s=queue_s,
+                queued_since_s=lead.created_s,
+                est_start_s=lead.est_start_s,
+            ),
             **base,
         )
 

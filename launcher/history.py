@@ -13,12 +13,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from warmpool.keys import Keys
+from warmpool.learnt import LOAD_TIMES, QUEUE_WAITS
 from warmpool.redisio import awaited, text
 
 SAMPLES_KEPT = 50
-LOAD_TIMES = "load_times_s"
-QUEUE_WAITS = "queue_waits_s"
-START_TIMES = "start_times_s"
 FAILURES = "start_failures"
 RETRY_AT = "retry_at_s"
 BROKEN = "broken_reason"

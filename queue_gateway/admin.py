@@ -56,6 +56,7 @@ from warmpool.registry import (
 from warmpool.schedule_store import ScheduleKind, ScheduleSpec, ScheduleStore
 from warmpool.specs import ModelKind, ModelSpec, Visibility
 from warmpool.tenants import TenantExists, TenantSpec, TenantStore
+from warmpool.timeline import LAST_COLD_START, LAST_COLD_START_AT
 from warmpool.warm import WarmBoard, WarmRequest
 
 Clock = Callable[[], float]
@@ -583,12 +584,12 @@ class AdminApi:
             for spec in specs:
                 pipe.zcard(self.keys.ready(spec.instance_model))
                 pipe.zcard(self.keys.queue(spec.name))
-                pipe.hget(self.keys.model_stats(spec.instance_model), "last_cold_start_s")
+                pipe.hmget(self.keys.model_stats(spec.instance_model), [LAST_COLD_START, LAST_COLD_START_AT])
                 pipe.get(self.keys.warm(spec.instance_model))
             raw = await pipe.execute()
         rows: list[dict[str, Any]] = []
         for i, spec in enumerate(specs):
-            ready, depth, cold, warm_raw = raw[4 * i : 4 * i + 4]
+            ready, depth, (cold, cold_at), warm_raw = raw[4 * i : 4 * i + 4]
             phase: ModelPhase = phases[spec.instance_model]
             warm = WarmRequest.model_validate_json(warm_raw) if warm_raw else None
             rows.append(
@@ -606,6 +607,7 @@ class AdminApi:
                     "coming": phase.coming_instances,
                     "queue_depth": int(depth),
                     "last_cold_start_s": float(cold) if cold else None,
+                    "last_cold_start_at_s": float(cold_at) if cold_at else None,
                     "warm_until_s": warm.until_s if warm is not None and warm.until_s > now_s else None,
                 }
             )

@@ -16,12 +16,15 @@ another slot (`upstream_retries` times).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
+
+from redis.exceptions import RedisError
 
 from queue_gateway.budget import Budgets, retry_after_s
 from queue_gateway.catalog import Target
@@ -40,6 +43,7 @@ from queue_gateway.proxy import Speculation, Upstreams, UpstreamUnreachable, for
 from queue_gateway.sinks import Sink
 from warmpool.phase import ModelPhase, PhaseBoard
 from warmpool.routing import Admission, AdmitOutcome, Routing
+from warmpool.timeline import Timeline
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 SPECULATION_HINT_S = 1.0
@@ -171,6 +175,7 @@ class Dispatcher:
         self.progress_interval_s = progress_interval_s
         self.speculative = speculative
         self._hints: dict[str, _Hint] = {}
+        self.timeline = Timeline(routing.redis, routing.keys)
 
     def budgets(self, target: Target) -> Budgets:
         policy = target.spec.policy
@@ -375,6 +380,10 @@ class Dispatcher:
                 if chunk:
                     call.first_byte_sent = True
                     self.metrics.ttfb.labels(model).observe(time.perf_counter() - call.arrived_perf)
+                    if call.cold_start:
+                        # The status page's "first token" phase; a lost write must not cost the answer.
+                        with contextlib.suppress(RedisError, OSError):
+                            await self.timeline.first_token(call.target.instance_model, now_s=self.clock())
                 while chunk:
                     await sink.write(chunk)
                     chunk = await response.read()

@@ -1,6 +1,7 @@
 """The SSE comment lines sent to held streaming clients (ignored by OpenAI clients).
 
-Example: `: slurmless queue position=3 phase=pending reason=Resources eta_s=74`.
+Example: `: slurmless queue position=3 phase=pending reason=Resources eta_s=74`; a start that has
+outlasted what was learnt says `eta=unknown`.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 import math
 import re
 
-from warmpool.phase import ModelPhase
+from warmpool.phase import ModelPhase, Phase
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:/+-]")
+_COMING = frozenset({Phase.PENDING, Phase.STARTING, Phase.LOADING})
 
 
 def _token(value: str) -> str:
@@ -28,8 +30,11 @@ def queue_comment(position: int | None, phase: ModelPhase, *, now_s: float) -> b
         parts.append(f"reason={_token(phase.slurm_reason)}")
     if phase.est_start_s is not None:
         parts.append(f"start_in_s={max(0, math.ceil(phase.est_start_s - now_s))}")
-    if phase.eta_s is not None:
-        parts.append(f"eta_s={max(0, math.ceil(phase.eta_s - now_s))}")
+    if phase.eta_s is not None and phase.eta_s > now_s:
+        parts.append(f"eta_s={math.ceil(phase.eta_s - now_s)}")
+    elif phase.phase in _COMING:
+        # Never "eta_s=0" for a start that is late: the launcher's next estimate may grow or stay unknown.
+        parts.append("eta=unknown")
     return (" ".join(parts) + "\n\n").encode()
 
 

@@ -22,6 +22,9 @@
 {p}idle:{model}            hash   idle-gap bucket (minutes) -> count
 {p}mstat:{model}           hash   last_request_s, last_cold_start_s (launcher: requested -> ready), ...
 {p}phase:{model}           string ModelPhase JSON: what waiting clients are told
+{p}tl:{model}              hash   demand slot index -> SlotSample JSON (launcher; the status page's plots)
+{p}cold:{model}            hash   the model's last cold start: when each phase began (launcher, gateway)
+{p}uisess:{sha256(sid)}    string a status-page session (UiSession JSON), expires
 {p}desired                 hash   model -> desired replicas JSON (with reasons)
 {p}events                  stream decisions and lifecycle events
 {p}launcher:leader         string leader lease (launcher id)
@@ -120,6 +123,15 @@ class Keys:
 
     def phase(self, model: str) -> str:
         return f"{self.prefix}phase:{model}"
+
+    def timeline(self, model: str) -> str:
+        return f"{self.prefix}tl:{model}"
+
+    def cold_start(self, model: str) -> str:
+        return f"{self.prefix}cold:{model}"
+
+    def ui_session(self, sid_sha256: str) -> str:
+        return f"{self.prefix}uisess:{sid_sha256}"
 
     @property
     def desired(self) -> str:

@@ -123,7 +123,9 @@ class ModelStore:
             names = _client_names(spec)
             if names:
                 pipe.hdel(self.keys.aliases, *names)
-            pipe.delete(self.keys.schedules(name), self.keys.warm(name))
+            pipe.delete(
+                self.keys.schedules(name), self.keys.warm(name), self.keys.timeline(name), self.keys.cold_start(name)
+            )
             await pipe.execute()
         return True
 

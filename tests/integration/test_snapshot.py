@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from launcher.history import LOAD_TIMES, HistoryStore, ModelHistory
+from launcher.history import HistoryStore, ModelHistory
 from warmpool.keys import Keys
+from warmpool.learnt import LOAD_TIMES
 from warmpool.routing import Routing
 from warmpool.snapshot import CHUNK, SnapshotReader
 from warmpool.warm import WarmBoard, WarmRequest

@@ -40,7 +40,7 @@ def test_progress_comment() -> None:
         b": slurmless queue position=3 phase=pending reason=Resources start_in_s=60 eta_s=74\n\n"
     )
     odd = ModelPhase(phase=Phase.PENDING, slurm_reason="a b\nc")
-    assert queue_comment(None, odd, now_s=NOW) == b": slurmless queue phase=pending reason=a_b_c\n\n"
+    assert queue_comment(None, odd, now_s=NOW) == b": slurmless queue phase=pending reason=a_b_c eta=unknown\n\n"
     assert granted_comment(cold_start=True, queue_wait_ms=1500) == (
         b": slurmless granted cold_start=true queue_wait_ms=1500\n\n"
     )
