@@ -45,6 +45,7 @@ from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.proxy import Upstreams
 from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.sinks import AsgiSink, Sink
+from queue_gateway.ui import build_ui_app
 from slurmless.settings import GatewaySettings, Settings
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.async_requests import AsyncRequests
@@ -573,6 +574,9 @@ def build_app(
     admin = _admin_app(client, settings, keys, clock, root_settings)
     if admin is not None:
         routes.append(Mount("/admin", app=admin))
+    routes.append(
+        Mount("/ui", app=build_ui_app(client, keys, admin_token=root_settings.admin_token if root_settings else None))
+    )
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     return GatewayApp(app, hot)
 

@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 log() { printf '[setup] %s\n' "$*"; }
 
 # 1. Debian packages: only what is missing.
-declare -A want=([redis-server]=redis-server [slurmctld]=slurmctld [slurmd]=slurmd [sbatch]=slurm-client [munged]=munge)
+# chromium: the status page's browser tests (driven by Playwright from PyPI, which never downloads a browser).
+declare -A want=([redis-server]=redis-server [slurmctld]=slurmctld [slurmd]=slurmd [sbatch]=slurm-client [munged]=munge
+  [chromium]=chromium)
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")

@@ -29,6 +29,8 @@ class ApiKeyRecord(BaseModel):
     """Admin keys reach the admin API; user keys only the OpenAI surface."""
     can_register: bool = False
     """Self-service: may register models private to its tenant."""
+    operator: bool = False
+    """May look at the status page (`/ui/`), which shows every model; nothing else beyond a user key."""
     rpm_limit: int | None = Field(None, ge=1)
     concurrency_limit: int | None = Field(None, ge=1)
     created_s: float = 0.0
@@ -56,6 +58,7 @@ class ApiKeyStore:
         name: str = "",
         admin: bool = False,
         can_register: bool = False,
+        operator: bool = False,
         rpm_limit: int | None = None,
         concurrency_limit: int | None = None,
     ) -> tuple[str, ApiKeyRecord]:
@@ -70,6 +73,7 @@ class ApiKeyStore:
             name=name,
             admin=admin,
             can_register=can_register,
+            operator=operator,
             rpm_limit=rpm_limit,
             concurrency_limit=concurrency_limit,
             created_s=now_s,
@@ -85,7 +89,11 @@ class ApiKeyStore:
         """The key's record, or None when unknown or revoked."""
         if not plaintext.startswith(KEY_PREFIX):
             return None
-        raw = await awaited(self.redis.hget(self.keys.api_keys, hash_key(plaintext)))
+        return await self.by_digest(hash_key(plaintext))
+
+    async def by_digest(self, digest: str) -> ApiKeyRecord | None:
+        """The record of the key whose SHA-256 is `digest`, or None when unknown or revoked."""
+        raw = await awaited(self.redis.hget(self.keys.api_keys, digest))
         if raw is None:
             return None
         record = ApiKeyRecord.model_validate_json(raw)
