@@ -34,8 +34,8 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("slurmless.up", "up_command", "up"),
     ("slurmless.cli_run", "gateway_command", "gateway"),
     ("slurmless.cli_run", "launcher_command", "launcher"),
-    ("slurmless.cli_admin", "status_command", "status"),
-    ("slurmless.cli_admin", "events_command", "events"),
+    ("slurmless.cli_status", "status_command", "status"),
+    ("slurmless.cli_status", "events_command", "events"),
     ("tracesim.cli", "simulate_command", "simulate"),
 ]
 

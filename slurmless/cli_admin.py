@@ -1,4 +1,5 @@
-"""The admin commands (`slurmless models|keys|tenants|schedules|status|events`), over the admin API.
+"""The admin commands (`slurmless models|keys|tenants|schedules`), over the admin API (`status` and
+`events` are in slurmless/cli_status.py).
 
 Every command talks HTTP to a running gateway (`--url`, `SLURMLESS_URL`) with an admin or
 self-service token (`--token`, `SLURMLESS_ADMIN_TOKEN`); nothing here touches Redis or Slurm.
@@ -14,8 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -448,10 +448,12 @@ def models_show(name: str, url: Url = DEFAULT_URL, token: Token = None, as_json:
         if value in (None, [], {}):
             continue
         table.add_row(key, Text(json.dumps(value) if not isinstance(value, str) else value))
-    table.add_row("phase", Text(_phase_text(status, time.time())))
+    from slurmless.cli_status import cold_start_text, phase_text
+
+    table.add_row("phase", Text(phase_text(status, time.time())))
     table.add_row("replicas", f"{_opt(status['desired'])} desired / {status['actual']} ready")
     table.add_row("queue", str(status["queue_depth"]))
-    table.add_row("last cold start", _dur(status["last_cold_start_s"]))
+    table.add_row("last cold start", cold_start_text(status, time.time()))
     if data["adapters"]:
         table.add_row("adapters", ", ".join(data["adapters"]))
     for sched in data["schedules"]:
@@ -463,23 +465,6 @@ def models_show(name: str, url: Url = DEFAULT_URL, token: Token = None, as_json:
 
 def _opt(value: object) -> str:
     return "-" if value is None else str(value)
-
-
-def _phase_text(status: dict[str, Any], now_s: float) -> str:
-    phase = str(status["phase"])
-    parts = [phase]
-    if status.get("slurm_reason"):
-        parts.append(f"reason {status['slurm_reason']}")
-    if status.get("est_start_s"):
-        parts.append(f"est. start {_ago(status['est_start_s'], now_s)}")
-    if status.get("eta_s") and phase != "ready":
-        parts.append(f"ready {_ago(status['eta_s'], now_s)}")
-    if status.get("detail"):
-        parts.append(str(status["detail"]))
-    return ", ".join(parts)
-
-
-_PHASE_STYLE = {"ready": "green", "loading": "yellow", "starting": "yellow", "pending": "cyan", "failed": "red"}
 
 
 @models_app.command("warm")
@@ -502,26 +487,10 @@ def models_warm(
     )
     if not wait:
         return
+    from slurmless.cli_status import follow_phases
+
     started = time.monotonic()
-    phases_seen: list[str] = []
-    status: dict[str, Any] = {}
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        while True:
-            status = client.call("GET", f"/v1/models/{_seg(name)}")["status"]
-            phase = str(status["phase"])
-            if not phases_seen or phases_seen[-1] != phase:
-                phases_seen.append(phase)
-            elapsed_s = time.monotonic() - started
-            line = Text.assemble(
-                (f"{name} ", "bold"),
-                (phase, _PHASE_STYLE.get(phase, "")),
-                f"  {_phase_text(status, time.time()).removeprefix(phase).lstrip(', ')}",
-                f"  elapsed {_dur(elapsed_s)}",
-            )
-            live.update(Group(Text("phases: " + " -> ".join(phases_seen)), line))
-            if phase in ("ready", "failed") or elapsed_s >= timeout_s:
-                break
-            time.sleep(poll_s)
+    status = follow_phases(client, name, timeout_s=timeout_s, poll_s=poll_s)
     elapsed_s = time.monotonic() - started
     if status.get("phase") == "ready":
         console.print(f"{name} is ready after {_dur(elapsed_s)}", markup=False, highlight=False)
@@ -726,51 +695,3 @@ def tenants_set_quota(
         markup=False,
         highlight=False,
     )
-
-
-# --- status and events ---------------------------------------------------------------------
-
-
-def status_command(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
-    """Models with their phase, desired/actual replicas, queue depth and last cold start."""
-    result = AdminClient(url, token).call("GET", "/v1/status")
-    if as_json:
-        _print_json(result["data"])
-        return
-    now_s = float(result.get("now_s") or time.time())
-    table = Table("model", "phase", "replicas (desired/ready)", "queue", "last cold start", "warm until")
-    for row in result["data"]:
-        phase = str(row["phase"])
-        name = row["model"] if row["kind"] == "base" else f"{row['model']} (on {row['instance_model']})"
-        table.add_row(
-            name,
-            Text(_phase_text(row, now_s), style=_PHASE_STYLE.get(phase, "")),
-            f"{_opt(row['desired'])}/{row['actual']}",
-            str(row["queue_depth"]),
-            _dur(row["last_cold_start_s"]),
-            _ago(row["warm_until_s"], now_s) if row["warm_until_s"] else "-",
-        )
-    console.print(table)
-
-
-def events_command(
-    url: Url = DEFAULT_URL,
-    token: Token = None,
-    model: Annotated[str | None, typer.Option(help="Only this model's events.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only events of this kind.")] = None,
-    count: Annotated[int, typer.Option(help="How many (newest).")] = 50,
-    as_json: AsJson = False,
-) -> None:
-    """The events stream, newest last: why a model is warm, cold, pending or failed."""
-    data = AdminClient(url, token).call("GET", "/v1/events", params={"model": model, "kind": kind, "count": count})[
-        "data"
-    ]
-    if as_json:
-        _print_json(data)
-        return
-    table = Table("time", "kind", "model", "instance", "detail")
-    for e in data:
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at_s"]))
-        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
-        table.add_row(at, e["kind"], e["model"], e["instance"], Text(detail))
-    console.print(table)

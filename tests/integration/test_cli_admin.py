@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from rich.console import Console
 from typer.testing import CliRunner
 
+from slurmless import cli_admin
 from slurmless.cli import app
 from slurmless.localredis import LocalRedis
 from tests.integration.test_admin_api import (
@@ -22,6 +28,7 @@ from tests.integration.test_admin_api import (
     make_model_roots,
     make_settings,
 )
+from warmpool.events import EventLog
 from warmpool.keys import Keys
 from warmpool.phase import ModelPhase, Phase
 
@@ -258,13 +265,17 @@ def test_status_and_events(server: AdminServer, db: redis.Redis, root: Path) -> 
     db.set(keys.phase("llama-8b"), ModelPhase(phase=Phase.PENDING, slurm_reason="Priority").model_dump_json())
     db.hset(keys.desired, "llama-8b", json.dumps({"replicas": 1}))
     db.zadd(keys.queue("llama-8b"), {"t1": 1, "t2": 2, "t3": 3})
-    db.hset(keys.model_stats("llama-8b"), "last_cold_start_s", "95")
+    db.hset(
+        keys.model_stats("llama-8b"),
+        mapping={"last_cold_start_s": "95", "last_cold_start_at_s": str(server.clock.now_s - 180)},
+    )
     rows = json.loads(ok(server, "status", "--json"))
     assert [
         (r["model"], r["phase"], r["desired"], r["actual"], r["queue_depth"], r["last_cold_start_s"]) for r in rows
     ] == [("llama-8b", "pending", 1, 0, 3, 95.0)]
     table = ok(server, "status")
-    assert "pending, reason Priority" in table and "1/0" in table and "95s" in table
+    assert "pending, reason Priority, ready: unknown" in table and "1/0" in table
+    assert "95s, 3m ago" in table, "the last cold start: how long it took and when"
     events = ok(server, "events", "--model", "llama-8b")
     assert "model_registered" in events
 
@@ -307,6 +318,7 @@ def test_warm_wait_follows_phases_until_ready(server: AdminServer, db: redis.Red
     assert not failures, failures
     assert "warming llama-8b: 1 replica(s) for 10m" in out
     assert "pending -> loading -> ready" in out
+    assert "done pending in" in out and "done loading in" in out, "each phase is shown as it ends"
     assert "llama-8b is ready after" in out
     assert json.loads(cast(bytes, db.get(keys.warm("llama-8b"))))["replicas"] == 1
 
@@ -316,3 +328,68 @@ def test_warm_wait_reports_failure(server: AdminServer, db: redis.Redis, root: P
     db.set(Keys().phase("llama-8b"), ModelPhase(phase=Phase.FAILED, detail="engine exited 1").model_dump_json())
     line = refused(server, "models", "warm", "llama-8b", "--wait", "--poll-s", "0.01")
     assert line == "slurmless: llama-8b failed to start: engine exited 1"
+
+
+def test_events_fit_an_80_column_terminal_one_line_each(
+    server: AdminServer, db: redis.Redis, root: Path, redis_server: LocalRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("llama-8b", "mistral-7b-instruct-v0-3"):
+        ok(server, "models", "register", name, "--source", f"{root}/llama-8b")
+    asyncio.run(_decision_events(redis_server.url))
+    narrow = Console(width=80, file=io.StringIO(), color_system=None)
+    monkeypatch.setattr(cli_admin, "console", narrow)
+    ok(server, "events")
+    lines = cast(io.StringIO, narrow.file).getvalue().splitlines()
+    assert len(lines) == 4, lines  # two registrations, two decisions: one line each
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[2].split()[2:5] == ["scale.decision", "llama-8b", "why=reactive=1"]
+    assert lines[3].endswith("\u2026"), "a long line is cut at the terminal's width"
+
+
+async def _decision_events(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        events = EventLog(client)
+        for model in ("llama-8b", "mistral-7b-instruct-v0-3"):
+            await events.record(
+                "scale.decision",
+                now_s=time.time(),
+                model=model,
+                replicas=1,
+                previous=0,
+                why="reactive=1 (cold: 1 waiting, oldest 0s); idle-to-zero=1 (1 waiting, 0 in flight: never drain)",
+                reasons=["reactive=1 (cold: 1 waiting)", "idle-to-zero=1", "forecast=0 (no demand history yet)"],
+            )
+    finally:
+        await client.aclose()
+
+
+def test_status_watch_refreshes(
+    server: AdminServer, db: redis.Redis, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = Keys()
+    ok(server, "models", "register", "llama-8b", "--source", f"{root}/llama-8b")
+    db.set(keys.phase("llama-8b"), ModelPhase(phase=Phase.PENDING, slurm_reason="Priority").model_dump_json())
+    terminal = Console(width=100, file=io.StringIO(), force_terminal=True, color_system=None)
+    monkeypatch.setattr(cli_admin, "console", terminal)
+    path = "/admin/v1/status"
+    failures: list[BaseException] = []
+
+    def launcher_stand_in() -> None:
+        try:
+            seen = server.counter.wait_beyond(path, server.counter.counts.get(path, 0))
+            db.set(keys.phase("llama-8b"), ModelPhase(phase=Phase.READY, ready_instances=1).model_dump_json())
+            server.counter.wait_beyond(path, seen)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=launcher_stand_in)
+    thread.start()
+    try:
+        ok(server, "status", "--watch", "--interval-s", "0.05", "--count", "3")
+    finally:
+        thread.join(30)
+    assert not failures, failures
+    screen = cast(io.StringIO, terminal.file).getvalue()
+    assert "pending, reason Priority" in screen and "ready" in screen.split("pending, reason Priority", 1)[1]
+    assert screen.count("every 0.05s, Ctrl-C to stop") >= 3
