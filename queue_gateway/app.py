@@ -574,9 +574,7 @@ def build_app(
     admin = _admin_app(client, settings, keys, clock, root_settings)
     if admin is not None:
         routes.append(Mount("/admin", app=admin))
-    routes.append(
-        Mount("/ui", app=build_ui_app(client, keys, admin_token=root_settings.admin_token if root_settings else None))
-    )
+    routes.append(Mount("/ui", app=build_ui_app(client, keys, root_settings)))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     return GatewayApp(app, hot)
 

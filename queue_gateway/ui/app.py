@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from queue_gateway.ui.view import RANGES, duration, page_context
+from slurmless.settings import Settings
 from warmpool.apikeys import ApiKeyStore, hash_key
 from warmpool.keys import Keys
 from warmpool.overview import StatusBoard
@@ -229,14 +230,16 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
     return endpoint
 
 
-def build_ui_app(redis: aioredis.Redis, keys: Keys, *, admin_token: str | None, clock: Clock = time.time) -> Starlette:
-    """The status page as an app to mount (the gateway mounts it at `/ui`)."""
+def build_ui_app(
+    redis: aioredis.Redis, keys: Keys, settings: Settings | None, *, clock: Clock = time.time
+) -> Starlette:
+    """The status page as an app to mount (the gateway mounts it at `/ui`); `settings` gives the admin token."""
     deps = UiDeps(
         sessions=UiSessions(redis, keys),
         api_keys=ApiKeyStore(redis, keys),
         board=StatusBoard(redis, keys),
         timeline=Timeline(redis, keys),
-        admin_token=admin_token,
+        admin_token=settings.admin_token if settings is not None else None,
         clock=clock,
     )
     ui = UiApp(deps)

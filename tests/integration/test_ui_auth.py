@@ -70,8 +70,14 @@ async def test_cross_site_and_unprivileged_logins_are_refused_and_revocation_end
     url = redis_server.url
     store = ApiKeyStore(redis_client)
     user, _ = await store.create(tenant="physics", now_s=time.time())
-    operator, record = await store.create(tenant="ops", now_s=time.time(), operator=True)
     async with gateway(url, root_settings=_root()) as gw, httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+        # An operator key, made through the admin API.
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert (await http.post("/admin/v1/tenants", json={"name": "ops"}, headers=admin)).status_code == 201
+        made = await http.post("/admin/v1/keys", json={"tenant": "ops", "operator": True}, headers=admin)
+        assert made.status_code == 201 and made.json()["record"]["operator"] is True
+        operator, key_id = made.json()["key"], made.json()["record"]["key_id"]
+        assert (await http.get("/admin/v1/status", headers={"Authorization": f"Bearer {operator}"})).status_code == 403
         cross = await http.post("/ui/login", data={"key": ADMIN_TOKEN}, headers={"Sec-Fetch-Site": "cross-site"})
         assert cross.status_code == 403 and "slurmless_ui" not in http.cookies
         elsewhere = await http.post("/ui/login", data={"key": ADMIN_TOKEN}, headers={"Origin": "https://evil.example"})
@@ -83,5 +89,5 @@ async def test_cross_site_and_unprivileged_logins_are_refused_and_revocation_end
 
         assert (await _login(http, operator)).status_code == 303
         assert (await http.get("/ui/state")).status_code == 200
-        assert await store.revoke(record.key_id)
+        assert await store.revoke(key_id)
         assert (await http.get("/ui/state")).status_code == 401, "a revoked key's sessions end at once"
