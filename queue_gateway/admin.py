@@ -107,6 +107,8 @@ class KeyCreate(BaseModel):
     name: str = Field("", max_length=100)
     admin: bool = False
     can_register: bool = False
+    operator: bool = False
+    """May look at the status page (`/ui/`)."""
     rpm_limit: int | None = Field(None, ge=1)
     concurrency_limit: int | None = Field(None, ge=1)
 
@@ -495,6 +497,7 @@ class AdminApi:
             name=body.name,
             admin=body.admin,
             can_register=body.can_register,
+            operator=body.operator,
             rpm_limit=body.rpm_limit,
             concurrency_limit=body.concurrency_limit,
         )

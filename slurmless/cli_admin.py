@@ -573,6 +573,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label, e.g. the holder's name.")] = "",
     admin: Annotated[bool, typer.Option("--admin", help="May use the whole admin API.")] = False,
     can_register: Annotated[bool, typer.Option("--can-register", help="May register models for its tenant.")] = False,
+    operator: Annotated[bool, typer.Option("--operator", help="May look at the status page (/ui/).")] = False,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
 ) -> None:
@@ -582,6 +583,7 @@ def keys_create(
         "name": name,
         "admin": admin,
         "can_register": can_register,
+        "operator": operator,
         "rpm_limit": rpm,
         "concurrency_limit": concurrency,
     }
@@ -617,7 +619,8 @@ def keys_list(
         return
     table = Table("key id", "tenant", "name", "rights", "rpm", "concurrency", "state")
     for r in data:
-        rights = ", ".join(x for x, on in (("admin", r["admin"]), ("register", r["can_register"])) if on) or "use"
+        flags = (("admin", r["admin"]), ("register", r["can_register"]), ("operator", r.get("operator")))
+        rights = ", ".join(x for x, on in flags if on) or "use"
         table.add_row(
             r["key_id"],
             r["tenant"],
