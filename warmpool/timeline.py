@@ -1,8 +1,9 @@
 """What the status page plots and shows per model: a bounded history, and the last cold start.
 
 The timeline (`Keys.timeline`) holds one `SlotSample` per demand slot (`DEMAND_SLOT_S`, 10 min)
-for `KEEP_SLOTS` slots (8 days), written by the leading launcher once per tick for the models
-that hold or want instances or have requests waiting; a cold model writes nothing. Demand itself
+for `KEEP_SLOTS` slots (8 days), folded by the leading launcher from each tick for the models
+that hold or want instances or have requests waiting (a cold model writes nothing) and written
+every `WRITE_EVERY_S` and when a slot ends. Demand itself
 is the gateways' per-slot request count (`Keys.demand`), read beside it.
 
 The last cold start (`Keys.cold_start`) keeps when each phase began: the launcher writes it
@@ -13,10 +14,10 @@ first answer after it adds `first_token_s` (once).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
+import orjson
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ValidationError
 
 from warmpool.instances import COMING_STATES, InstanceRecord
 from warmpool.keys import DEMAND_SLOT_S, Keys
@@ -27,6 +28,8 @@ from warmpool.specs import ModelKind, ModelSpec
 SLOT_S = DEMAND_SLOT_S
 KEEP_SLOTS = 8 * 86_400 // SLOT_S
 """Slots kept per model (8 days): the page plots the last 7 days."""
+WRITE_EVERY_S = 30.0
+"""How stale the current slot in Redis may be: the launcher folds ticks in memory and writes this often."""
 MAX_GAP_S = 60.0
 """Longest interval between two samples counted as idle time (a launcher that was away counts no more)."""
 
@@ -44,7 +47,8 @@ return 0
 """
 
 
-class SlotSample(BaseModel):
+@dataclass(frozen=True, slots=True)
+class SlotSample:
     """One model over one slot: sums over the launcher's ticks (averages are sum / ticks)."""
 
     ticks: int = 0
@@ -67,6 +71,9 @@ class SlotSample(BaseModel):
     @property
     def ready_avg(self) -> float:
         return self.ready_sum / self.ticks if self.ticks else 0.0
+
+
+_SAMPLE_FIELDS = frozenset(f.name for f in fields(SlotSample))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +186,7 @@ class Timeline:
         self.keys = keys or Keys()
         self._open: dict[str, tuple[int, SlotSample]] = {}
         self._last_s: float | None = None
+        self._written_s: dict[str, float] = {}
         self._first_token = redis.register_script(_FIRST_TOKEN)
 
     # --- writers ------------------------------------------------------------------------------
@@ -191,30 +199,41 @@ class Timeline:
         records: Iterable[InstanceRecord],
         desired: Mapping[str, int],
     ) -> None:
-        """Fold one tick into every active base model's current slot and write those slots (one round trip)."""
+        """Fold one tick into every active base model's current slot; write a slot when it ends and every
+        `WRITE_EVERY_S` meanwhile (one round trip, and none for a tick with nothing due)."""
         gap_s = 0.0 if self._last_s is None else now_s - self._last_s
         self._last_s = now_s
         by_model: dict[str, list[InstanceRecord]] = {}
         for record in records:
             by_model.setdefault(record.model, []).append(record)
         slot = int(now_s // SLOT_S)
+        due: dict[tuple[str, int], SlotSample] = {}
         observed: dict[str, Observation] = {}
         for spec in specs:
             if spec.kind is not ModelKind.BASE:
                 continue
             obs = observe(spec, snaps.get(spec.name), by_model.get(spec.name, []), desired.get(spec.name, 0), now_s)
             opened = self._open.get(spec.name)
+            if opened is not None and opened[0] != slot:
+                due[(spec.name, opened[0])] = opened[1]  # the slot ended: its last state
+                if not obs.active:
+                    del self._open[spec.name]
+                    continue
             if obs.active or (opened is not None and opened[0] == slot):
                 # A model that went quiet is sampled to the end of its slot (its averages count the quiet ticks).
                 observed[spec.name] = obs
-            elif opened is not None:
-                del self._open[spec.name]
-        if not observed:
-            return
-        await self._seed([m for m in observed if self._open.get(m, (None,))[0] != slot], slot)
+        fresh = [m for m in observed if self._open.get(m, (None,))[0] != slot]
+        await self._seed(fresh, slot)
         for model, obs in observed.items():
             self._open[model] = (slot, fold(self._open[model][1], obs, gap_s=gap_s))
-        await self._write(list(observed), slot)
+            if model in fresh or now_s - self._written_s.get(model, float("-inf")) >= WRITE_EVERY_S:
+                due[(model, slot)] = self._open[model][1]
+                self._written_s[model] = now_s
+        if due:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (model, at), sample in due.items():
+                    pipe.hset(self.keys.timeline(model), str(at), orjson.dumps(sample).decode())
+                await pipe.execute()
 
     async def cold_start(self, record: InstanceRecord, *, now_s: float) -> ColdStart | None:
         """Call when `record` becomes ready, before it is routed to: recorded if no instance of its model was ready.
@@ -242,9 +261,7 @@ class Timeline:
         old = self._open[record.model][1]
         self._open[record.model] = (
             slot,
-            old.model_copy(
-                update={"cold_starts": old.cold_starts + 1, "cold_start_s_sum": old.cold_start_s_sum + cold.total_s}
-            ),
+            replace(old, cold_starts=old.cold_starts + 1, cold_start_s_sum=old.cold_start_s_sum + cold.total_s),
         )
         key = self.keys.cold_start(record.model)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -254,7 +271,7 @@ class Timeline:
                 self.keys.model_stats(record.model),
                 mapping={LAST_COLD_START: repr(round(cold.total_s, 3)), LAST_COLD_START_AT: repr(now_s)},
             )
-            pipe.hset(self.keys.timeline(record.model), str(slot), self._open[record.model][1].model_dump_json())
+            pipe.hset(self.keys.timeline(record.model), str(slot), orjson.dumps(self._open[record.model][1]).decode())
             await pipe.execute()
         return cold
 
@@ -273,12 +290,6 @@ class Timeline:
         for model, raw in zip(models, raws, strict=True):
             self._open[model] = (slot, _sample(raw) or SlotSample())
         await self._prune(models, slot)
-
-    async def _write(self, models: list[str], slot: int) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for model in models:
-                pipe.hset(self.keys.timeline(model), str(slot), self._open[model][1].model_dump_json())
-            await pipe.execute()
 
     async def _prune(self, models: list[str], slot: int) -> None:
         """Drop slots older than `KEEP_SLOTS` (run when a model's slot rolls over, so rarely)."""
@@ -326,11 +337,12 @@ class Timeline:
 
 
 def _sample(raw: object) -> SlotSample | None:
-    if raw is None:
+    if not isinstance(raw, (bytes, str)):
         return None
     try:
-        return SlotSample.model_validate_json(raw if isinstance(raw, (bytes, str)) else str(raw))
-    except ValidationError:
+        data = orjson.loads(raw)
+        return SlotSample(**{k: v for k, v in data.items() if k in _SAMPLE_FIELDS})
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
         return None
 
 

@@ -11,7 +11,7 @@ from warmpool.redisio import awaited
 from warmpool.routing import Routing
 from warmpool.snapshot import ModelSnapshot
 from warmpool.specs import ModelSpec, Resources
-from warmpool.timeline import KEEP_SLOTS, LAST_COLD_START, LAST_COLD_START_AT, SLOT_S, Timeline
+from warmpool.timeline import KEEP_SLOTS, LAST_COLD_START, LAST_COLD_START_AT, SLOT_S, WRITE_EVERY_S, Timeline
 
 T0 = 1_700_000_400.0  # the start of a slot
 SPEC = ModelSpec(name="m", source="/models/m", resources=Resources(gpus=2))
@@ -25,17 +25,25 @@ def loading(iid: str = "i1") -> InstanceRecord:
 async def test_ticks_fold_into_one_slot_and_quiet_models_write_nothing(redis_client: aioredis.Redis) -> None:
     tl = Timeline(redis_client)
     busy = ModelSnapshot(inflight={"i1": 0, "i2": 3}, queue_depth=4, oldest_created_s=T0 - 30)
-    for k in range(3):
-        await tl.sample(T0 + 5 * k, [SPEC, QUIET], {"m": busy, "q": ModelSnapshot()}, [loading()], {"m": 3})
-    points = await Timeline(redis_client).series("m", now_s=T0 + 20, span_s=3 * SLOT_S)
+    for at in (T0, T0 + 5, T0 + 10):
+        await tl.sample(at, [SPEC, QUIET], {"m": busy, "q": ModelSnapshot()}, [loading()], {"m": 3})
+    stored = await Timeline(redis_client).series("m", now_s=T0 + 10, span_s=SLOT_S)
+    assert stored[-1].sample.ticks == 1, "folded in memory, written every WRITE_EVERY_S"
+    await tl.sample(T0 + WRITE_EVERY_S, [SPEC, QUIET], {"m": busy, "q": ModelSnapshot()}, [loading()], {"m": 3})
+    points = await Timeline(redis_client).series("m", now_s=T0 + 30, span_s=3 * SLOT_S)
     assert [p.slot_start_s for p in points] == [T0 - 2 * SLOT_S, T0 - SLOT_S, T0]
     sample = points[-1].sample
-    assert (sample.ticks, sample.desired_avg, sample.ready_avg, sample.ready_max) == (3, 3.0, 2.0, 2)
+    assert (sample.ticks, sample.desired_avg, sample.ready_avg, sample.ready_max) == (4, 3.0, 2.0, 2)
     assert (sample.coming_max, sample.queue_max) == (1, 4)
-    assert sample.queue_wait_max_s == 40.0
-    # One idle instance of 2 GPUs for the two 5 s gaps after the first tick.
-    assert sample.idle_gpu_s == 2 * 2 * 5.0
+    assert sample.queue_wait_max_s == 60.0
+    # One idle instance of 2 GPUs over the 30 s after the first tick.
+    assert sample.idle_gpu_s == 2 * 30.0
     assert not await awaited(redis_client.exists(Keys().timeline("q")))
+    # The slot's last state is written when the next slot begins, even for a model gone quiet.
+    await tl.sample(T0 + 40, [SPEC], {"m": ModelSnapshot()}, [], {})
+    await tl.sample(T0 + SLOT_S, [SPEC], {"m": ModelSnapshot()}, [], {})
+    last = (await Timeline(redis_client).series("m", now_s=T0 + SLOT_S, span_s=2 * SLOT_S))[0].sample
+    assert (last.ticks, last.ready_max) == (5, 2)
 
 
 async def test_a_launcher_taking_over_mid_slot_adds_to_it_and_old_slots_are_dropped(
