@@ -251,11 +251,11 @@ class Timeline:
             job_start_s=ts.get("job_start", ts.get("starting")),
             loading_s=ts.get("loading"),
         )
-        fields = {"instance": cold.instance, "requested_s": repr(cold.requested_s), "ready_s": repr(cold.ready_s)}
+        phases = {"instance": cold.instance, "requested_s": repr(cold.requested_s), "ready_s": repr(cold.ready_s)}
         for name in ("job_start_s", "loading_s"):
             value = getattr(cold, name)
             if value is not None:
-                fields[name] = repr(value)
+                phases[name] = repr(value)
         slot = int(now_s // SLOT_S)
         await self._seed([record.model] if self._open.get(record.model, (None,))[0] != slot else [], slot)
         old = self._open[record.model][1]
@@ -266,7 +266,7 @@ class Timeline:
         key = self.keys.cold_start(record.model)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(key, mapping=fields)
+            pipe.hset(key, mapping=phases)
             pipe.hset(
                 self.keys.model_stats(record.model),
                 mapping={LAST_COLD_START: repr(round(cold.total_s, 3)), LAST_COLD_START_AT: repr(now_s)},
