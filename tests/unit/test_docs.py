@@ -68,6 +68,7 @@ def test_documented_environment_variables_exist() -> None:
         "SLURMLESS_WITH_VLLM",
         "SLURMLESS_KEY",
         "SLURMLESS_ADVERTISE_HOST",
+        "SLURMLESS_SCREENSHOTS_DIR",
     }
     known = env_names() | not_settings
     files = [*DOCS, ROOT / "README.md", *sorted((ROOT / "deploy").rglob("*")), ROOT / "compose.yaml"]
