@@ -12,14 +12,42 @@ import argparse
 import logging
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from queue_gateway.app import build_app
-from slurmless.settings import Settings, load_settings
+from queue_gateway.http_limits import RequestLimits, limited_protocol
+from slurmless.settings import GatewaySettings, Settings, load_settings
 from warmpool.keys import Keys
 
 LISTEN_BACKLOG = 4096
+
+
+def request_limits(gw: GatewaySettings) -> RequestLimits:
+    return RequestLimits(
+        max_body_bytes=gw.max_body_bytes,
+        max_header_bytes=gw.max_header_bytes,
+        header_timeout_s=gw.header_timeout_s,
+        body_timeout_s=gw.body_timeout_s,
+        max_connections=gw.max_connections,
+    )
+
+
+def server_config(app: ASGIApp, gw: GatewaySettings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's config for a gateway: httptools with the request limits of `gw` (`queue_gateway.http_limits`)."""
+    options: dict[str, Any] = {
+        "http": limited_protocol(request_limits(gw)),
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "backlog": LISTEN_BACKLOG,
+        "limit_concurrency": None,
+        "timeout_graceful_shutdown": 10,
+        "timeout_keep_alive": 75,
+    }
+    return uvicorn.Config(app, **(options | overrides))
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
@@ -45,20 +73,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         root_settings=settings,
         redis_socket_timeout_s=settings.redis.socket_timeout_s,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            backlog=LISTEN_BACKLOG,
-            limit_concurrency=None,
-            timeout_graceful_shutdown=10,
-            timeout_keep_alive=75,
-        )
-    )
+    server = uvicorn.Server(server_config(app, gw, loop="uvloop"))
     print(f"queue_gateway listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     server.run(sockets=[sock])
 

@@ -38,7 +38,16 @@ from queue_gateway.auth import KeyCache
 from queue_gateway.budget import Budgets
 from queue_gateway.catalog import Catalog, route_target
 from queue_gateway.dispatch import Call, Dispatcher, settle
-from queue_gateway.errors import BadRequest, ClientGone, GatewayError, NotFound, Unavailable, error_body
+from queue_gateway.errors import (
+    BadRequest,
+    ClientGone,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+    error_body,
+)
 from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
 from queue_gateway.limits import KeyLimits
 from queue_gateway.metrics import GatewayMetrics
@@ -53,6 +62,7 @@ from warmpool.instance_store import InstanceStore
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
 from warmpool.phase import Phase, PhaseBoard
+from warmpool.request_limits import ASYNC_HOLDER
 from warmpool.routing import Routing
 
 log = logging.getLogger(__name__)
@@ -141,6 +151,7 @@ def _wire(
     )
     catalog = Catalog(ModelStore(redis, keys), ttl_s=settings.model_cache_ttl_s, clock=clock)
     async_store = AsyncRequests(redis, keys)
+    limits = KeyLimits(redis, keys, ttl_s=settings.key_cache_ttl_s)
     runner = AsyncRunner(
         async_store,
         dispatcher,
@@ -151,6 +162,8 @@ def _wire(
         lease_s=settings.lease_ttl_s,
         result_ttl_s=settings.async_result_ttl_s,
         max_running=settings.async_max_running,
+        limits=limits,
+        max_result_bytes=settings.async_max_result_bytes,
     )
     return Gateway(
         pipe=pipe,
@@ -168,22 +181,33 @@ def _wire(
         dispatcher=dispatcher,
         key_cache=KeyCache(ApiKeyStore(redis, keys), ttl_s=settings.key_cache_ttl_s, clock=clock),
         catalog=catalog,
-        limits=KeyLimits(redis, keys),
+        limits=limits,
         phases=phases,
         async_store=async_store,
         async_runner=runner,
     )
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive, *, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, or `PayloadTooLarge` past `max_bytes` (chunked bodies declare no length),
+    `RequestTimeout` when it has not arrived within `timeout_s`."""
     parts: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"Request body too large: at most {max_bytes} bytes.")
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        raise RequestTimeout(f"The request's body did not arrive within {timeout_s:g} s.") from None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -260,6 +284,7 @@ class CompletionEndpoint:
         assert task is not None
         gone = False
         watcher: asyncio.Task[None] | None = None
+        holder = ""
 
         async def watch_disconnect() -> None:
             nonlocal gone
@@ -272,7 +297,7 @@ class CompletionEndpoint:
         try:
             gw = self.holder.get()
             key = await gw.key_cache.authenticate(_header(scope, b"authorization"))
-            body = await _read_body(receive)
+            body = await read_body(receive, max_bytes=gw.settings.max_body_bytes, timeout_s=gw.settings.body_timeout_s)
             payload, model, stream = _parse(body, self.kind)
             target = await gw.catalog.target(model, key)
             model_label = target.spec.name
@@ -280,14 +305,20 @@ class CompletionEndpoint:
                 payload["model"] = target.upstream_name
                 body = orjson.dumps(payload)
             now = gw.clock()
-            limited = await gw.limits.acquire(key, gw.gateway_id, request_id, now_s=now)
             if not stream and _wants_async(scope):
+                # The async request holds its slot under its own id until it is done (the runner releases it).
+                rid = f"async-{uuid.uuid4().hex}"
+                limited = await gw.limits.acquire(key, ASYNC_HOLDER, rid, now_s=now)
+                holder = ASYNC_HOLDER
+                request_id = rid
                 status = await submit_async(
-                    gw.async_store, gw.async_runner, sink, key=key, target=target, client_model=model,
+                    gw.async_store, gw.async_runner, sink, rid=rid, key=key, target=target, client_model=model,
                     path=self.path, body=body, now_s=now, lease_s=gw.settings.lease_ttl_s,
                     pending_ttl_s=gw.settings.cold_wait_budget_s + gw.settings.async_result_ttl_s,
                 )  # fmt: skip
+                limited = False
                 return
+            limited = await gw.limits.acquire(key, gw.gateway_id, request_id, now_s=now)
             call = Call(
                 path=self.path,
                 body=body,
@@ -334,7 +365,8 @@ class CompletionEndpoint:
                 where = "streaming" if call is not None and call.first_byte_sent else "queued"
                 self.holder.gateway.metrics.disconnects.labels(model_label, where).inc()
             if limited and key is not None and self.holder.gateway is not None:
-                await settle(self.holder.gateway.limits.release(key, self.holder.gateway.gateway_id, request_id))
+                gw_ = self.holder.gateway
+                await settle(gw_.limits.release(key, holder or gw_.gateway_id, request_id))
             if self.holder.gateway is not None:
                 self.holder.gateway.metrics.requests.labels(model_label, str(status), self.path).inc()
 

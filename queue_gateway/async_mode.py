@@ -14,7 +14,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
 
 import orjson
@@ -24,10 +23,12 @@ from starlette.responses import Response
 from queue_gateway.catalog import Catalog, Target
 from queue_gateway.dispatch import Call, Dispatcher
 from queue_gateway.errors import GatewayError, NotFound
+from queue_gateway.limits import KeyLimits
 from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.sinks import BufferSink, Sink
 from warmpool.apikeys import ApiKeyRecord
 from warmpool.async_requests import AsyncRecord, AsyncRequests, AsyncState
+from warmpool.request_limits import ASYNC_HOLDER
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ async def submit_async(
     runner: AsyncRunner,
     sink: Sink,
     *,
+    rid: str,
     key: ApiKeyRecord,
     target: Target,
     client_model: str,
@@ -68,8 +70,7 @@ async def submit_async(
     lease_s: float,
     pending_ttl_s: float,
 ) -> int:
-    """Store the request, start running it here, and answer 202 with its id."""
-    rid = f"async-{uuid.uuid4().hex}"
+    """Store the request under `rid`, start running it here, and answer 202 with its id."""
     await store.submit(
         rid,
         runner.gateway_id,
@@ -111,18 +112,21 @@ async def fetch_async(
         wait_s = min(MAX_LONG_POLL_S, max(0.0, float(request.query_params.get("wait_s", "0"))))
     except ValueError:
         wait_s = 0.0
-    rec = await store.get(rid)
+    # Polls read the state alone; the answer (never the prompt) once, when it is there.
+    rec = await store.get(rid, prompt=False, result=False)
     if rec is None or (rec.tenant != key.tenant and not key.admin):
         raise NotFound(f"No async request `{rid}`.", code="async_request_not_found")
+    state: AsyncState | None = rec.state
     deadline = time.monotonic() + wait_s
-    while rec.state is not AsyncState.DONE and time.monotonic() < deadline:
+    while state is not AsyncState.DONE and time.monotonic() < deadline:
         if await request.is_disconnected():
             break
         await asyncio.sleep(min(POLL_STEP_S, max(0.0, deadline - time.monotonic())))
-        rec = await store.get(rid)
-        if rec is None:
+        state = await store.state(rid)
+        if state is None:
             raise NotFound(f"No async request `{rid}`.", code="async_request_not_found")
-    if rec.state is AsyncState.DONE:
+    if state is AsyncState.DONE:
+        rec = await store.get(rid, prompt=False) or rec
         return Response(
             rec.result or b"",
             status_code=rec.status or 200,
@@ -156,6 +160,8 @@ class AsyncRunner:
         lease_s: float,
         result_ttl_s: float,
         max_running: int,
+        limits: KeyLimits,
+        max_result_bytes: int,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -166,6 +172,8 @@ class AsyncRunner:
         self.lease_s = lease_s
         self.result_ttl_s = result_ttl_s
         self.max_running = max_running
+        self.limits = limits
+        self.max_result_bytes = max_result_bytes
         self.running: dict[str, asyncio.Task[None]] = {}
 
     def start(self, rid: str) -> None:
@@ -214,7 +222,7 @@ class AsyncRunner:
             if rec is None or rec.state is AsyncState.DONE or rec.body is None or rec.owner != self.gateway_id:
                 return
             await self.store.mark_running(rid, self.gateway_id)
-            sink = BufferSink()
+            sink = BufferSink(max_bytes=self.max_result_bytes)
             call: Call | None = None
             try:
                 key = ApiKeyRecord(key_id=rec.key_id, tenant=rec.tenant, admin=rec.admin)
@@ -245,7 +253,9 @@ class AsyncRunner:
                 result_ttl_s=math.ceil(self.result_ttl_s),
             )
             self.metrics.async_requests.labels("done" if status < 400 else "failed").inc()
-            if not done:
+            if done:
+                await self.limits.release(key, ASYNC_HOLDER, rid)
+            else:
                 log.info("async request %s was taken over by another gateway", rid)
         except asyncio.CancelledError:
             raise

@@ -4,10 +4,13 @@
     ├── BadRequest             400    bad JSON, missing or ill-typed fields
     ├── Unauthorized           401    missing, unknown or revoked API key
     ├── NotFound               404    unknown model (or a private model of another tenant), unknown route/id
+    ├── RequestTimeout         408    the request's body did not arrive in time
+    ├── PayloadTooLarge        413    the request's body is larger than the gateway accepts
     ├── RateLimited            429    per-key requests per minute or concurrent requests exceeded
     ├── QueueFull              429    the model's queue is full while it is warm
     ├── Unavailable            503    cold budget exceeded, queue full while cold, all queues full
     ├── UpstreamFailed         502    the engine failed before the first byte reached the client
+    │   └── ResultTooLarge     502    an async answer is larger than a stored result may be
     ├── UpstreamTimeout        504    the engine did not answer in time
     └── EngineRejected         4xx    the engine refused the request itself (its error, normalised)
 
@@ -74,6 +77,18 @@ class NotFound(GatewayError):
     code = "model_not_found"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -96,6 +111,10 @@ class UpstreamFailed(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_failed"
+
+
+class ResultTooLarge(UpstreamFailed):
+    code = "result_too_large"
 
 
 class UpstreamTimeout(GatewayError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.types import Send
 
+from queue_gateway.errors import ResultTooLarge
+
 
 class Sink:
     """A response being written: status and headers once, then body chunks, then the end."""
@@ -49,12 +51,14 @@ class AsgiSink(Sink):
 class BufferSink(Sink):
     """Collects a whole response (async requests store it in Redis)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self.started = False
         self.finished = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
+        self.max_bytes = max_bytes
+        self.size = 0
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -62,11 +66,18 @@ class BufferSink(Sink):
         self.headers = headers
 
     async def write(self, chunk: bytes) -> None:
-        self.parts.append(chunk)
+        self._add(chunk)
 
     async def end(self, chunk: bytes = b"") -> None:
-        self.parts.append(chunk)
+        self._add(chunk)
         self.finished = True
+
+    def _add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            self.parts.clear()
+            raise ResultTooLarge(f"The answer is larger than the {self.max_bytes} bytes an async result may hold.")
+        self.parts.append(chunk)
 
     @property
     def body(self) -> bytes:

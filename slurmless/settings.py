@@ -74,6 +74,22 @@ class GatewaySettings(BaseModel):
     """Safety net: how often held tickets are looked up in case a grant message was lost."""
     async_max_running: int = 256
     """Async requests one gateway process runs (holds or proxies) at once."""
+    max_body_bytes: int = Field(10_000_000, ge=1024)
+    """Largest request body on the OpenAI surface (413 beyond it); async bodies (kept in Redis) share the cap."""
+    max_header_bytes: int = Field(32_768, ge=1024)
+    """Largest request line plus headers (431 beyond it), like NGINX's `large_client_header_buffers 4 8k`."""
+    header_timeout_s: float = Field(60.0, gt=0)
+    """A request's line and headers must arrive within this time (408), like NGINX's `client_header_timeout`."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """A request's whole body must arrive within this time (408), like NGINX's `client_body_timeout`."""
+    max_connections: int = Field(10_000, ge=1)
+    """Open client connections one gateway process accepts; more are answered 503 and closed."""
+    async_max_result_bytes: int = Field(16_000_000, ge=1024)
+    """Largest async answer kept in Redis; a longer one is stored as a 502 error saying so."""
+    metrics_public: bool = False
+    """Serve `/metrics` without a token; by default it needs the admin token or `metrics_token`."""
+    metrics_token: str | None = None
+    """Bearer token Prometheus sends for `/metrics` (besides the admin token)."""
 
 
 class LauncherSettings(BaseModel):

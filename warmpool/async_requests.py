@@ -139,6 +139,25 @@ def _pairs(fields: dict[str, Any]) -> list[Any]:
     return out
 
 
+_STATUS_FIELDS = (
+    "state",
+    "path",
+    "model",
+    "tenant",
+    "key_id",
+    "admin",
+    "owner",
+    "attempts",
+    "created_s",
+    "finished_s",
+    "status",
+    "content_type",
+    "cold_start",
+    "queue_wait_ms",
+)
+"""Every field but the prompt (`body`) and the answer (`result`)."""
+
+
 class AsyncRequests:
     """The atomic steps of async requests."""
 
@@ -226,11 +245,15 @@ class AsyncRequests:
             return 0
         return int(await self._abandon(args=[self.keys.prefix, gateway_id, *rids]))
 
-    async def get(self, rid: str) -> AsyncRecord | None:
-        raw = await awaited(self.redis.hgetall(self.keys.async_request(rid)))
-        if not raw:
-            return None
-        f = {text(k): v for k, v in raw.items()}
+    async def get(self, rid: str, *, prompt: bool = True, result: bool = True) -> AsyncRecord | None:
+        """The record; a status poll reads it without the prompt (`body`) and without the answer."""
+        if prompt and result:
+            raw = await awaited(self.redis.hgetall(self.keys.async_request(rid)))
+            f = {text(k): v for k, v in raw.items()}
+        else:
+            names = [*_STATUS_FIELDS, *(["body"] if prompt else []), *(["result"] if result else [])]
+            values = await awaited(self.redis.hmget(self.keys.async_request(rid), names))
+            f = {k: v for k, v in zip(names, values, strict=True) if v is not None}
         if "state" not in f:
             return None
 
@@ -256,6 +279,11 @@ class AsyncRequests:
             cold_start=s("cold_start", "0") == "1",
             queue_wait_ms=int(s("queue_wait_ms", "0")),
         )
+
+    async def state(self, rid: str) -> AsyncState | None:
+        """Only the request's state: what a long poll reads while it waits."""
+        raw = await awaited(self.redis.hget(self.keys.async_request(rid), "state"))
+        return None if raw is None else AsyncState(text(raw))
 
     async def pending(self) -> int:
         """Unfinished async requests (all gateways)."""

@@ -34,6 +34,7 @@
 {p}apikeys                 hash   sha256(key) -> ApiKeyRecord JSON
 {p}klim:{kid}:rpm:{min}    string requests of one API key in one minute (rpm limit)
 {p}klim:{kid}:conc         zset   "gw|request" of one key in flight -> start (concurrency limit)
+{p}tlim:{tenant}:conc      zset   "gw|request" of one tenant's keys in flight -> start (tenant quota)
 {p}async:{rid}             hash   async request: state, body, result
 {p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
 """
@@ -160,6 +161,9 @@ class Keys:
 
     def key_concurrency(self, key_id: str) -> str:
         return f"{self.prefix}klim:{key_id}:conc"
+
+    def tenant_concurrency(self, tenant: str) -> str:
+        return f"{self.prefix}tlim:{tenant}:conc"
 
     @property
     def api_keys(self) -> str:
