@@ -56,7 +56,7 @@ from slurm.backend import SlurmBackend
 from slurm.errors import ScriptValidationError, SlurmError
 from slurm.jobscript import render_job_script
 from slurm.types import JobState, SlurmJob
-from slurmless.settings import LauncherSettings
+from slurmless.settings import SITE_TENANT_LIMITS, LauncherSettings, TenantLimits
 from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
@@ -68,6 +68,7 @@ from warmpool.redisio import awaited
 from warmpool.routing import Routing
 from warmpool.snapshot import ModelSnapshot, SnapshotReader
 from warmpool.specs import ModelKind, ModelSpec
+from warmpool.tenant_limits import TenantBudget
 from warmpool.timeline import Timeline
 from warmpool.warm import WarmRequest
 
@@ -171,6 +172,7 @@ class Launcher:
         metrics: LauncherMetrics | None = None,
         clock: Callable[[], float] | None = None,
         watch_loading: bool = False,
+        tenant_limits: TenantLimits = SITE_TENANT_LIMITS,
     ) -> None:
         self.redis = redis
         self.slurm = slurm
@@ -187,6 +189,7 @@ class Launcher:
         self.learnt = LearntTimes(redis, self.keys)
         self.inputs = PolicyInputs(redis, self.keys)
         self.snapshots = SnapshotReader(redis, self.keys)
+        self.tenant_budget = TenantBudget(redis, self.keys, tenant_limits)
         self.decisions = DecisionMemo()
         self._desired_seen: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._published: dict[str, tuple[tuple[object, ...], float]] = {}
@@ -932,6 +935,8 @@ class Launcher:
             await self.events.record("model.broken", now_s=now_s, model=spec.name, reason=reason)
             return None
         record.partition, record.qos, record.est_start_s = placement[0], placement[1], est_s
+        if not await self.tenant_budget.admit(spec, iid, now_s=now_s):
+            return None
         await self.instances.put(record)
         try:
             job_id = await self.slurm.submit(script)

@@ -69,6 +69,7 @@ class LauncherService:
             metrics=self.metrics,
             clock=time.time,
             watch_loading=True,
+            tenant_limits=settings.registry.tenant_limits,
         )
         self.lease = LeaderLease(self.redis, self.id, ttl_s=ls.lease_ttl_s, keys=self.keys)
         self.is_leader = False

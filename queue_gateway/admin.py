@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from slurmless.settings import Settings
+from slurmless.settings import Settings, TenantLimits
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.events import EventLog
 from warmpool.keys import Keys
@@ -55,6 +55,7 @@ from warmpool.registry import (
 )
 from warmpool.schedule_store import ScheduleKind, ScheduleSpec, ScheduleStore
 from warmpool.specs import ModelKind, ModelSpec, Visibility
+from warmpool.tenant_limits import check_spec, check_warm, effective_limits
 from warmpool.tenants import TenantExists, TenantSpec, TenantStore
 from warmpool.timeline import LAST_COLD_START, LAST_COLD_START_AT
 from warmpool.warm import WarmBoard, WarmRequest
@@ -111,6 +112,8 @@ class KeyCreate(BaseModel):
     """May look at the status page (`/ui/`)."""
     rpm_limit: int | None = Field(None, ge=1)
     concurrency_limit: int | None = Field(None, ge=1)
+    expires_in_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
+    """The key stops working this long after its creation; None: never."""
 
 
 class KeyCreated(BaseModel):
@@ -126,6 +129,8 @@ class TenantQuota(BaseModel):
 
     max_concurrent_requests: int | None = Field(None, ge=1)
     max_models: int | None = Field(None, ge=0)
+    limits: TenantLimits | None = None
+    """Resource limits to change, field by field (null: inherit the site's again)."""
 
 
 class WarmBody(BaseModel):
@@ -209,7 +214,7 @@ class AdminApi:
         bootstrap = self.settings.admin_token
         if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
             return Principal(admin=True, tenant=None, key_id=None)
-        record = await self.api_keys.verify(token)
+        record = await self.api_keys.verify(token, now_s=self.clock())
         if record is None:
             raise ApiError(401, "invalid or revoked token", code="invalid_token")
         if record.admin:
@@ -272,11 +277,15 @@ class AdminApi:
     async def show_model(self, request: Request) -> Response:
         who = await self.authenticate(request)
         spec = await self.visible_model(who, request.path_params["name"])
-        return _json(await self._model_view(spec))
+        return _json(await self._model_view(spec, who))
 
-    async def _model_view(self, spec: ModelSpec) -> dict[str, Any]:
+    async def _model_view(self, spec: ModelSpec, who: Principal) -> dict[str, Any]:
         row = (await self._status_rows([spec]))[0]
-        adapters = [s.name for s in await self.models.all() if s.base_model == spec.name]
+        adapters = [
+            s.name
+            for s in await self.models.all()
+            if s.base_model == spec.name and (who.admin or visible_to(s, who.tenant))
+        ]
         schedules = await self.schedules.of_model(spec.name)
         return {
             "model": spec.model_dump(mode="json"),
@@ -325,9 +334,16 @@ class AdminApi:
             if spec.kind is ModelKind.BASE and not gpus_given:
                 with anyio.fail_after(FS_TIMEOUT_S):
                     config = await anyio.to_thread.run_sync(read_model_config, spec.source)
-        return validate_spec(
+        spec, notes = validate_spec(
             spec, reg, roots=self.settings.model_roots, base=base, gpus_given=gpus_given, config=config
         )
+        if not who.admin:
+            assert who.tenant is not None
+            check_spec(spec, await self.tenant_limits(who.tenant), who.tenant)
+        return spec, notes
+
+    async def tenant_limits(self, tenant: str) -> TenantLimits:
+        return effective_limits(self.settings.registry.tenant_limits, await self.tenants.get(tenant))
 
     async def _owner_quota(self, who: Principal, spec: ModelSpec) -> int | None:
         if who.admin:
@@ -382,9 +398,13 @@ class AdminApi:
     async def remove_model(self, request: Request) -> Response:
         who = await self.authenticate(request)
         spec = await self.owned_model(who, request.path_params["name"])
-        adapters = [s.name for s in await self.models.all() if s.base_model == spec.name]
+        adapters = [s for s in await self.models.all() if s.base_model == spec.name]
         if adapters:
-            raise Conflict(f"model {spec.name!r} is the base of adapter(s) {', '.join(adapters)}: remove them first")
+            # Another tenant's private adapter is not named, not even to the base's owner.
+            shown = [s.name for s in adapters if who.admin or visible_to(s, who.tenant)]
+            hidden = len(adapters) - len(shown)
+            names = ", ".join([*shown, *([f"{hidden} of other tenants"] if hidden else [])])
+            raise Conflict(f"model {spec.name!r} is the base of adapter(s) {names}: remove them first")
         removed = await self.models.remove(spec.name)
         if not removed:
             raise NotFound(f"model {spec.name!r} does not exist", param="name")
@@ -398,6 +418,9 @@ class AdminApi:
             body = WarmBody.model_validate(await self.body(request))
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
+        if not who.admin:
+            assert who.tenant is not None
+            check_warm(body.duration_s, await self.tenant_limits(who.tenant), who.tenant)
         target = spec if spec.kind is ModelKind.BASE else await self.models.get(spec.instance_model)
         if target is None:
             raise NotFound(f"base model {spec.instance_model!r} does not exist", param="base_model")
@@ -414,7 +437,7 @@ class AdminApi:
             requested_s=now_s,
             requested_by=who.label,
         )
-        await self.warm_board.request(warm)
+        warm = await self.warm_board.request(warm)
         await self.events.record(
             "warm_requested",
             now_s=now_s,
@@ -491,15 +514,17 @@ class AdminApi:
         check_tenant_name(body.tenant)
         if await self.tenants.get(body.tenant) is None:
             raise NotFound(f"tenant {body.tenant!r} does not exist: create it first", param="tenant")
+        now_s = self.clock()
         plaintext, record = await self.api_keys.create(
             tenant=body.tenant,
-            now_s=self.clock(),
+            now_s=now_s,
             name=body.name,
             admin=body.admin,
             can_register=body.can_register,
             operator=body.operator,
             rpm_limit=body.rpm_limit,
             concurrency_limit=body.concurrency_limit,
+            expires_s=None if body.expires_in_s is None else now_s + body.expires_in_s,
         )
         await self.events.record(
             "key_created", now_s=self.clock(), key_id=record.key_id, tenant=body.tenant, by=who.label
@@ -562,12 +587,14 @@ class AdminApi:
             quota = TenantQuota.model_validate(raw)
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
-        clear = frozenset(k for k, v in raw.items() if v is None)
+        clear = frozenset(k for k, v in raw.items() if v is None and k != "limits")
+        limits = None if quota.limits is None else quota.limits.model_dump(exclude_unset=True)
         try:
             tenant = await self.tenants.set_quota(
                 name,
                 max_concurrent_requests=quota.max_concurrent_requests,
                 max_models=quota.max_models,
+                limits=limits,
                 clear=clear,
             )
         except KeyError:

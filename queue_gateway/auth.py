@@ -32,10 +32,13 @@ class KeyCache:
         hit = self._entries.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        record = await self.store.verify(token)
+        record = await self.store.verify(token, now_s=now)
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        self._entries[digest] = (now + self.ttl_s, record)
+        until = now + self.ttl_s
+        if record is not None and record.expires_s is not None:
+            until = min(until, record.expires_s)  # an expiring key is not trusted past its expiry
+        self._entries[digest] = (until, record)
         return record
 
     async def authenticate(self, authorization: bytes | None) -> ApiKeyRecord:

@@ -576,6 +576,7 @@ def keys_create(
     operator: Annotated[bool, typer.Option("--operator", help="May look at the status page (/ui/).")] = False,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    expires_in: Annotated[float | None, typer.Option(help="Seconds until the key stops working.")] = None,
 ) -> None:
     """Create a key and print it: this is the only time it is shown."""
     body = {
@@ -586,6 +587,7 @@ def keys_create(
         "operator": operator,
         "rpm_limit": rpm,
         "concurrency_limit": concurrency,
+        "expires_in_s": expires_in,
     }
     result = AdminClient(url, token).call("POST", "/v1/keys", body=body)
     record = result["record"]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -195,6 +195,57 @@ class PartitionLimits(BaseModel):
     """Memory of one node in MB, when registrations must fit it."""
 
 
+class TenantLimits(BaseModel):
+    """What a tenant's self-service keys may ask for; None inherits (from the site's `tenant_limits`).
+
+    In the site's defaults a None cap means unlimited and an empty list allows nothing but the
+    cluster's default (no partition, account or QOS named). Admins are not bound by these.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_gpus: int | None = Field(None, ge=0)
+    """GPUs the tenant's instances may hold at once (requested through draining), checked at each submission."""
+    max_gpu_hours_per_day: float | None = Field(None, ge=0)
+    """GPU-hours the tenant's jobs may be granted per UTC day, each charged at submission for its full time limit."""
+    partitions: list[str] | None = None
+    """Partitions the tenant may name."""
+    accounts: list[str] | None = None
+    """Slurm accounts the tenant may name."""
+    qos: list[str] | None = None
+    """QOS the tenant may name."""
+    max_min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=0)
+    max_keepalive_s: float | None = Field(None, ge=0)
+    max_cold_wait_budget_s: float | None = Field(None, gt=0)
+    max_warm_wait_budget_s: float | None = Field(None, gt=0)
+    max_queue: int | None = Field(None, ge=1)
+    max_gpus_per_instance: int | None = Field(None, ge=0)
+    """GPUs per node times nodes of one instance."""
+    max_time_limit_min: int | None = Field(None, ge=1)
+    max_warm_s: float | None = Field(None, gt=0)
+    """Longest `models warm` a tenant may ask for."""
+
+
+SITE_TENANT_LIMITS = TenantLimits(
+    max_gpus=8,
+    max_gpu_hours_per_day=96.0,
+    partitions=[],
+    accounts=[],
+    qos=[],
+    max_min_replicas=0,
+    max_replicas=2,
+    max_keepalive_s=3600.0,
+    max_cold_wait_budget_s=1800.0,
+    max_warm_wait_budget_s=120.0,
+    max_queue=200,
+    max_gpus_per_instance=4,
+    max_time_limit_min=480,
+    max_warm_s=8 * 3600.0,
+)
+"""Safe defaults for every tenant: a site raises them in `registry.tenant_limits`, or per tenant."""
+
+
 class RegistrySettings(BaseModel):
     """What the admin API accepts when models are registered."""
 
@@ -208,6 +259,8 @@ class RegistrySettings(BaseModel):
     """Also check config.json / adapter_config.json at registration (single-machine deployments)."""
     kv_headroom_tokens: int = 8192
     """KV-cache room reserved per instance when estimating GPUs (capped by the model's context)."""
+    tenant_limits: TenantLimits = Field(default_factory=lambda: SITE_TENANT_LIMITS.model_copy(deep=True))
+    """Limits of every tenant's self-service keys, unless the tenant's own `limits` say otherwise."""
 
 
 class MetricsSettings(BaseModel):

@@ -1,8 +1,10 @@
 """API keys: shown once, stored only as SHA-256 hashes, mapped to tenants.
 
 A key looks like `sk-sl-<key_id>-<secret>`: the key id is public (it names the key in listings and
-revocations), the secret is 32 random bytes. Keys are high-entropy, so a plain SHA-256 is the
-right hash (no slow KDF needed, and verification stays one Redis lookup).
+revocations) and 128 random bits, reserved with a collision check before the key is stored; the
+secret is 32 random bytes. A key may carry an expiry (`expires_s`), checked on every verification.
+Keys are high-entropy, so a plain SHA-256 is the right hash (no slow KDF needed, and verification
+stays one Redis lookup).
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ class ApiKeyRecord(BaseModel):
     rpm_limit: int | None = Field(None, ge=1)
     concurrency_limit: int | None = Field(None, ge=1)
     created_s: float = 0.0
+    expires_s: float | None = None
+    """When the key stops working (epoch s); None: never."""
     revoked: bool = False
+
+
+class KeyIdCollision(RuntimeError):
+    """No free key id was found (128-bit ids: only a broken random source gets here)."""
+
+
+KEY_ID_ATTEMPTS = 5
 
 
 def hash_key(plaintext: str) -> str:
@@ -61,11 +72,18 @@ class ApiKeyStore:
         operator: bool = False,
         rpm_limit: int | None = None,
         concurrency_limit: int | None = None,
+        expires_s: float | None = None,
     ) -> tuple[str, ApiKeyRecord]:
         """Make a key; the plaintext is returned once and never stored."""
         if not TENANT_RE.match(tenant):
             raise ValueError(f"tenant {tenant!r} must be a DNS label (a-z, 0-9, '-')")
-        key_id = secrets.token_hex(4)
+        for _ in range(KEY_ID_ATTEMPTS):
+            key_id = self.new_key_id()
+            # The id is reserved first (HSETNX), so two keys can never share one.
+            if await awaited(self.redis.hsetnx(self._ids, key_id, "")):
+                break
+        else:
+            raise KeyIdCollision(f"no free key id after {KEY_ID_ATTEMPTS} attempts")
         plaintext = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
         record = ApiKeyRecord(
             key_id=key_id,
@@ -77,6 +95,7 @@ class ApiKeyStore:
             rpm_limit=rpm_limit,
             concurrency_limit=concurrency_limit,
             created_s=now_s,
+            expires_s=expires_s,
         )
         digest = hash_key(plaintext)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -85,8 +104,12 @@ class ApiKeyStore:
             await pipe.execute()
         return plaintext, record
 
-    async def verify(self, plaintext: str) -> ApiKeyRecord | None:
-        """The key's record, or None when unknown or revoked."""
+    @staticmethod
+    def new_key_id() -> str:
+        return secrets.token_hex(16)
+
+    async def verify(self, plaintext: str, *, now_s: float) -> ApiKeyRecord | None:
+        """The key's record, or None when unknown, revoked or expired at `now_s`."""
         if not plaintext.startswith(KEY_PREFIX):
             return None
         return await self.by_digest(hash_key(plaintext))
@@ -97,7 +120,9 @@ class ApiKeyStore:
         if raw is None:
             return None
         record = ApiKeyRecord.model_validate_json(raw)
-        return None if record.revoked else record
+        if record.revoked or (record.expires_s is not None and record.expires_s <= now_s):
+            return None
+        return record
 
     async def revoke(self, key_id: str) -> bool:
         digest = await awaited(self.redis.hget(self._ids, key_id))

@@ -35,6 +35,8 @@
 {p}klim:{kid}:rpm:{min}    string requests of one API key in one minute (rpm limit)
 {p}klim:{kid}:conc         zset   "gw|request" of one key in flight -> start (concurrency limit)
 {p}tlim:{tenant}:conc      zset   "gw|request" of one tenant's keys in flight -> start (tenant quota)
+{p}tgpu:{tenant}           zset   instance id -> GPUs, of the tenant's submitted instances (GPU budget)
+{p}tgpuh:{tenant}:{day}    string GPU-hours granted to the tenant's jobs on one UTC day
 {p}async:{rid}             hash   async request: state, body, result
 {p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
 """
@@ -164,6 +166,12 @@ class Keys:
 
     def tenant_concurrency(self, tenant: str) -> str:
         return f"{self.prefix}tlim:{tenant}:conc"
+
+    def tenant_gpus(self, tenant: str) -> str:
+        return f"{self.prefix}tgpu:{tenant}"
+
+    def tenant_gpu_hours(self, tenant: str, day: int) -> str:
+        return f"{self.prefix}tgpuh:{tenant}:{day}"
 
     @property
     def api_keys(self) -> str:

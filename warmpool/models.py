@@ -33,9 +33,16 @@ class ModelStore:
         return None if raw is None else ModelSpec.model_validate_json(raw)
 
     async def resolve(self, client_name: str) -> ModelSpec | None:
-        """The spec a client means by `client_name` (a name, served name or alias)."""
+        """The spec a client means by `client_name`: a registered name first, then a served name or alias.
+
+        `put` keeps names and aliases disjoint; the order decides only for data written before it did,
+        where an alias (perhaps a tenant's private one) must not shadow a model of that name.
+        """
+        spec = await self.get(client_name)
+        if spec is not None:
+            return spec
         name = await awaited(self.redis.hget(self.keys.aliases, client_name))
-        return await self.get(text(name) if name is not None else client_name)
+        return None if name is None else await self.get(text(name))
 
     async def all(self) -> list[ModelSpec]:
         """Every registered spec, by name. Specs are shared between calls while unchanged: do not mutate them.
@@ -84,6 +91,9 @@ class ModelStore:
                                 raise QuotaExceeded(
                                     f"tenant {spec.owner_tenant!r} owns {owned} model(s), its quota is {owner_quota}"
                                 )
+                    squatter = await awaited(pipe.hget(self.keys.aliases, spec.name))
+                    if squatter is not None and text(squatter) != spec.name:
+                        raise ModelExists(f"name {spec.name!r} is an alias of model {text(squatter)!r}")
                     owners = await awaited(pipe.hmget(self.keys.aliases, names)) if names else []
                     for alias, owner in zip(names, owners, strict=True):
                         if owner is not None and text(owner) != spec.name:

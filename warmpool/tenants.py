@@ -9,6 +9,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
+from slurmless.settings import TenantLimits
 from warmpool.apikeys import TENANT_RE
 from warmpool.keys import Keys
 from warmpool.redisio import awaited
@@ -29,6 +30,8 @@ class TenantSpec(BaseModel):
     """Requests of all the tenant's keys in flight or queued at once."""
     max_models: int | None = Field(None, ge=0, le=10_000)
     """Models the tenant may own (registered by its self-service keys or for it by an admin)."""
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+    """Resource limits of this tenant; unset fields take the site's (`registry.tenant_limits`)."""
     created_s: float = 0.0
 
 
@@ -57,9 +60,11 @@ class TenantStore:
         *,
         max_concurrent_requests: int | None = None,
         max_models: int | None = None,
+        limits: dict[str, object] | None = None,
         clear: frozenset[str] = frozenset(),
     ) -> TenantSpec:
-        """Change quotas: given values are set, fields named in `clear` become unlimited."""
+        """Change quotas: given values are set, fields named in `clear` become unlimited; `limits` are merged
+        field by field (a None there inherits the site's limit again)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -74,6 +79,8 @@ class TenantStore:
                         data["max_concurrent_requests"] = max_concurrent_requests
                     if max_models is not None:
                         data["max_models"] = max_models
+                    if limits is not None:
+                        data["limits"] = {**data["limits"], **limits}
                     spec = TenantSpec.model_validate(data)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(self.keys.tenants, name, spec.model_dump_json())

@@ -24,18 +24,50 @@ class WarmRequest(BaseModel):
     requested_by: str = ""
 
 
+def merge_warm(old: WarmRequest, new: WarmRequest) -> WarmRequest:
+    """The larger replica count and the later deadline of two live requests."""
+    later = new if new.until_s >= old.until_s else old
+    return WarmRequest(
+        model=new.model,
+        replicas=max(old.replicas, new.replicas),
+        until_s=later.until_s,
+        requested_s=new.requested_s,
+        requested_by=later.requested_by,
+    )
+
+
 class WarmBoard:
     def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
         self.redis = redis
         self.keys = keys or Keys()
 
-    async def request(self, warm: WarmRequest) -> None:
-        """Record the request (expiring at its deadline) and wake the launcher."""
-        ttl_s = max(1, math.ceil(warm.until_s - warm.requested_s))
+    async def request(self, warm: WarmRequest) -> WarmRequest:
+        """Record the request (expiring at its deadline), wake the launcher, and return what is in force.
+
+        A request never weakens a live one: the stored request keeps the larger replica count and the
+        later deadline of the two (a tenant's short warm through its adapter cannot cut short an admin's
+        long warm of the base). Each was within the requester's rights, so their union grants nothing
+        either could not have asked for alone.
+        """
+        key = self.keys.warm(warm.model)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.warm(warm.model), warm.model_dump_json(), ex=ttl_s)
-            pipe.publish(self.keys.demand_channel, warm.model)
-            await pipe.execute()
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await awaited(pipe.get(key))
+                    merged = warm
+                    if raw is not None:
+                        old = WarmRequest.model_validate_json(raw)
+                        if old.until_s > warm.requested_s:
+                            merged = merge_warm(old, warm)
+                    ttl_s = max(1, math.ceil(merged.until_s - warm.requested_s))
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, merged.model_dump_json(), ex=ttl_s)
+                    pipe.publish(self.keys.demand_channel, warm.model)
+                    await pipe.execute()
+                    return merged
+                except aioredis.WatchError:
+                    continue
 
     async def get(self, model: str, *, now_s: float) -> WarmRequest | None:
         """The live request for `model`, or None (also when its deadline passed on the caller's clock)."""
