@@ -9,13 +9,16 @@ import signal
 from arq import Worker
 
 from launcher.worker import worker_settings
-from slurmless.settings import load_settings
+from slurmless.settings import SettingsError, load_settings
 
 
 async def main() -> None:
     """Run until SIGINT/SIGTERM; a clean stop gives the lease up at once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"launcher: {exc}") from None
     worker = Worker(**worker_settings(settings), handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

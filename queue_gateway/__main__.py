@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from queue_gateway.app import build_app
 from queue_gateway.http_limits import RequestLimits, limited_protocol
-from slurmless.settings import GatewaySettings, Settings, load_settings
+from slurmless.settings import GatewaySettings, Settings, SettingsError, load_settings
 from warmpool.keys import Keys
 
 LISTEN_BACKLOG = 4096
@@ -84,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(load_settings(), host=args.host, port=args.port)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"queue_gateway: {exc}") from None
+    serve(settings, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 import uuid
@@ -45,6 +46,7 @@ from queue_gateway.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    Unauthorized,
     Unavailable,
     error_body,
 )
@@ -559,10 +561,22 @@ def build_app(
         try:
             await asyncio.wait_for(client.ping(), timeout=2)
         except (RedisError, OSError, TimeoutError) as exc:
-            return _json({"status": "redis unavailable", "detail": str(exc)}, status=503)
+            # The detail (Redis's address) goes to the log only: /readyz answers anyone.
+            log.warning("readiness: Redis unavailable: %s", exc)
+            return _json({"status": "redis unavailable"}, status=503)
         return _json({"status": "ready", "gateway_id": gateway_id})
 
+    metrics_tokens = [
+        t.encode() for t in (settings.metrics_token, root_settings.admin_token if root_settings else None) if t
+    ]
+
     async def metrics_endpoint(request: Request) -> Response:
+        # Model names (private ones too) are labels here: only Prometheus, with its token, reads them.
+        if not settings.metrics_public:
+            header = request.headers.get("authorization", "").encode("latin-1")
+            token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
+            if not token or not any(hmac.compare_digest(token, t) for t in metrics_tokens):
+                return _error(Unauthorized("/metrics needs the metrics token: 'Authorization: Bearer <token>'."))
         gw = holder.gateway
         if gw is not None:
             with contextlib.suppress(RedisError, OSError):

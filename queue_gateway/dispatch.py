@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,8 @@ from queue_gateway.sinks import Sink
 from warmpool.phase import ModelPhase, PhaseBoard
 from warmpool.routing import Admission, AdmitOutcome, Routing
 from warmpool.timeline import Timeline
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 SPECULATION_HINT_S = 1.0
@@ -389,7 +392,8 @@ class Dispatcher:
                     chunk = await response.read()
             except EngineError as exc:
                 self.metrics.upstream_errors.labels(model, "stream").inc()
-                failure = UpstreamFailed(f"The engine's response broke off: {exc}")
+                log.warning("engine response of %s broke off: %s", call.request_id, exc)
+                failure = UpstreamFailed("The engine's response broke off.")
                 if call.first_byte_sent:
                     raise failure from exc
                 raise _Retry(failure) from exc

@@ -9,6 +9,8 @@ knows whether the client already got bytes.
 
 from __future__ import annotations
 
+import logging
+
 from queue_gateway.engine_http import (
     EngineConnectError,
     EngineError,
@@ -35,6 +37,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Response headers not passed to the client (uvicorn writes its own framing, server and date)."""
+
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamUnreachable(UpstreamFailed):
@@ -109,13 +114,17 @@ class Upstreams:
         request = self._request(instance_id, address, path, body)
         try:
             return await self.pool.request(host, port, request)
+        # Clients are told what failed, never where: the engine's address goes to the log only.
         except EngineConnectError as exc:
             self.forget(instance_id)
-            raise UpstreamUnreachable(f"engine {instance_id} unreachable: {exc}") from exc
+            log.warning("engine %s unreachable: %s", instance_id, exc)
+            raise UpstreamUnreachable(f"The engine of instance {instance_id} could not be reached.") from exc
         except EngineTimeout as exc:
-            raise UpstreamTimeout(f"engine {instance_id} timed out: {exc}") from exc
+            log.warning("engine %s timed out: %s", instance_id, exc)
+            raise UpstreamTimeout(f"The engine of instance {instance_id} did not answer in time.") from exc
         except EngineError as exc:
-            raise UpstreamFailed(f"engine {instance_id} failed: {exc}") from exc
+            log.warning("engine %s failed: %s", instance_id, exc)
+            raise UpstreamFailed(f"The engine of instance {instance_id} failed.") from exc
 
     async def aclose(self) -> None:
         self.pool.close()

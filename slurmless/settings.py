@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,15 +23,33 @@ CONFIG_ENV = "SLURMLESS_CONFIG"
 DEFAULT_CONFIG_FILE = Path("slurmless.toml")
 
 
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+"""URL schemes every process (gateway, launcher with arq, admin API, `slurmless up`) can use."""
+
+
 class RedisSettings(BaseModel):
     """Where the shared state lives."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """Redis URL used by every process. `slurmless up` starts its own server and overrides this."""
+    """Redis URL used by every process: `redis://`, `rediss://` (TLS) or `unix://`. Sentinel URLs are refused
+    (see docs/security.md). `slurmless up` starts its own server and overrides this."""
     key_prefix: str = "sl:"
     """Prefix of every key slurmless writes, so one Redis can host several deployments."""
     socket_timeout_s: float = 5.0
     """Timeout of a single Redis command; no call waits forever."""
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = value.partition("://")[0].lower()
+        if scheme not in REDIS_SCHEMES:
+            if "sentinel" in scheme:
+                raise ValueError(
+                    f"{scheme}:// is not supported: point redis.url at the current master (redis:// or rediss://),"
+                    " e.g. through a Sentinel-aware proxy"
+                )
+            raise ValueError(f"redis.url must start with redis://, rediss:// or unix://, not {scheme}://")
+        return value
 
 
 class GatewaySettings(BaseModel):
@@ -337,9 +355,22 @@ class Settings(BaseSettings):
         )
 
 
+class SettingsError(ValueError):
+    """The settings are unusable; the message is one line naming the setting."""
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment and config file, with explicit overrides on top."""
+    """Read settings from the environment and config file, with explicit overrides on top.
+
+    Raises `SettingsError` (one line) for a bad value, so every process refuses it the same way at start.
+    """
     path = os.environ.get(CONFIG_ENV)
     if path and not Path(path).is_file():
         raise FileNotFoundError(f"{CONFIG_ENV}={path} does not exist: create it or unset the variable")
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {where}: {message}") from None

@@ -47,6 +47,10 @@ from dataclasses import dataclass
 
 DEMAND_SLOT_S = 600
 """Width of a demand-history time slot: the trace windows are 600 s too."""
+DEMAND_RETENTION_SLOTS = 4 * 7 * 86_400 // DEMAND_SLOT_S
+"""Demand slots kept per model (four weeks; the launcher's forecast reads three): older ones are trimmed."""
+IDLE_HIST_MAX_MIN = 1440
+"""Idle gaps of a day or longer share this one bucket, so a model's idle histogram has at most 1441 fields."""
 
 
 @dataclass(frozen=True)

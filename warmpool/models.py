@@ -133,9 +133,19 @@ class ModelStore:
             names = _client_names(spec)
             if names:
                 pipe.hdel(self.keys.aliases, *names)
+            # Its history goes too: a model registered again under this name starts afresh, and
+            # removed models leave nothing behind. Instances and queues are the launcher's and gateways'.
             pipe.delete(
-                self.keys.schedules(name), self.keys.warm(name), self.keys.timeline(name), self.keys.cold_start(name)
+                self.keys.schedules(name),
+                self.keys.warm(name),
+                self.keys.timeline(name),
+                self.keys.cold_start(name),
+                self.keys.demand(name),
+                self.keys.idle_hist(name),
+                self.keys.model_stats(name),
+                self.keys.phase(name),
             )
+            pipe.hdel(self.keys.desired, name)
             await pipe.execute()
         return True
 

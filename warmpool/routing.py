@@ -23,7 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from warmpool.keys import DEMAND_SLOT_S, Keys
+from warmpool.keys import DEMAND_RETENTION_SLOTS, DEMAND_SLOT_S, IDLE_HIST_MAX_MIN, Keys
 from warmpool.redisio import awaited, text
 
 DEFAULT_CAP = 64
@@ -78,18 +78,28 @@ end
 # KEYS: none (all built from the prefix). ARGV: prefix, model, gw, rid, queue_max, global_max,
 # now_s, slot, first_ticket_signal(0/1)
 _ADMIT = (
-    _PUMP
-    + """
+    (
+        _PUMP
+        + """
 local prefix, model, gw, rid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local queue_max, global_max, now = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local ready = prefix .. 'ready:' .. model
 local queue = prefix .. 'q:' .. model
 local mstat = prefix .. 'mstat:' .. model
-redis.call('HINCRBY', prefix .. 'dem:' .. model, ARGV[8], 1)
+local dem = prefix .. 'dem:' .. model
+if redis.call('HINCRBY', dem, ARGV[8], 1) == 1 and redis.call('HLEN', dem) > %(retention)d + 144 then
+  -- The first request of a new slot trims slots older than the retention (rarely: a day's slack).
+  local oldest = tonumber(ARGV[8]) - %(retention)d
+  for _, slot in ipairs(redis.call('HKEYS', dem)) do
+    if tonumber(slot) < oldest then redis.call('HDEL', dem, slot) end
+  end
+end
 local last = redis.call('HGET', mstat, 'last_request_s')
 if last then
   local gap = now - tonumber(last)
-  if gap >= 60 then redis.call('HINCRBY', prefix .. 'idle:' .. model, math.floor(gap / 60), 1) end
+  if gap >= 60 then
+    redis.call('HINCRBY', prefix .. 'idle:' .. model, math.min(math.floor(gap / 60), %(idle_max)d), 1)
+  end
 end
 redis.call('HSET', mstat, 'last_request_s', ARGV[7])
 local nready = redis.call('ZCARD', ready)
@@ -115,6 +125,9 @@ redis.call('SADD', prefix .. 'gw:' .. gw .. ':tickets', rid)
 if qlen == 0 and ARGV[9] == '1' then redis.call('PUBLISH', prefix .. 'demand', model) end
 return {'queued', '', qlen, nready}
 """
+    )
+    .replace("%(retention)d", str(DEMAND_RETENTION_SLOTS))
+    .replace("%(idle_max)d", str(IDLE_HIST_MAX_MIN))
 )
 
 ADMIT_LUA = _ADMIT

@@ -14,6 +14,7 @@ from slurmless.localredis import LocalRedis
 from slurmless.ports import free_port
 from tests.fixtures.gateway_stack import (
     CLEAN,
+    METRICS_AUTH,
     Served,
     Sim,
     add_instance,
@@ -110,7 +111,7 @@ async def test_unreachable_instance_is_retried_on_another_before_the_first_byte(
         async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as h:
             ok = await h.post("/v1/chat/completions", json=body)
             assert ok.status_code == 200 and ok.json()["choices"]
-            metrics = (await h.get("/metrics")).text
+            metrics = (await h.get("/metrics", headers=METRICS_AUTH)).text
         assert 'slurmless_gateway_upstream_retries_total{model="m"} 1.0' in metrics
         assert await settled(redis_client) == CLEAN
         # The instance that refused the connection is no longer routed to (the launcher re-routes it if

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from slurmless.localredis import LocalRedis
 from tests.fixtures.gateway_stack import (
     CLEAN,
+    METRICS_AUTH,
     Served,
     Sim,
     add_instance,
@@ -209,7 +210,9 @@ async def test_health_readiness_and_metrics(redis_client: aioredis.Redis, gw: Se
             headers={"authorization": f"Bearer {key}"},
         )
         assert ok.status_code == 200
-        text = (await h.get("/metrics")).text
+        anonymous = await h.get("/metrics")
+        assert anonymous.status_code == 401 and "chat" not in anonymous.text
+        text = (await h.get("/metrics", headers=METRICS_AUTH)).text
     assert 'slurmless_gateway_requests_total{model="chat",path="/v1/chat/completions",status="200"} 1.0' in text
     assert 'slurmless_gateway_queue_depth{model="chat"} 0.0' in text
     assert "slurmless_gateway_time_to_first_byte_seconds_count" in text

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from slurmless.localredis import LocalRedis
 from tests.fixtures.gateway_stack import (
     CLEAN,
+    METRICS_AUTH,
     Served,
     add_instance,
     api_key,
@@ -29,7 +30,7 @@ TIMEOUT_S = 30.0
 
 async def speculative_sends(gw: Served, model: str) -> dict[str, float]:
     async with httpx.AsyncClient() as http:
-        text = (await http.get(gw.url + "/metrics")).text
+        text = (await http.get(gw.url + "/metrics", headers=METRICS_AUTH)).text
     name = "slurmless_gateway_speculative_sends_total"
     pattern = name + r'\{model="' + re.escape(model) + r'",outcome="(\w+)"\} (\S+)'
     return {outcome: float(value) for outcome, value in re.findall(pattern, text)}

@@ -1,0 +1,63 @@
+"""Redis stays bounded: demand and idle-gap history are trimmed, removing a model removes its keys."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from slurmless.settings import RedisSettings, SettingsError, load_settings
+from warmpool.keys import DEMAND_RETENTION_SLOTS, DEMAND_SLOT_S, IDLE_HIST_MAX_MIN, Keys
+from warmpool.models import ModelStore
+from warmpool.redisio import awaited
+from warmpool.routing import Routing
+from warmpool.specs import ModelSpec
+
+NOW_S = 1_750_000_000.0
+KEYS = Keys()
+
+
+async def _admit(redis: aioredis.Redis, model: str, rid: str, now_s: float) -> None:
+    await Routing(redis).admit(model, "gw-1", rid, now_s=now_s, queue_max=100, global_max=100, signal_demand=False)
+
+
+async def test_demand_history_is_trimmed_to_its_retention(redis_client: aioredis.Redis) -> None:
+    slot = int(NOW_S // DEMAND_SLOT_S)
+    old = {str(slot - DEMAND_RETENTION_SLOTS - 1 - i): 1 for i in range(DEMAND_RETENTION_SLOTS + 200)}
+    kept = {str(slot - i): 1 for i in range(1, 10)}
+    await awaited(redis_client.hset(KEYS.demand("m"), mapping=old | kept))
+    await _admit(redis_client, "m", "r1", NOW_S)
+    fields = {int(f) for f in await awaited(redis_client.hkeys(KEYS.demand("m")))}
+    assert fields == {slot, *(int(s) for s in kept)}
+    assert len(fields) <= DEMAND_RETENTION_SLOTS + 144
+
+
+async def test_idle_gaps_beyond_a_day_share_one_bucket(redis_client: aioredis.Redis) -> None:
+    await _admit(redis_client, "m", "r1", NOW_S)
+    await _admit(redis_client, "m", "r2", NOW_S + 400 * 86_400)
+    await _admit(redis_client, "m", "r3", NOW_S + 800 * 86_400)
+    idle = await awaited(redis_client.hgetall(KEYS.idle_hist("m")))
+    assert idle == {str(IDLE_HIST_MAX_MIN).encode(): b"2"}
+
+
+async def test_removing_a_model_removes_its_history(redis_client: aioredis.Redis) -> None:
+    store = ModelStore(redis_client)
+    await store.put(ModelSpec(name="m", source="/models/m"))
+    await _admit(redis_client, "m", "r1", NOW_S)
+    await _admit(redis_client, "m", "r2", NOW_S + 120)
+    await redis_client.set(KEYS.phase("m"), "{}")
+    await awaited(redis_client.hset(KEYS.desired, "m", "{}"))
+    await store.remove("m")
+    for key in (KEYS.demand("m"), KEYS.idle_hist("m"), KEYS.model_stats("m"), KEYS.phase("m")):
+        assert not await redis_client.exists(key), key
+    assert not await awaited(redis_client.hexists(KEYS.desired, "m"))
+
+
+def test_sentinel_urls_are_refused_with_one_line_and_tls_urls_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURMLESS_REDIS__URL", "redis+sentinel://sentinel:26379/mymaster")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert "\n" not in str(refused.value) and "redis.url" in str(refused.value)
+    assert "not supported" in str(refused.value)
+    assert RedisSettings(url="rediss://redis.example:6380/0").url.startswith("rediss://")
+    with pytest.raises(ValueError, match="must start with"):
+        RedisSettings(url="http://redis.example/")
