@@ -24,15 +24,24 @@ from typing import Any
 import anyio
 import orjson
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from queue_gateway.admin_schema import (
+    ERROR_TYPES,
+    KeyCreate,
+    KeyCreated,
+    ScheduleCreate,
+    TenantQuota,
+    WarmBody,
+    openapi_document,
+)
 from slurmless.settings import Settings, TenantLimits
-from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
+from warmpool.apikeys import ApiKeyStore
 from warmpool.events import EventLog
 from warmpool.keys import Keys
 from warmpool.models import ModelExists, ModelStore, QuotaExceeded
@@ -53,7 +62,7 @@ from warmpool.registry import (
     validate_spec,
     visible_to,
 )
-from warmpool.schedule_store import ScheduleKind, ScheduleSpec, ScheduleStore
+from warmpool.schedule_store import ScheduleSpec, ScheduleStore
 from warmpool.specs import ModelKind, ModelSpec, Visibility
 from warmpool.tenant_limits import check_spec, check_warm, effective_limits
 from warmpool.tenants import TenantExists, TenantSpec, TenantStore
@@ -67,14 +76,7 @@ MAX_BODY_BYTES = 2_000_000
 """Largest request body: an .ics timetable is the biggest thing anyone sends."""
 FS_TIMEOUT_S = 10.0
 """Reading a model's config.json on a shared filesystem; a hung mount must not hang the API."""
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-}
+_ERROR_TYPES = ERROR_TYPES
 
 
 class ApiError(Exception):
@@ -96,70 +98,6 @@ def error_response(status: int, message: str, *, code: str | None = None, param:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-# Request bodies that are not stored specs themselves.
-
-
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tenant: str
-    name: str = Field("", max_length=100)
-    admin: bool = False
-    can_register: bool = False
-    operator: bool = False
-    """May look at the status page (`/ui/`)."""
-    rpm_limit: int | None = Field(None, ge=1)
-    concurrency_limit: int | None = Field(None, ge=1)
-    expires_in_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
-    """The key stops working this long after its creation; None: never."""
-
-
-class KeyCreated(BaseModel):
-    key: str
-    """The plaintext key: shown once, never stored."""
-    record: ApiKeyRecord
-
-
-class TenantQuota(BaseModel):
-    """Quota changes: a given number sets a quota, null makes it unlimited, absent leaves it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_concurrent_requests: int | None = Field(None, ge=1)
-    max_models: int | None = Field(None, ge=0)
-    limits: TenantLimits | None = None
-    """Resource limits to change, field by field (null: inherit the site's again)."""
-
-
-class WarmBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    duration_s: float = Field(1800.0, gt=0, le=7 * 86400)
-    replicas: int = Field(1, ge=1, le=64)
-
-
-class ScheduleCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: ScheduleKind
-    expression: str | None = None
-    ics: str | None = None
-    timezone: str = "UTC"
-    replicas: int = Field(1, ge=1, le=64)
-    duration_s: float | None = None
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    code: str | None = None
-    param: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,121 +661,16 @@ def build_admin_app(redis: aioredis.Redis, settings: Settings, *, clock: Clock =
         Route("/v1/status", _endpoint(api.status), methods=["GET"]),
         Route("/v1/events", _endpoint(api.list_events), methods=["GET"]),
     ]
+
+    async def unrouted(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 are plain text: every answer of this API is OpenAI-shaped JSON.
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            return error_response(405, "method not allowed", code="method_not_allowed")
+        return error_response(404, f"unknown path {request.url.path}", code="unknown_url")
+
     from queue_gateway.sd import observability_routes  # it imports this module: at call time
 
-    return Starlette(routes=routes + observability_routes(api))
-
-
-def openapi_document(mount: str = "/admin") -> dict[str, Any]:
-    """A minimal, honest OpenAPI 3.1 description of the admin API, its schemas from the pydantic models."""
-    models: list[type[BaseModel]] = [
-        ModelSpec,
-        ScheduleCreate,
-        ScheduleSpec,
-        TenantSpec,
-        TenantQuota,
-        KeyCreate,
-        KeyCreated,
-        ApiKeyRecord,
-        WarmBody,
-        WarmRequest,
-        ModelPhase,
-        ErrorResponse,
-    ]
-    _, schemas = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
-
-    def ref(name: str) -> dict[str, Any]:
-        return {"$ref": f"#/components/schemas/{name}"}
-
-    def op(
-        summary: str,
-        *,
-        body: str | None = None,
-        ok: int = 200,
-        ok_schema: dict[str, Any] | None = None,
-        params: tuple[str, ...] = (),
-    ) -> dict[str, Any]:
-        errors = {
-            str(c): {"description": _ERROR_TYPES[c], "content": {"application/json": {"schema": ref("ErrorResponse")}}}
-            for c in (400, 401, 403, 404, 409)
-        }
-        out: dict[str, Any] = {
-            "summary": summary,
-            "responses": {
-                str(ok): {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": ok_schema or {"type": "object"}}},
-                },
-                **errors,
-            },
-        }
-        if body is not None:
-            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
-        if params:
-            out["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
-            ]
-        return out
-
-    paths: dict[str, Any] = {
-        "/v1/models": {
-            "get": op("List models the caller can see, with their phase"),
-            "post": op("Register a model or LoRA adapter", body="ModelSpec", ok=201),
-        },
-        "/v1/models/{name}": {
-            "get": op("Show a model: spec, status, adapters, schedules", params=("name",)),
-            "patch": op("Update a model (a partial ModelSpec, merged)", params=("name",)),
-            "delete": op("Remove a model", params=("name",)),
-        },
-        "/v1/models/{name}/warm": {
-            "post": op("Keep a model warm for a while", body="WarmBody", ok=202, params=("name",)),
-        },
-        "/v1/models/{name}/schedules": {
-            "get": op("List a model's schedules", params=("name",)),
-            "post": op("Add a cron or iCalendar schedule", body="ScheduleCreate", ok=201, params=("name",)),
-        },
-        "/v1/models/{name}/schedules/{sid}": {"delete": op("Remove a schedule", params=("name", "sid"))},
-        "/v1/schedules": {"get": op("List all schedules")},
-        "/v1/keys": {
-            "get": op("List API keys (never their secrets)"),
-            "post": op(
-                "Create an API key; the key is in the answer, once",
-                body="KeyCreate",
-                ok=201,
-                ok_schema=ref("KeyCreated"),
-            ),
-        },
-        "/v1/keys/{key_id}": {"delete": op("Revoke a key", params=("key_id",))},
-        "/v1/tenants": {
-            "get": op("List tenants with their quotas and model counts"),
-            "post": op("Create a tenant", body="TenantSpec", ok=201, ok_schema=ref("TenantSpec")),
-        },
-        "/v1/tenants/{name}": {
-            "get": op("Show a tenant", params=("name",)),
-            "patch": op(
-                "Set a tenant's quotas (null: unlimited)",
-                body="TenantQuota",
-                params=("name",),
-                ok_schema=ref("TenantSpec"),
-            ),
-        },
-        "/v1/status": {"get": op("Models with phase, desired/actual replicas, queue depth, last cold start")},
-        "/v1/events": {"get": op("The events stream, newest last (query: model, kind, count)")},
-    }
-    from queue_gateway.sd import observability_paths
-
-    paths |= observability_paths()
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "slurmless admin API", "version": "1"},
-        "servers": [{"url": mount}],
-        "paths": paths,
-        "components": {
-            "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-    }
+    return Starlette(routes=routes + observability_routes(api), exception_handlers={404: unrouted, 405: unrouted})
 
 
 __all__ = ["AdminApi", "ApiError", "Principal", "build_admin_app", "error_response", "openapi_document"]

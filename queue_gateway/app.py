@@ -53,6 +53,7 @@ from queue_gateway.errors import (
 from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
 from queue_gateway.limits import KeyLimits
 from queue_gateway.metrics import GatewayMetrics
+from queue_gateway.openapi import openapi_document
 from queue_gateway.proxy import Upstreams
 from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.sinks import AsgiSink, Sink
@@ -517,6 +518,7 @@ def build_app(
     )
     metrics = GatewayMetrics()
     holder = _Holder()
+    closers: list[Callable[[], Awaitable[None]]] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -550,6 +552,8 @@ def build_app(
             holder.gateway = None
             if owns_redis:
                 await client.aclose()
+            for close in closers:
+                await close()
 
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok", "gateway_id": gateway_id})
@@ -590,6 +594,9 @@ def build_app(
                         metrics.queue_depth.labels(m).set(int(depth))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_document())
+
     async def not_found(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code == 405:
             return Response(
@@ -616,11 +623,22 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    admin = _admin_app(client, settings, keys, clock, root_settings)
+    admin_url = root_settings.redis.admin_url if root_settings is not None else None
+    admin_client = (
+        aioredis.Redis.from_url(
+            admin_url, socket_timeout=redis_socket_timeout_s, socket_connect_timeout=redis_socket_timeout_s
+        )
+        if admin_url and settings.serve_admin
+        else None
+    )
+    admin = _admin_app(admin_client or client, settings, keys, clock, root_settings) if settings.serve_admin else None
     if admin is not None:
         routes.append(Mount("/admin", app=admin))
     routes.append(Mount("/ui", app=build_ui_app(client, keys, root_settings)))
+    if admin_client is not None:
+        closers.append(admin_client.aclose)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     return GatewayApp(app, hot)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -25,7 +26,8 @@ class LocalRedis:
     """Start `redis-server` on a free loopback port in its own directory, and stop exactly it.
 
     `appendonly=True` turns on AOF persistence, so a restart (`restart()`) keeps the data, which
-    the fault tests use.
+    the fault tests use. `users` are ACL users (`warmpool.acl.RoleUser.acl_line()`), and `password`
+    protects the default user (full access); `url` then carries it.
     """
 
     def __init__(
@@ -36,6 +38,8 @@ class LocalRedis:
         appendonly: bool = False,
         binary: str = "redis-server",
         start_timeout_s: float = 10.0,
+        users: Sequence[str] = (),
+        password: str | None = None,
     ) -> None:
         self._owns_dir = base_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix="slurmless-redis-")) if base_dir is None else base_dir
@@ -43,11 +47,14 @@ class LocalRedis:
         self.appendonly = appendonly
         self.binary = binary
         self.start_timeout_s = start_timeout_s
+        self.users = list(users)
+        self.password = password
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -78,9 +85,13 @@ class LocalRedis:
             "--maxclients",
             "20000",
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        for line in self.users:
+            args += ["--user", *line.split()]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout_s
-        client = redis.Redis(port=self.port, socket_timeout=1.0)
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1.0)
         try:
             while True:
                 if self._proc.poll() is not None:

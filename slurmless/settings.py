@@ -37,10 +37,15 @@ class RedisSettings(BaseModel):
     """Prefix of every key slurmless writes, so one Redis can host several deployments."""
     socket_timeout_s: float = 5.0
     """Timeout of a single Redis command; no call waits forever."""
+    admin_url: str | None = None
+    """The admin API's own connection (a Redis user that may write the registry and keys), when `url` is one
+    that may not, as with the per-role ACL users of docs/security.md. None: the admin API uses `url`."""
 
-    @field_validator("url")
+    @field_validator("url", "admin_url")
     @classmethod
-    def _scheme(cls, value: str) -> str:
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         scheme = value.partition("://")[0].lower()
         if scheme not in REDIS_SCHEMES:
             if "sentinel" in scheme:
@@ -108,6 +113,9 @@ class GatewaySettings(BaseModel):
     """Serve `/metrics` without a token; by default it needs the admin token or `metrics_token`."""
     metrics_token: str | None = None
     """Bearer token Prometheus sends for `/metrics` (besides the admin token)."""
+    serve_admin: bool = True
+    """Mount the admin API at `/admin`. Web-facing gateways of a site that keeps admin credentials off them
+    set this false and run one internal gateway with it (docs/security.md)."""
 
 
 class LauncherSettings(BaseModel):

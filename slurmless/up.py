@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from rich.console import Console
 from slurmless.demo_model import VLLM_ENGINE_ARGS, VLLM_ENGINE_ENV, build_tiny_llama, vllm_python
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings, load_settings
+from warmpool.acl import ROLES, role_users, url_for
 from warmpool.apikeys import ApiKeyStore
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
@@ -63,11 +65,21 @@ class Stack:
         self.cluster: object | None = None
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.env: dict[str, str] = {}
+        self.role_urls: dict[str, str] = {}
 
-    def start_redis(self) -> str:
-        self.redis = LocalRedis(self.settings.state_dir / "redis", appendonly=True)
+    def start_redis(self) -> dict[str, str]:
+        """Redis with one ACL user per role (warmpool.acl), fresh passwords per run; the URL of each role."""
+        passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
+        users = role_users(self.settings.redis.key_prefix, passwords)
+        self.redis = LocalRedis(
+            self.settings.state_dir / "redis",
+            appendonly=True,
+            users=[u.acl_line() for u in users],
+            password=secrets.token_urlsafe(24),
+        )
         self.redis.start()
-        return self.redis.url
+        self.role_urls = {u.name: url_for(self.redis.url, u.name, u.password) for u in users}
+        return self.role_urls
 
     def start_cluster(self) -> dict[str, str]:
         from slurm.localcluster import LocalCluster
@@ -93,7 +105,7 @@ class Stack:
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         settings.launcher.job_output_dir.mkdir(parents=True, exist_ok=True)
-        redis_url = self.start_redis()
+        role_urls = self.start_redis()
         # The children read the same settings as this process (environment and config file), with
         # what `up` decided on top.
         env = dict(os.environ)
@@ -108,7 +120,6 @@ class Stack:
             env.update({k: v for k, v in dev_defaults.items() if k not in os.environ})
         env.update(
             {
-                "SLURMLESS_REDIS__URL": redis_url,
                 "SLURMLESS_REDIS__KEY_PREFIX": settings.redis.key_prefix,
                 "SLURMLESS_GATEWAY__HOST": settings.gateway.host,
                 "SLURMLESS_GATEWAY__PORT": str(settings.gateway.port),
@@ -122,9 +133,16 @@ class Stack:
             env.update(cluster_env)
             env["SLURMLESS_SLURM__CONF"] = cluster_env["SLURM_CONF"]
         env.update(extra_env or {})
-        self.env = env
-        self.spawn("launcher", [sys.executable, "-m", "launcher"], env)
-        self.spawn("gateway", [sys.executable, "-m", "queue_gateway"], env)
+        # Each process connects as its role: the gateway cannot write instances or the registry (its admin
+        # API has a connection of its own), the launcher cannot read async prompts.
+        launcher_env = env | {"SLURMLESS_REDIS__URL": role_urls["launcher"]}
+        gateway_env = env | {
+            "SLURMLESS_REDIS__URL": role_urls["gateway"],
+            "SLURMLESS_REDIS__ADMIN_URL": role_urls["admin"],
+        }
+        self.env = env | {"SLURMLESS_REDIS__URL": role_urls["admin"]}
+        self.spawn("launcher", [sys.executable, "-m", "launcher"], launcher_env)
+        self.spawn("gateway", [sys.executable, "-m", "queue_gateway"], gateway_env)
         base_url = f"http://{settings.gateway.host}:{settings.gateway.port}"
         if not _wait_http(base_url + "/healthz", timeout_s):
             raise RuntimeError(self.check_children() or f"gateway did not answer on {base_url} within {timeout_s} s")
@@ -235,19 +253,24 @@ def up_command(
         extra = {"SLURMLESS_LAUNCHER__ENGINE_ENV": json.dumps(VLLM_ENGINE_ENV)} if engine_label == VLLM_LABEL else {}
         base_url = stack.start(engine_argv, extra_env=extra)
         assert stack.redis is not None
-        console.print(f"[green]redis[/green]     {stack.redis.url} (AOF in {settings.state_dir / 'redis'})")
+        console.print(
+            f"[green]redis[/green]     127.0.0.1:{stack.redis.port} (AOF in {settings.state_dir / 'redis'}; "
+            "ACL users gateway, launcher, admin)"
+        )
         where = f"local cluster in {settings.dev_cluster.base_dir}" if settings.slurm.local_cluster else "as configured"
         console.print(f"[green]slurm[/green]     {where}")
-        key, admin_key = asyncio.run(_bootstrap(settings, stack.redis.url, engine_label))
+        key, admin_key = asyncio.run(_bootstrap(settings, stack.role_urls["admin"], engine_label))
         console.print(f"[green]gateway[/green]   {base_url}/v1  (model '{DEMO_MODEL}' on the {engine_label})")
-        console.print(f"[bold]API key[/bold]   {key}")
-        console.print(f"[bold]admin key[/bold] {admin_key}  (for `slurmless models|keys|status ...`)")
+        # Keys are long (128-bit ids): never wrapped, so that a copy or a script gets them whole.
+        console.print(f"[bold]API key[/bold]   {key}", soft_wrap=True)
+        console.print(f"[bold]admin key[/bold] {admin_key}  (for `slurmless models|keys|status ...`)", soft_wrap=True)
         console.print(
             f"\nexport SLURMLESS_KEY={key} SLURMLESS_URL={base_url} SLURMLESS_ADMIN_TOKEN={admin_key}"
             f"\ncurl -N {base_url}/v1/chat/completions "
             '-H "Authorization: Bearer $SLURMLESS_KEY" -H "Content-Type: application/json" '
             f'-d \'{{"model": "{DEMO_MODEL}", "stream": true, '
-            '"messages": [{"role": "user", "content": "Hello"}]}\'\n'
+            '"messages": [{"role": "user", "content": "Hello"}]}\'\n',
+            soft_wrap=True,
         )
         console.print("Ctrl-C stops everything.")
         while True:
