@@ -570,9 +570,8 @@ def build_app(
             return _json({"status": "redis unavailable"}, status=503)
         return _json({"status": "ready", "gateway_id": gateway_id})
 
-    metrics_tokens = [
-        t.encode() for t in (settings.metrics_token, root_settings.admin_token if root_settings else None) if t
-    ]
+    root = root_settings
+    metrics_tokens = [t.encode() for t in (root.metrics.token, root.admin_token) if t] if root is not None else []
 
     async def metrics_endpoint(request: Request) -> Response:
         # Model names (private ones too) are labels here: only Prometheus, with its token, reads them.
@@ -580,7 +579,7 @@ def build_app(
             header = request.headers.get("authorization", "").encode("latin-1")
             token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
             if not token or not any(hmac.compare_digest(token, t) for t in metrics_tokens):
-                return _error(Unauthorized("/metrics needs the metrics token: 'Authorization: Bearer <token>'."))
+                return _error(Unauthorized("/metrics needs metrics.token: 'Authorization: Bearer <token>'."))
         gw = holder.gateway
         if gw is not None:
             with contextlib.suppress(RedisError, OSError):

@@ -110,9 +110,7 @@ class GatewaySettings(BaseModel):
     async_max_result_bytes: int = Field(16_000_000, ge=1024)
     """Largest async answer kept in Redis; a longer one is stored as a 502 error saying so."""
     metrics_public: bool = False
-    """Serve `/metrics` without a token; by default it needs the admin token or `metrics_token`."""
-    metrics_token: str | None = None
-    """Bearer token Prometheus sends for `/metrics` (besides the admin token)."""
+    """Serve `/metrics` without a token; by default it needs `metrics.token` or the admin token."""
     serve_admin: bool = True
     """Mount the admin API at `/admin`. Web-facing gateways of a site that keeps admin credentials off them
     set this false and run one internal gateway with it (docs/security.md)."""
@@ -253,23 +251,41 @@ class TenantLimits(BaseModel):
     """Longest `models warm` a tenant may ask for."""
 
 
-SITE_TENANT_LIMITS = TenantLimits(
-    max_gpus=8,
-    max_gpu_hours_per_day=96.0,
-    partitions=[],
-    accounts=[],
-    qos=[],
-    max_min_replicas=0,
-    max_replicas=2,
-    max_keepalive_s=3600.0,
-    max_cold_wait_budget_s=1800.0,
-    max_warm_wait_budget_s=120.0,
-    max_queue=200,
-    max_gpus_per_instance=4,
-    max_time_limit_min=480,
-    max_warm_s=8 * 3600.0,
-)
-"""Safe defaults for every tenant: a site raises them in `registry.tenant_limits`, or per tenant."""
+class SiteTenantLimits(TenantLimits):
+    """The limits of every tenant unless its own say otherwise: deliberately small, a site raises them."""
+
+    max_gpus: int | None = Field(8, ge=0)
+    """GPUs a tenant's instances may hold at once (requested through draining), checked before each `sbatch`."""
+    max_gpu_hours_per_day: float | None = Field(96.0, ge=0)
+    """GPU-hours a tenant's jobs may be granted per UTC day, each charged at submission for its whole time limit."""
+    partitions: list[str] | None = Field(default_factory=list)
+    """Partitions a tenant may name (empty: only the cluster's default)."""
+    accounts: list[str] | None = Field(default_factory=list)
+    """Slurm accounts a tenant may name (empty: none, the job runs under the launcher's default)."""
+    qos: list[str] | None = Field(default_factory=list)
+    """QOS a tenant may name (empty: none)."""
+    max_min_replicas: int | None = Field(0, ge=0)
+    """Largest `policy.min_replicas` (replicas kept warm whatever the demand)."""
+    max_replicas: int | None = Field(2, ge=0)
+    """Largest `policy.max_replicas`."""
+    max_keepalive_s: float | None = Field(3600.0, ge=0)
+    """Largest `policy.keepalive_min_s` and `policy.keepalive_max_s`."""
+    max_cold_wait_budget_s: float | None = Field(1800.0, gt=0)
+    """Largest `policy.cold_wait_budget_s`."""
+    max_warm_wait_budget_s: float | None = Field(120.0, gt=0)
+    """Largest `policy.warm_wait_budget_s`."""
+    max_queue: int | None = Field(200, ge=1)
+    """Largest `policy.queue_max`."""
+    max_gpus_per_instance: int | None = Field(4, ge=0)
+    """Most GPUs (per node times nodes) one instance of a tenant's model may ask for."""
+    max_time_limit_min: int | None = Field(480, ge=1)
+    """Longest `resources.time_limit_min`."""
+    max_warm_s: float | None = Field(8 * 3600.0, gt=0)
+    """Longest `models warm` a tenant may ask for."""
+
+
+SITE_TENANT_LIMITS = SiteTenantLimits()
+"""The defaults as a value (the launcher's, when it is built without settings)."""
 
 
 class RegistrySettings(BaseModel):
@@ -285,7 +301,7 @@ class RegistrySettings(BaseModel):
     """Also check config.json / adapter_config.json at registration (single-machine deployments)."""
     kv_headroom_tokens: int = 8192
     """KV-cache room reserved per instance when estimating GPUs (capped by the model's context)."""
-    tenant_limits: TenantLimits = Field(default_factory=lambda: SITE_TENANT_LIMITS.model_copy(deep=True))
+    tenant_limits: SiteTenantLimits = Field(default_factory=SiteTenantLimits)
     """Limits of every tenant's self-service keys, unless the tenant's own `limits` say otherwise."""
 
 
@@ -293,8 +309,9 @@ class MetricsSettings(BaseModel):
     """What Prometheus is told about engines, and the credential it scrapes them with."""
 
     token: str | None = None
-    """Bearer token that may read the admin API's service discovery, pool metrics and engine metrics proxy, nothing
-    else: give Prometheus this rather than an admin key. Unset: only admin credentials may."""
+    """Bearer token that may read the gateway's /metrics, the admin API's service discovery, pool metrics and
+    engine metrics proxy, nothing else: give Prometheus this rather than an admin key. Unset: only admin
+    credentials may."""
     cluster: str = "slurm"
     """Value of the `cluster` label on discovered engines (the Slurm cluster's name)."""
     gateway_url: str | None = None

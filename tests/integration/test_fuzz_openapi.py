@@ -42,7 +42,7 @@ from queue_gateway.app import build_app
 from queue_gateway.openapi import openapi_document as gateway_document
 from slurmless.localredis import LocalRedis
 from slurmless.ports import free_port
-from slurmless.settings import RedisSettings, Settings
+from slurmless.settings import MetricsSettings, RedisSettings, Settings
 from tests.fixtures.gateway_stack import METRICS_TOKEN, Sim, add_instance, api_key, gateway_settings, register_model
 
 EXAMPLES = 12
@@ -95,9 +95,12 @@ def stack(redis_server: LocalRedis, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "m").mkdir()
     sim_key = f"inst-{uuid.uuid4().hex[:8]}"
     sim_app = build_sim_app(SimConfig(model="/models/m", served_model_names=("m",), api_key=sim_key, load_time_s=0))
-    gw_settings = gateway_settings(cold_wait_budget_s=2.0, warm_wait_budget_s=2.0, metrics_token=METRICS_TOKEN)
+    gw_settings = gateway_settings(cold_wait_budget_s=2.0, warm_wait_budget_s=2.0)
     root_settings = Settings(
-        redis=RedisSettings(url=redis_server.url), admin_token=ADMIN_TOKEN, model_roots=[Path(root)]
+        redis=RedisSettings(url=redis_server.url),
+        admin_token=ADMIN_TOKEN,
+        model_roots=[Path(root)],
+        metrics=MetricsSettings(token=METRICS_TOKEN),
     )
     gw_app = build_app(gw_settings, redis_server.url, root_settings=root_settings)
     with ThreadedServer(sim_app) as sim:

@@ -55,6 +55,6 @@ async def test_readyz_hides_the_redis_address_and_metrics_need_a_token(
             assert str(own.port) not in ready.text and "127.0.0.1" not in ready.text, ready.text
     finally:
         own.stop()
-    public = gateway_settings(metrics_public=True, metrics_token=None)
+    public = gateway_settings(metrics_public=True)
     async with gateway(redis_server.url, public) as gw, httpx.AsyncClient(base_url=gw.url, timeout=10) as h:
         assert (await h.get("/metrics")).status_code == 200
