@@ -151,10 +151,17 @@ def observability_routes(api: AdminApi) -> list[Route]:
 def observability_paths() -> dict[str, Any]:
     """The OpenAPI path items of these routes, for `openapi_document`."""
 
-    def op(summary: str, media: str, params: tuple[str, ...] = ()) -> dict[str, Any]:
+    def op(summary: str, media: str, params: tuple[str, ...] = (), errors: tuple[int, ...] = ()) -> dict[str, Any]:
+        refusals = {
+            str(code): {
+                "description": "an OpenAI-shaped error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            }
+            for code in (401, 403, *errors)
+        }
         out: dict[str, Any] = {
             "summary": summary,
-            "responses": {"200": {"description": "OK", "content": {media: {"schema": {}}}}},
+            "responses": {"200": {"description": "OK", "content": {media: {"schema": {}}}}, **refusals},
         }
         if params:
             out["parameters"] = [
@@ -165,7 +172,12 @@ def observability_paths() -> dict[str, Any]:
     return {
         "/v1/sd/engines": {"get": op("Ready engines as Prometheus http_sd_config target groups", "application/json")},
         "/v1/engines/{instance}/metrics": {
-            "get": op("An engine's own /metrics, fetched with its per-instance key", "text/plain", ("instance",))
+            "get": op(
+                "An engine's own /metrics, fetched with its per-instance key",
+                "text/plain",
+                ("instance",),
+                errors=(400, 404, 502),
+            )
         },
         "/v1/metrics": {"get": op("The warm pool's state (desired, ready, phases, queues) as metrics", "text/plain")},
     }
