@@ -2,8 +2,9 @@
 
 Built from the key schema (`warmpool.keys`): every pattern is a key family of one prefix.
 
-- `gateway`: reads the registry, keys, tenants and instance addresses; writes queues, tickets,
-  slots, leases, demand, per-key limits and async requests. It cannot write instance records,
+- `gateway`: reads the registry, keys, tenants, instance addresses and (for the status page) the
+  launcher's decisions; writes queues, tickets, slots, leases, demand, per-key limits, async
+  requests and status-page sessions. It cannot write instance records,
   the registry, API keys or tenants: a compromised gateway cannot redirect traffic or mint keys.
 - `launcher`: reads the registry and tenants; writes instances, routing, phases, history and its
   lease (plus arq's own keys). It never reads `async:*` (async prompts and answers) nor API keys.
@@ -22,8 +23,24 @@ _REGISTRY = ("models", "models:version", "aliases")
 _ROUTING = ("ready:*", "q:*", "qmodels", "qtotal", "seq", "t:*", "gw:*", "gateways")
 _HISTORY = ("dem:*", "idle:*", "mstat:*")
 
-GATEWAY_READ = (*_REGISTRY, "apikeys", "tenants", "inst:*", "caps", "phase:*")
-GATEWAY_WRITE = (*_ROUTING, *_HISTORY, "klim:*", "tlim:*", "async:*", "asyncq")
+GATEWAY_READ = (
+    *_REGISTRY,
+    "apikeys",
+    "tenants",
+    "inst:*",
+    "instances",
+    "minst:*",
+    "caps",
+    "phase:*",
+    # What the status page (/ui/) shows: the launcher's decisions, timelines and state.
+    "desired",
+    "events",
+    "tl:*",
+    "schedules:*",
+    "warm:*",
+    "launcher:leader",
+)
+GATEWAY_WRITE = (*_ROUTING, *_HISTORY, "cold:*", "klim:*", "tlim:*", "async:*", "asyncq", "uisess:*")
 LAUNCHER_READ = (*_REGISTRY, "tenants")
 LAUNCHER_WRITE = (
     *_ROUTING,
@@ -40,6 +57,8 @@ LAUNCHER_WRITE = (
     "warm:*",
     "tgpu:*",
     "tgpuh:*",
+    "tl:*",
+    "cold:*",
 )
 LAUNCHER_OTHER = ("arq:*",)
 """Keys outside the prefix: arq's queue of launcher jobs."""

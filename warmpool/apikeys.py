@@ -112,10 +112,10 @@ class ApiKeyStore:
         """The key's record, or None when unknown, revoked or expired at `now_s`."""
         if not plaintext.startswith(KEY_PREFIX):
             return None
-        return await self.by_digest(hash_key(plaintext))
+        return await self.by_digest(hash_key(plaintext), now_s=now_s)
 
-    async def by_digest(self, digest: str) -> ApiKeyRecord | None:
-        """The record of the key whose SHA-256 is `digest`, or None when unknown or revoked."""
+    async def by_digest(self, digest: str, *, now_s: float) -> ApiKeyRecord | None:
+        """The record of the key whose SHA-256 is `digest`, or None when unknown, revoked or expired at `now_s`."""
         raw = await awaited(self.redis.hget(self.keys.api_keys, digest))
         if raw is None:
             return None

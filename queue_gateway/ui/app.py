@@ -129,7 +129,7 @@ class UiApp:
         token = self.d.admin_token
         if token and hmac.compare_digest(key.encode(), token.encode()):
             return "admin-token", hash_key(key)
-        record = await self.d.api_keys.verify(key)
+        record = await self.d.api_keys.verify(key, now_s=self.d.clock())
         if record is None:
             return "Unknown or revoked key."
         if not (record.admin or record.operator):
@@ -146,7 +146,7 @@ class UiApp:
         if session.label == "admin-token":
             still = bool(token) and hmac.compare_digest(session.key_sha256, hash_key(token or ""))
         else:
-            record = await self.d.api_keys.by_digest(session.key_sha256)
+            record = await self.d.api_keys.by_digest(session.key_sha256, now_s=self.d.clock())
             still = record is not None and (record.admin or record.operator)
         if not still:
             await self.d.sessions.end(sid)
