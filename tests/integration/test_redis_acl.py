@@ -112,6 +112,14 @@ async def test_a_gateway_serves_warm_queued_and_async_requests_as_its_acl_user(a
             done = await h.get(f"/v1/async/{queued.json()['id']}", params={"wait_s": 10})
             assert done.status_code == 200, done.text
             assert [m["id"] for m in (await h.get("/v1/models")).json()["data"]] == ["m"]
+            # The status page (sessions in Redis, the launcher's state read) works as the gateway's user too.
+            async with httpx.AsyncClient(base_url=gw.url, timeout=30) as ui:
+                login = await ui.post(
+                    "/ui/login", data={"key": "acl-admin-token"}, headers={"Sec-Fetch-Site": "same-origin"}
+                )
+                assert login.status_code in (200, 303), login.text
+                state = await ui.get("/ui/state")
+                assert state.status_code == 200, state.text
     finally:
         await admin.aclose()
         await launcher.aclose()
