@@ -77,10 +77,12 @@ def callback_app(launcher: Launcher, *, clock: Callable[[], float] = time.time) 
                 raise BadCallback("bad port")
         except BadCallback as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        ok = await launcher.on_register(
+        refusal = await launcher.on_register(
             str(data["instance_id"]), job_id=_job_id(data), host=host, port=port, token=token, now_s=clock()
         )
-        return JSONResponse({"ok": ok}, status_code=200 if ok else 401)
+        if refusal is not None:
+            return JSONResponse({"ok": False, "error": refusal.reason}, status_code=refusal.status)
+        return JSONResponse({"ok": True})
 
     async def deregister(request: Request) -> Response:
         try:

@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import httpx
 import orjson
@@ -46,6 +47,7 @@ from launcher.desired import (
 )
 from launcher.health import Health, Probe, Prober, loading_probe_delay_s
 from launcher.history import LAST_DEMAND, HistoryStore, ModelHistory
+from launcher.jobhost import HostCheck
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
 from launcher.lora import AdapterLoadError, ensure_adapter_loaded
 from launcher.metrics import LauncherMetrics
@@ -173,8 +175,11 @@ class Launcher:
         clock: Callable[[], float] | None = None,
         watch_loading: bool = False,
         tenant_limits: TenantLimits = SITE_TENANT_LIMITS,
+        model_roots: Sequence[Path] = (),
     ) -> None:
         self.redis = redis
+        self.model_roots = tuple(model_roots)
+        """Model paths must still resolve under these when a job is submitted (and when it starts)."""
         self.slurm = slurm
         self.settings = settings
         self.callback_url = callback_url
@@ -208,6 +213,7 @@ class Launcher:
         self.clock = clock
         self.watch_loading = watch_loading and clock is not None
         self.lock = asyncio.Lock()
+        self.host_check = HostCheck(slurm, allow_loopback=settings.allow_loopback_engines)
         self._unhealthy: dict[str, int] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
@@ -251,25 +257,40 @@ class Launcher:
 
     async def on_register(
         self, iid: str, *, job_id: int | None, host: str, port: int, token: str, now_s: float
-    ) -> bool:
-        """A job's engine started and listens on host:port; False when the token does not match."""
+    ) -> Refusal | None:
+        """A job's engine started and listens on host:port: None when accepted, else why not.
+
+        The token must match; the job id must be the instance's; the host must be the job's batch
+        host as Slurm reports it (`HostCheck`). A host that fails that check fails the instance.
+        """
+        record = await self.instances.get(iid)
+        if record is None or not _token_ok(record, token):
+            return Refusal(401, "unknown instance or wrong token")
+        if job_id is None:
+            return Refusal(400, "job_id is required")
+        if record.job_id is None and record.state is S.REQUESTED:
+            return Refusal(503, "the job's id is not recorded yet: retry")
+        if record.job_id != str(job_id):
+            return Refusal(403, f"job {job_id} is not instance {iid}'s job")
+        if record.state in (S.LOADING, S.READY) and (record.host, record.port) == (host, port):
+            return None
+        problem = await self.host_check.problem(job_id, host)
         async with self.lock:
             record = await self.instances.get(iid)
-            if record is None or not _token_ok(record, token):
-                return False
-            if record.state in (S.LOADING, S.READY) and (record.host, record.port) == (host, port):
-                return True
+            if record is None or record.job_id != str(job_id):
+                return Refusal(403, f"job {job_id} is not instance {iid}'s job")
             if record.state not in (S.REQUESTED, S.PENDING, S.STARTING):
-                return False
-            if job_id is not None and record.job_id not in (None, str(job_id)):
-                return False
+                return Refusal(409, f"instance {iid} is {record.state.value}")
+            if problem is not None:
+                await self._fail(record, now_s, f"registration refused: {problem}"[:500])
+                return Refusal(403, problem)
             if S.STARTING.value not in record.timestamps:
                 # The job called back before a tick saw it running.
                 record.timestamps[S.STARTING.value] = now_s
-            await self._transition(record, S.LOADING, now_s, host=host, port=port, job_id=record.job_id or str(job_id))
+            await self._transition(record, S.LOADING, now_s, host=host, port=port, job_id=record.job_id)
         if self.watch_loading:
             self._watchers[iid] = asyncio.create_task(self._watch(iid))
-        return True
+        return None
 
     async def on_deregister(self, iid: str, *, reason: str, token: str, now_s: float) -> bool:
         """A job stops serving: the walltime warning, a SIGTERM (scancel, preemption) or its engine exited."""
@@ -279,7 +300,13 @@ class Launcher:
                 return False
             if record.state not in LIVE_STATES or record.state is S.DRAINING:
                 return True
-            if reason.startswith("engine-exited"):
+            if reason.startswith("refused:"):
+                # The job found its directory or model path unsafe before starting: retrying cannot help.
+                why = f"job refused to start: {reason.removeprefix('refused:')} (see the job's log)"
+                await self._fail(record, now_s, why)
+                await awaited(self.redis.hset(self.keys.model_stats(record.model), "broken_reason", why))
+                await self.events.record("model.broken", now_s=now_s, model=record.model, reason=why)
+            elif reason.startswith("engine-exited"):
                 code = reason.partition(":")[2] or "?"
                 await self._fail(record, now_s, f"engine exited with code {code}")
             elif reason == "walltime-warning":
@@ -922,6 +949,7 @@ class Launcher:
                         partition=partition,
                         qos=qos,
                         enable_lora=enable_lora,
+                        model_roots=self.model_roots,
                     )
                 )
 
@@ -1221,6 +1249,14 @@ class _Stopwatch:
         now = time.perf_counter()
         self.into[name] = (now - self.last) * 1000
         self.last = now
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused callback: the HTTP status the job gets (4xx is final for it, 503 is retried) and why."""
+
+    status: int
+    reason: str
 
 
 def _token_ok(record: InstanceRecord, token: str) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 from launcher.lora import LORA_JOB_ENV
+from slurm.confine import check_job_paths, ensure_private_dir
 from slurm.jobscript import JobSpec
 from slurmless.settings import LauncherSettings
 from warmpool.specs import ModelSpec
@@ -49,8 +51,13 @@ def job_spec(
     partition: str | None,
     qos: str | None,
     enable_lora: bool = False,
+    model_roots: Sequence[Path] = (),
 ) -> JobSpec:
-    """The validated job of one instance of `spec` (a base model: adapters are served by their base)."""
+    """The validated job of one instance of `spec` (a base model: adapters are served by their base).
+
+    Right before submission, so also for specs registered long ago: the job directory must be private
+    and every model path must still resolve under `model_roots` (`ScriptValidationError` otherwise).
+    """
     res = spec.resources
     shortest_s = 60 * (res.time_min_min or res.time_limit_min)
     lead, settle, drain, kill = signal_timing(settings.signal_lead_s, shortest_s)
@@ -60,9 +67,8 @@ def job_spec(
         # Adapters are loaded at run time (launcher/lora.py); vLLM refuses that without the variable.
         engine_args["--enable-lora"] = True
         engine_env.update(LORA_JOB_ENV)
-    output_dir = Path(settings.job_output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return JobSpec.parse(
+    output_dir = ensure_private_dir(Path(settings.job_output_dir))
+    job = JobSpec.parse(
         {
             "instance_id": instance_id,
             "model_name": spec.name,
@@ -93,5 +99,9 @@ def job_spec(
             "output_dir": str(output_dir),
             "job_name_prefix": settings.job_name_prefix,
             "helper_python": settings.helper_python,
+            "model_roots": tuple(str(r) for r in model_roots),
+            "ray_auth_token": new_token() if res.nodes > 1 else None,
         }
     )
+    check_job_paths(job, model_roots)
+    return job

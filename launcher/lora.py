@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from slurm.validate import EngineArgValue
+from slurm.engine_args import EngineArgValue
 from warmpool.specs import ModelKind, ModelSpec
 
 LORA_JOB_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}

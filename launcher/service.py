@@ -70,6 +70,7 @@ class LauncherService:
             clock=time.time,
             watch_loading=True,
             tenant_limits=settings.registry.tenant_limits,
+            model_roots=settings.model_roots,
         )
         self.lease = LeaderLease(self.redis, self.id, ttl_s=ls.lease_ttl_s, keys=self.keys)
         self.is_leader = False

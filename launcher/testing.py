@@ -59,6 +59,7 @@ def local_settings(
         "pending_cancel_grace_s": 5.0,
         "signal_lead_s": 30,
         "unhealthy_after": 2,
+        "allow_loopback_engines": True,
         **launcher,
     }
     return Settings(

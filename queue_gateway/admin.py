@@ -273,7 +273,14 @@ class AdminApi:
                 with anyio.fail_after(FS_TIMEOUT_S):
                     config = await anyio.to_thread.run_sync(read_model_config, spec.source)
         spec, notes = validate_spec(
-            spec, reg, roots=self.settings.model_roots, base=base, gpus_given=gpus_given, config=config
+            spec,
+            reg,
+            roots=self.settings.model_roots,
+            base=base,
+            gpus_given=gpus_given,
+            config=config,
+            admin=who.admin,
+            previous=existing,
         )
         if not who.admin:
             assert who.tenant is not None

@@ -26,6 +26,14 @@ class SlurmBackend(Protocol):
         """All slurmless jobs (name starts with the prefix) the controller knows, in one query."""
         ...
 
+    async def job(self, job_id: int) -> SlurmJob | None:
+        """One slurmless job by id (with its batch host once running), or None if Slurm does not list it."""
+        ...
+
+    async def node_addresses(self, node: str) -> tuple[str, ...]:
+        """The names and addresses Slurm knows a node by: its name, `NodeAddr` and `NodeHostname`."""
+        ...
+
     async def cancel(self, job_id: int) -> None:
         """Cancel a job; cancelling a job that has already ended is not an error."""
         ...

@@ -160,6 +160,12 @@ class SlurmCLI:
         """Every node, from one `sinfo -N --json`."""
         return await self._call("sinfo", ["-N", "--json"], lambda out, _: parse_sinfo(out))
 
+    async def node_addresses(self, node: str) -> tuple[str, ...]:
+        """The node's name, address (`NodeAddr`) and hostname (`NodeHostname`), from one `sinfo -N -n`."""
+        check_slurm_word(node, "node name")
+        out = await self._call("sinfo", ["--noheader", "-N", f"--nodes={node}", "--format=%N|%o|%n"], _first_line)
+        return tuple(dict.fromkeys(w for w in [node, *out.split("|")] if w and w != "(null)"))
+
     async def partitions(self) -> list[Partition]:
         """Every partition with GPU totals, from one `sinfo -N --json`."""
         return partitions_from_nodes(await self.nodes())
@@ -218,7 +224,7 @@ class SlurmCLI:
         self, name: str, args: list[str], stdin: str | None, extra_env: Mapping[str, str] | None = None
     ) -> tuple[str, str]:
         """Run the command once; map its failure modes to the error tree."""
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        env = {**command_env(os.environ), **self.env, **(extra_env or {})}
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._executable(name),
@@ -263,6 +269,25 @@ class SlurmCLI:
 
 class _SubmitNotReached(SlurmUnavailable):
     """The controller never received the request, so even a submission may be retried."""
+
+
+_PASSED_ON = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR"})
+_PASSED_PREFIXES = ("SLURM_", "SBATCH_", "SQUEUE_", "SINFO_", "SCANCEL_", "SCONTROL_", "MUNGE", "LC_")
+
+
+def command_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the Slurm commands get of this process's environment: Slurm's own variables and the basics.
+
+    Even with `--export=NONE`, sbatch hands every variable whose name starts with "SLURM" to the
+    job, and slurmless's settings (a Redis URL with its password, the admin token) are all
+    `SLURMLESS_*`; no other variable of the launcher's reaches a command or a job either.
+    """
+    return {k: v for k, v in environ.items() if k in _PASSED_ON or k.startswith(_PASSED_PREFIXES)}
+
+
+def _first_line(out: str, err: str) -> str:
+    lines = out.strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def _ignore(out: str, err: str) -> None:

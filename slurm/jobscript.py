@@ -12,22 +12,28 @@ returns a bash script in three shapes:
 Header: `#SBATCH` lines for the job name `<prefix><model>-<instance_id>`, `--comment=slurmless:<id>`
 (how `SlurmBackend.jobs()` and reconciliation recognise our jobs), `--signal=B:USR1@<lead>`,
 `--time`, `--time-min`, `--gres=gpu:N`, CPUs, memory, partition, QOS, account, constraint,
-`--output`, `--nodes`, `--ntasks-per-node=1` and `--no-requeue`. Those values cannot be quoted
-(sbatch parses them itself), so they are restricted to plain words by `slurm.validate`.
+`--output`, `--chdir`, `--export=NONE` (the job gets none of the launcher's environment),
+`--nodes`, `--ntasks-per-node=1` and `--no-requeue`. Those values cannot be quoted (sbatch parses
+them itself), so they are restricted to plain words by `slurm.validate`.
 
 Body (`templates/job.sh.tmpl`), the job contract:
 
-1. `set -u`; the values as shell-quoted variables (`shlex.quote`), then the admin's set-up lines
-   (module loads, an apptainer wrapper; trusted configuration, kept below the header).
-2. The advertised host (`$SLURMLESS_ADVERTISE_HOST` if the admin sets it, else `hostname -f`);
-   then one background python3 picks a free port (binds port 0), hands it to the script and
-   registers it: `POST <callback_url>/register` with `{"instance_id","job_id","host","port"}` and
-   `Authorization: Bearer <callback_token>`, retried. Registering while the engine starts saves a
-   python start on the way to ready; the launcher probes host:port until the engine answers.
-3. Start the engine in the background: `<engine_command> --model <source> --served-model-name
-   <name> [parallelism] [allow-listed engine args] --host 0.0.0.0 --port $PORT`. The per-instance
-   API key travels in `VLLM_API_KEY` (read by vLLM and by the simulator), not in argv, so other
-   users cannot read it from `ps` on the node.
+1. `set -u`; the values as shell-quoted variables (`shlex.quote`), `PYTHONSAFEPATH=1` for every
+   python the job starts, then the admin's set-up lines (module loads, an apptainer wrapper;
+   trusted configuration, kept below the header).
+2. One background python3 (the registration helper) refuses a job directory that is not private
+   and any model path (the source and path-typed engine arguments, `confined_paths`) that no longer
+   resolves under `model_roots`: it deregisters with `refused:<what>` and the job exits 78 before
+   any engine starts. Otherwise it picks the node's own address (`$SLURMLESS_ADVERTISE_HOST` if the
+   admin sets it, else the source address of its route to the launcher) and a free port there,
+   hands them and the resolved model path to the script, and registers: `POST <callback_url>/register`
+   with `{"instance_id","job_id","host","port"}` and `Authorization: Bearer <callback_token>`,
+   retried. Registering while the engine starts saves a python start on the way to ready; the
+   launcher probes host:port until the engine answers.
+3. Start the engine in the background: `<engine_command> --model <resolved source> --served-model-name
+   <name> [parallelism] [allow-listed engine args] --host <node address> --port $PORT`. The
+   per-instance API key travels in `VLLM_API_KEY` (read by vLLM and by the simulator), not in argv,
+   so other users cannot read it from `ps` on the node.
 4. Wait for the registration's outcome; if it never succeeds the job stops its engine and exits 1.
 5. `wait` on the engine in a loop (bash runs traps only when `wait` returns, with >128).
    On USR1 (the walltime warning, or a drain request via `scancel --signal=USR1 --batch`):
@@ -37,11 +43,15 @@ Body (`templates/job.sh.tmpl`), the job contract:
    the same with reason "terminated" and `term_drain_s`. If the engine exits by itself:
    deregister with reason "engine-exited:<code>" and exit with its code.
 
-Helpers are python3 stdlib one-offs (run with `-S`: no site-packages, a faster start) reading
-values from the environment, never from code text (curl may be missing on compute nodes). The
-callback token and API key are written into the script: Slurm keeps batch scripts readable only
-by the submitting user and SlurmUser, and the launcher submits them through stdin, so they never
-touch a shared filesystem.
+Multi-node jobs start Ray with a per-job token (`RAY_AUTH_MODE=token`), bound to the nodes'
+addresses and without its dashboard (`templates/ray.sh.tmpl`).
+
+Helpers are python3 stdlib one-offs run with `-I -S` (isolated: the working directory and
+`PYTHON*` variables never reach `sys.path`; no site-packages, a faster start), reading values from
+the environment, never from code text (curl may be missing on compute nodes). The callback token
+and API key are written into the script: Slurm keeps batch scripts readable only by the submitting
+user and SlurmUser, and the launcher submits them through stdin, so they never touch a shared
+filesystem.
 """
 
 from __future__ import annotations
@@ -54,16 +64,15 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from slurm.engine_args import EngineArgValue, check_engine_args, path_values
 from slurm.errors import ScriptValidationError
 from slurm.types import COMMENT_PREFIX
 from slurm.validate import (
-    EngineArgValue,
     check_absolute_path,
     check_admin_line,
     check_argv,
     check_callback_url,
     check_constraint,
-    check_engine_args,
     check_instance_id,
     check_job_name_prefix,
     check_model_name,
@@ -74,7 +83,7 @@ from slurm.validate import (
     check_token,
 )
 
-__all__ = ["VLLM_COMMAND", "JobSpec", "job_name", "render_job_script"]
+__all__ = ["VLLM_COMMAND", "JobSpec", "confined_paths", "job_name", "render_job_script"]
 
 #: The production engine: vLLM's OpenAI-compatible server.
 VLLM_COMMAND: tuple[str, ...] = ("python3", "-m", "vllm.entrypoints.openai.api_server")
@@ -128,6 +137,10 @@ class JobSpec(BaseModel):
     job_name_prefix: str = "slurmless-"
     helper_python: str = "python3"
     ray_command: tuple[str, ...] = ("ray",)
+    #: Directories model paths must resolve under; the job checks again (symlinks followed) before starting.
+    model_roots: tuple[str, ...] = ()
+    #: Shared secret of the multi-node Ray cluster (`RAY_AUTH_TOKEN`); required when `nodes > 1`.
+    ray_auth_token: str | None = None
     #: Seconds the multi-node launch waits for all Ray workers to join.
     ray_wait_s: int = Field(default=300, ge=1, le=3600)
 
@@ -221,9 +234,20 @@ class JobSpec(BaseModel):
     def _helper_python(cls, v: str) -> str:
         return v if v == "python3" else check_absolute_path(v, "helper python")
 
+    @field_validator("model_roots")
+    @classmethod
+    def _roots(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_absolute_path(r, "model root") for r in v)
+
+    @field_validator("ray_auth_token")
+    @classmethod
+    def _ray_token(cls, v: str | None) -> str | None:
+        return None if v is None else check_token(v, "Ray auth token")
+
     @model_validator(mode="after")
     def _times(self) -> Self:
         _check_times(self)
+        _check_confined(self)
         return self
 
     @property
@@ -255,6 +279,24 @@ def _check_times(spec: JobSpec) -> None:
         )
 
 
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def confined_paths(spec: JobSpec) -> list[str]:
+    """Every path the engine will open (the model first, when it is a path): each must lie under a model root."""
+    paths = [spec.model_source] if spec.model_source.startswith("/") else []
+    return paths + [v for _, v in sorted(path_values(spec.engine_args).items())]
+
+
+def _check_confined(spec: JobSpec) -> None:
+    for path in confined_paths(spec):
+        if not any(_under(path, root) for root in spec.model_roots):
+            raise ScriptValidationError(f"path {path!r} is outside the model roots ({', '.join(spec.model_roots)})")
+    if spec.nodes > 1 and spec.ray_auth_token is None:
+        raise ScriptValidationError("a multi-node job needs a Ray auth token")
+
+
 def _revalidate(spec: JobSpec) -> None:
     """Check every field again, whatever path built the spec."""
     check_instance_id(spec.instance_id)
@@ -280,10 +322,15 @@ def _revalidate(spec: JobSpec) -> None:
     check_job_name_prefix(spec.job_name_prefix)
     if spec.helper_python != "python3":
         check_absolute_path(spec.helper_python, "helper python")
+    for root in spec.model_roots:
+        check_absolute_path(root, "model root")
+    if spec.ray_auth_token is not None:
+        check_token(spec.ray_auth_token, "Ray auth token")
     ints = (spec.gpus_per_node, spec.nodes, spec.cpus_per_task, spec.mem_mb, spec.time_limit_min)
     if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ints):
         raise ScriptValidationError("resource counts must be non-negative integers")
     _check_times(spec)
+    _check_confined(spec)
 
 
 def job_name(spec: JobSpec) -> str:
@@ -305,6 +352,7 @@ def _header(spec: JobSpec) -> list[str]:
         f"#SBATCH --signal=B:USR1@{spec.signal_lead_s}",
         f"#SBATCH --output={spec.output_dir.rstrip('/')}/{name}-%j.out",
         f"#SBATCH --chdir={spec.output_dir}",
+        "#SBATCH --export=NONE",
         "#SBATCH --no-requeue",
     ]
     if spec.gpus_per_node > 0:
@@ -350,6 +398,8 @@ def render_job_script(spec: JobSpec) -> str:
     """The batch script for `spec` (validated again here); submit it with `SlurmBackend.submit`."""
     _revalidate(spec)
     q = shlex.quote
+    argv = _engine_argv(spec)
+    model_index = len(spec.engine_command) + 1 if spec.model_source.startswith("/") else -1
     variables = [
         f"SLURMLESS_INSTANCE_ID={q(spec.instance_id)}",
         f"SLURMLESS_CALLBACK_URL={q(spec.callback_url)}",
@@ -361,12 +411,16 @@ def render_job_script(spec: JobSpec) -> str:
         f"SLURMLESS_DRAIN_S={int(spec.effective_drain_s)}",
         f"SLURMLESS_TERM_DRAIN_S={int(spec.term_drain_s)}",
         f"SLURMLESS_KILL_GRACE_S={int(spec.kill_grace_s)}",
-        _array("SLURMLESS_ENGINE_ARGV", _engine_argv(spec)),
+        _array("SLURMLESS_ENGINE_ARGV", argv),
+        f"SLURMLESS_MODEL_INDEX={model_index}",
+        f"SLURMLESS_MODEL_ROOTS={q(':'.join(spec.model_roots))}",
+        _array("SLURMLESS_CONFINED", confined_paths(spec)),
     ]
     variables += [f"export {key}={q(value)}" for key, value in sorted(spec.engine_env.items())]
     launch, cleanup = ":", ":"
     if spec.nodes > 1:
         variables.append(_array("SLURMLESS_RAY", list(spec.ray_command)))
+        variables.append(f"SLURMLESS_RAY_AUTH_TOKEN={q(spec.ray_auth_token or '')}")
         launch = _fill(
             _template("ray.sh.tmpl"),
             {

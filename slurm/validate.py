@@ -9,22 +9,17 @@ also shell-quoted with `shlex.quote` after passing these checks (defence in dept
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 from slurm.errors import ScriptValidationError
 
 __all__ = [
-    "ENGINE_ARG_TYPES",
-    "RESERVED_ENGINE_ARGS",
-    "EngineArgValue",
     "check_absolute_path",
     "check_admin_line",
     "check_argv",
     "check_callback_url",
     "check_constraint",
-    "check_engine_args",
     "check_instance_id",
     "check_job_name_prefix",
     "check_model_name",
@@ -34,8 +29,6 @@ __all__ = [
     "check_slurm_word",
     "check_token",
 ]
-
-EngineArgValue = bool | int | float | str
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _INSTANCE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -49,7 +42,6 @@ _CONSTRAINT = re.compile(r"^[A-Za-z0-9_.&|,*:!\[\]-]{1,256}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$|^\[[0-9A-Fa-f:.]+\]$")
 _URL_PATH = re.compile(r"^[A-Za-z0-9._~/-]*$")
-_ENGINE_WORD = re.compile(r"^[A-Za-z0-9._:+-]{1,64}$")
 
 
 def _fail(what: str, value: object, why: str) -> ScriptValidationError:
@@ -177,92 +169,6 @@ def check_argv(argv: list[str], what: str) -> list[str]:
     for word in argv:
         if not word or any(c in word for c in "\x00\n\r"):
             raise _fail(what, word, "empty word, NUL or line break")
-    return argv
-
-
-# Flag -> expected type. "path" values must be absolute paths; "word" values plain words.
-ENGINE_ARG_TYPES: Mapping[str, str] = {
-    "--max-model-len": "int",
-    "--dtype": "word",
-    "--gpu-memory-utilization": "fraction",
-    "--max-num-seqs": "int",
-    "--max-num-batched-tokens": "int",
-    "--enable-lora": "flag",
-    "--max-loras": "int",
-    "--max-lora-rank": "int",
-    "--enforce-eager": "flag",
-    "--load-format": "word",
-    "--tokenizer": "source",
-    "--seed": "int",
-    "--quantization": "word",
-    "--kv-cache-dtype": "word",
-    "--chat-template": "path",
-    "--swap-space": "int",
-    "--block-size": "int",
-    "--enable-prefix-caching": "flag",
-    "--enable-chunked-prefill": "flag",
-    "--disable-log-requests": "flag",
-    "--generation-config": "word",
-}
-
-#: Flags the job script sets itself; user-supplied values would break the job contract.
-RESERVED_ENGINE_ARGS = frozenset(
-    {
-        "--host",
-        "--port",
-        "--api-key",
-        "--model",
-        "--served-model-name",
-        "--tensor-parallel-size",
-        "--pipeline-parallel-size",
-        "--distributed-executor-backend",
-    }
-)
-
-
-def _engine_value(flag: str, kind: str, value: EngineArgValue) -> str | None:
-    if kind == "flag":
-        if not isinstance(value, bool):
-            raise _fail(f"value of {flag}", value, "expected true or false")
-        return None
-    if isinstance(value, bool):
-        raise _fail(f"value of {flag}", value, "not a switch")
-    if kind == "int":
-        if not isinstance(value, int) or not 0 <= value <= 10**9:
-            raise _fail(f"value of {flag}", value, "expected a non-negative integer")
-        return str(value)
-    if kind == "fraction":
-        if not isinstance(value, int | float) or not 0 < float(value) <= 1:
-            raise _fail(f"value of {flag}", value, "expected a number in (0, 1]")
-        return repr(float(value))
-    if not isinstance(value, str):
-        raise _fail(f"value of {flag}", value, "expected a string")
-    if kind == "word":
-        if not _ENGINE_WORD.fullmatch(value) or value.startswith("-"):
-            raise _fail(f"value of {flag}", value, "expected a plain word")
-        return value
-    if kind == "path":
-        return check_absolute_path(value, f"value of {flag}")
-    if kind == "source":
-        return check_model_source(value)
-    raise AssertionError(f"unknown engine arg kind {kind}")  # pragma: no cover
-
-
-def check_engine_args(args: Mapping[str, EngineArgValue]) -> list[str]:
-    """Allow-listed engine flags and their values, as argv words in a stable order."""
-    argv: list[str] = []
-    for flag in sorted(args):
-        if flag in RESERVED_ENGINE_ARGS:
-            raise _fail("engine argument", flag, "set by slurmless itself")
-        kind = ENGINE_ARG_TYPES.get(flag)
-        if kind is None:
-            raise _fail("engine argument", flag, "not in the allow-list")
-        rendered = _engine_value(flag, kind, args[flag])
-        if kind == "flag":
-            if args[flag]:
-                argv.append(flag)
-        elif rendered is not None:
-            argv += [flag, rendered]
     return argv
 
 

@@ -131,8 +131,12 @@ class LauncherSettings(BaseModel):
     """argv of the engine started by each job; tests use the engine simulator."""
     job_name_prefix: str = "slurmless-"
     """Prefix of every job's name: the launcher lists and adopts only jobs whose name starts with it."""
-    job_output_dir: Path = Path("/tmp/slurmless-jobs")
-    """Where job scripts write their output (engine logs): storage the compute nodes share."""
+    job_output_dir: Path = Field(default_factory=lambda: Path.home() / ".slurmless" / "jobs")
+    """Where jobs run (`--chdir`) and write their output (engine logs): storage the compute nodes share,
+    created mode 0700; one other users can write to is refused (a home or project directory)."""
+    allow_loopback_engines: bool = False
+    """Accept engines that register a loopback or link-local address: only for a single-machine dev cluster
+    (`slurmless up` turns it on for its local cluster). Off, such registrations are refused."""
     health_poll_s: float = 1.0
     """How often a loading engine is probed until it serves."""
     first_load_timeout_s: float = 1800.0

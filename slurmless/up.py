@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import typer
 from rich.console import Console
 
+from slurm.confine import ensure_private_dir
 from slurmless.demo_model import VLLM_ENGINE_ARGS, VLLM_ENGINE_ENV, build_tiny_llama, vllm_python
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings, load_settings
@@ -104,7 +105,7 @@ class Stack:
         """Redis, the cluster (if local), launcher and gateway; returns the gateway's base URL once it answers."""
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        settings.launcher.job_output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.launcher.job_output_dir)
         role_urls = self.start_redis()
         # The children read the same settings as this process (environment and config file), with
         # what `up` decided on top.
@@ -115,6 +116,8 @@ class Stack:
                 "SLURMLESS_MODEL_ROOTS": json.dumps([str(settings.state_dir)]),
                 "SLURMLESS_REGISTRY__ALLOW_HUB_IDS": "true",
                 "SLURMLESS_REGISTRY__CHECK_PATHS_LOCALLY": "true",
+                # Its one node is this machine (NodeAddr 127.0.0.1): engines register a loopback address.
+                "SLURMLESS_LAUNCHER__ALLOW_LOOPBACK_ENGINES": "true",
                 "SLURMLESS_REGISTRY__DEFAULT_LIMITS__GPUS_PER_NODE": str(settings.dev_cluster.gpus),
             }
             env.update({k: v for k, v in dev_defaults.items() if k not in os.environ})

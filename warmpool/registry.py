@@ -3,13 +3,15 @@
 - names are DNS labels; served names and aliases are checked by `ModelSpec` itself;
 - a path source must lie under an admin-configured root, lexically and after resolving symlinks;
   a hub id only where the site allows them;
-- engine arguments must be on the launcher's allow-list (`slurm.validate`), with typed values;
+- engine arguments must be on the typed allow-list (`slurm.engine_args`); path-typed ones lie under
+  the roots too, and only admins may set them;
 - resources must fit the partition; GPUs are estimated from `config.json` when not given;
 - a LoRA adapter names a registered base model; adapters carry no engine arguments of their own.
 
-`check_model_dir` is the cluster-side check (the directory holds `config.json` or
-`adapter_config.json`); the launcher runs it where jobs run, the admin API only when the site says
-the paths are visible locally.
+`check_model_dir` checks what the directory holds (`config.json` or `adapter_config.json`) where the
+paths are visible; the admin API runs it when the site says they are visible locally. Confinement
+is checked again later: by the launcher before every submission and by the job before its engine
+starts (`slurm.confine`, the job script).
 """
 
 from __future__ import annotations
@@ -25,23 +27,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from slurm.confine import outside_roots
+from slurm.engine_args import ENGINE_OPTIONS, EngineArgValue, Kind, Option, check_engine_args, is_path_value
 from slurm.errors import ScriptValidationError
-from slurm.validate import (
-    ENGINE_ARG_TYPES,
-    EngineArgValue,
-    check_absolute_path,
-    check_constraint,
-    check_engine_args,
-    check_model_source,
-    check_slurm_word,
-)
+from slurm.validate import check_absolute_path, check_constraint, check_model_source, check_slurm_word
 from slurmless.settings import PartitionLimits, RegistrySettings
 from warmpool.apikeys import TENANT_RE
 from warmpool.specs import MODEL_NAME_RE, ModelKind, ModelSpec, Resources
 
 CONFIG_MAX_BYTES = 10_000_000
 """A config.json is a few kB; a bigger file is not one."""
-_FLAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_FLAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}(\.[a-z0-9][a-z0-9-]{0,31})?$")
 _TRUE = frozenset({"true", "1", "yes", "on", ""})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _DTYPE_BYTES = {
@@ -138,7 +134,7 @@ def check_source(source: str, *, roots: Sequence[Path], allow_hub_ids: bool) -> 
         allowed = ", ".join(str(r) for r in roots)
         raise RegistryError(f"source {source!r} is outside the model roots ({allowed})", param="source")
     # realpath resolves every symlink along the part of the path that exists here, so a link
-    # inside a root that points elsewhere is caught; the launcher repeats this on the cluster.
+    # inside a root that points elsewhere is caught; the launcher and the job repeat this later.
     resolved = PurePosixPath(os.path.realpath(source))
     if not any(_under(resolved, PurePosixPath(os.path.realpath(r))) for r in roots):
         raise RegistryError(
@@ -204,43 +200,71 @@ def flag_name(key: str) -> str:
     return f"--{bare}"
 
 
-def normalize_engine_args(raw: Mapping[str, object]) -> dict[str, EngineArgValue]:
-    """Engine arguments as `--flag: typed value`, checked against the launcher's allow-list.
+def normalize_engine_args(
+    raw: Mapping[str, object],
+    *,
+    admin: bool = False,
+    roots: Sequence[Path] = (),
+    allow_hub_ids: bool = False,
+    previous: Mapping[str, EngineArgValue] | None = None,
+) -> dict[str, EngineArgValue]:
+    """Engine arguments as `--flag: typed value`, checked against the allow-list (`slurm.engine_args`).
 
     Keys may be given as `max_model_len`, `max-model-len` or `--max-model-len`; string values (from
-    the CLI's KEY=VALUE) are converted to the flag's type.
+    the CLI's KEY=VALUE) are converted to the option's type. Paths must lie under `roots` (also
+    after resolving symlinks), hub ids only where the site allows them. Options that open files or
+    extend trust are for admins: a self-service key may keep an admin's value (`previous`) but not
+    set or change one.
     """
     out: dict[str, EngineArgValue] = {}
     for key, value in raw.items():
         flag = flag_name(key)
-        kind = ENGINE_ARG_TYPES.get(flag)
-        out[flag] = _coerce(flag, kind, value)
+        opt = ENGINE_OPTIONS.get(flag)
+        out[flag] = _coerce(flag, opt, value)
     try:
         check_engine_args(out)
     except ScriptValidationError as exc:
         raise RegistryError(str(exc), param="engine_args") from None
+    for flag, value in out.items():
+        opt = ENGINE_OPTIONS[flag]
+        unchanged = previous is not None and previous.get(flag) == value
+        path = is_path_value(opt, value)
+        if not admin and not unchanged and (opt.admin_only or path):
+            raise Forbidden(f"engine argument {flag} is for admins only (it opens files)", param="engine_args")
+        if path:
+            why = outside_roots(str(value), roots)
+            if why is not None:
+                raise RegistryError(f"invalid value of {flag}: {why}", param="engine_args")
+        elif opt.kind is Kind.SOURCE and not allow_hub_ids:
+            raise RegistryError(
+                f"invalid value of {flag} {value!r}: hub ids are not allowed on this site; give a path under the "
+                "model roots",
+                param="engine_args",
+            )
     return out
 
 
-def _coerce(flag: str, kind: str | None, value: object) -> EngineArgValue:
+def _coerce(flag: str, opt: Option | None, value: object) -> EngineArgValue:
     if not isinstance(value, str | int | float | bool):
         raise RegistryError(f"invalid value of {flag}: expected a string, number or boolean", param="engine_args")
-    if not isinstance(value, str) or kind is None:
+    if not isinstance(value, str) or opt is None:
         return value
     try:
-        if kind == "flag":
+        if opt.kind is Kind.FLAG:
             low = value.strip().lower()
             if low in _TRUE:
                 return True
             if low in _FALSE:
                 return False
             raise ValueError
-        if kind == "int":
+        if opt.kind is Kind.INT:
             return int(value, 10)
-        if kind == "fraction":
+        if opt.kind is Kind.NUMBER:
             return float(value)
     except ValueError:
-        raise RegistryError(f"invalid value of {flag}: {value!r} is not a {kind}", param="engine_args") from None
+        raise RegistryError(
+            f"invalid value of {flag}: {value!r} is not a {opt.kind.value}", param="engine_args"
+        ) from None
     return value
 
 
@@ -429,8 +453,13 @@ def validate_spec(
     base: ModelSpec | None = None,
     gpus_given: bool = True,
     config: Mapping[str, Any] | None = None,
+    admin: bool = False,
+    previous: ModelSpec | None = None,
 ) -> tuple[ModelSpec, list[str]]:
     """Everything but the Redis-side checks: returns the spec to store and notes for the operator.
+
+    `admin` says whether the caller may set admin-only engine arguments; `previous` is the stored spec
+    an update replaces (its admin-set arguments may stay).
 
     `base` is the registered base model of a LoRA adapter (the caller looks it up, so that it can
     answer 404 for a base the caller may not see). `config` is the model's config.json when the
@@ -453,7 +482,13 @@ def validate_spec(
                 param="engine_args",
             )
         return spec, [f"served by instances of {base.name} (with --enable-lora)"]
-    engine_args = normalize_engine_args(spec.engine_args)
+    engine_args = normalize_engine_args(
+        spec.engine_args,
+        admin=admin,
+        roots=roots,
+        allow_hub_ids=settings.allow_hub_ids,
+        previous=previous.engine_args if previous is not None else None,
+    )
     resources, notes = check_resources(
         spec.resources, settings, config=config, gpus_given=gpus_given, engine_args=engine_args
     )

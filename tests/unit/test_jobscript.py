@@ -43,6 +43,8 @@ def _spec(**overrides: Any) -> dict[str, Any]:
         "qos": "normal",
         "account": "llm",
         "constraint": "[a100|h100]",
+        "model_roots": ("/models", "/opt/templates"),
+        "ray_auth_token": "raytoken-0123456789abcdef0123456789",
     }
     base.update(overrides)
     return base
@@ -76,6 +78,7 @@ def test_header_single_gpu(tmp_path: Path) -> None:
         "#SBATCH --signal=B:USR1@120",
         "#SBATCH --output=/scratch/slurmless/logs/slurmless-llama-3.1-8b-abc123-%j.out",
         "#SBATCH --chdir=/scratch/slurmless/logs",
+        "#SBATCH --export=NONE",
         "#SBATCH --no-requeue",
         "#SBATCH --gres=gpu:1",
         "#SBATCH --time-min=20",
@@ -105,7 +108,7 @@ def test_multi_node_uses_ray(tmp_path: Path) -> None:
     assert "#SBATCH --nodes=3" in script
     assert "--tensor-parallel-size 4 --pipeline-parallel-size 3 --distributed-executor-backend ray" in script
     assert "start --head" in script
-    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in script
+    assert "srun --export=ALL --nodes=2 --ntasks=2 --ntasks-per-node=1" in script
     assert '--exclude="$SLURMD_NODENAME"' in script
     assert ">= 12 else 1" in script  # waits for all 12 GPUs to join
     assert "stop --force" in script
@@ -313,7 +316,9 @@ def test_rendered_script_runs_and_quoting_is_inert(tmp_path: Path, exit_code: in
     record = json.loads((tmp_path / "rec.json").read_text())
     assert record["argv"][: len(evil)] == evil
     assert record["argv"][len(evil) :][:4] == ["--model", "/models/llama-3.1-8b", "--served-model-name", "llama-3.1-8b"]
-    assert record["argv"][-4:] == ["--host", "0.0.0.0", "--port", record["env"]["SLURMLESS_PORT"]]
+    # The engine binds to the address it registers (the node's own), never to every interface.
+    assert record["argv"][-4:] == ["--host", calls[0].body["host"], "--port", record["env"]["SLURMLESS_PORT"]]
+    assert calls[0].body["host"] not in ("0.0.0.0", "::", "")
     assert record["env"]["VLLM_API_KEY"] == API_KEY
     assert record["env"]["ENGINE_X"] == evil[0] + evil[1] + evil[2]
     register, deregister = calls[0], calls[1]
