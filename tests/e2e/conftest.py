@@ -33,6 +33,7 @@ class E2E:
     key: str
     redis_url: str
     slurm_env: dict[str, str]
+    source: Path
 
 
 def _vllm_or_skip() -> Path:
@@ -84,10 +85,13 @@ def e2e() -> Iterator[E2E]:
             },
         )
         assert stack.redis is not None
-        source = build_tiny_llama(base / "tiny-llama")
+        # Under the model roots (`slurmless up` makes its state directory the dev cluster's root).
+        source = build_tiny_llama(settings.state_dir / "models" / "tiny-llama")
         key = asyncio.run(_bootstrap(stack.redis.url, source))
         slurm_env = {"SLURM_CONF": stack.env["SLURM_CONF"]}
-        yield E2E(stack=stack, base_url=base_url, key=key, redis_url=stack.redis.url, slurm_env=slurm_env)
+        yield E2E(
+            stack=stack, base_url=base_url, key=key, redis_url=stack.redis.url, slurm_env=slurm_env, source=source
+        )
     finally:
         stack.stop()
         import shutil
