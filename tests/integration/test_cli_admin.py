@@ -188,7 +188,7 @@ def test_models_lifecycle(server: AdminServer, db: redis.Redis, root: Path) -> N
         (["ok", "--source", "{root}/escape"], "symlink escape"),
         (["ok", "--source", "/etc/passwd"], "outside the model roots"),
         (["ok", "--source", "{root}/llama-8b", "--engine-arg", "trust-remote-code=true"], "not in the allow-list"),
-        (["ok", "--source", "{root}/llama-8b", "--engine-arg", "dtype=$(reboot)"], "plain word"),
+        (["ok", "--source", "{root}/llama-8b", "--engine-arg", "dtype=$(reboot)"], "expected one of"),
         (["ok", "--source", "{root}/llama-8b", "--engine-arg", "=1"], "expected KEY=VALUE"),
         (["ok", "--source", "{root}/llama-8b", "--gpus", "16"], "GPUs per node"),
         (["ok", "--source", "{root}/llama-405b"], "offers at most 4"),

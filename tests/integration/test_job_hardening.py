@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -130,7 +131,23 @@ def _log(job_dir: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in job_dir.glob("*.out"))
 
 
-async def test_job_gets_no_launcher_environment_ignores_planted_modules_and_binds_the_node_address(
+async def _run_recorded(
+    cli: SlurmCLI, tmp_path: Path, receiver: CallbackReceiver, cleanup: list[int]
+) -> tuple[list[Callback], dict[str, Any], Path, int]:
+    """Run one job whose engine records what it saw; (callbacks, record, job dir, job id)."""
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir(mode=0o700, exist_ok=True)
+    probe_dir = _probe(tmp_path)
+    job_id = await cli.submit(render_job_script(_spec(job_dir, receiver, probe_dir)))
+    cleanup.append(job_id)
+    calls = await _calls(receiver, lambda c: any(x.action == "deregister" for x in c))
+    done = await _finished(cli, job_id)
+    assert done.state is JobState.COMPLETED, _log(job_dir)
+    record: dict[str, Any] = json.loads((probe_dir / "record.json").read_text())
+    return calls, record, job_dir, job_id
+
+
+async def test_job_gets_none_of_the_launchers_environment(
     cli: SlurmCLI,
     tmp_path: Path,
     receiver: CallbackReceiver,
@@ -140,31 +157,37 @@ async def test_job_gets_no_launcher_environment_ignores_planted_modules_and_bind
     # What a launcher's environment may hold: sbatch runs with it.
     monkeypatch.setenv("SLURMLESS_REDIS__URL", f"redis://:{REDIS_SECRET}@10.0.0.1:6379/0")
     monkeypatch.setenv("SLURMLESS_ADMIN_TOKEN", REDIS_SECRET)
-    job_dir = tmp_path / "jobs"
-    job_dir.mkdir(mode=0o700)
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    _plant(job_dir, markers)
-    probe_dir = _probe(tmp_path)
-    spec = _spec(job_dir, receiver, probe_dir)
-    job_id = await cli.submit(render_job_script(spec))
-    cleanup.append(job_id)
-
-    calls = await _calls(receiver, lambda c: any(x.action == "deregister" for x in c))
-    done = await _finished(cli, job_id)
-    assert done.state is JobState.COMPLETED, _log(job_dir)
-    assert list(markers.iterdir()) == [], "a module planted in the job directory ran"
-    record = json.loads((probe_dir / "record.json").read_text())
-    assert not record["json"].startswith(str(job_dir))
+    monkeypatch.setenv("LAUNCHER_ONLY_SETTING", REDIS_SECRET)
+    _, record, _, _ = await _run_recorded(cli, tmp_path, receiver, cleanup)
     env = record["env"]
     assert "SLURMLESS_REDIS__URL" not in env and "SLURMLESS_ADMIN_TOKEN" not in env
+    assert "LAUNCHER_ONLY_SETTING" not in env
     assert not any(REDIS_SECRET in value for value in env.values())
     assert env["PYTHONSAFEPATH"] == "1"
+
+
+async def test_the_engine_binds_the_nodes_own_address(
+    cli: SlurmCLI, tmp_path: Path, receiver: CallbackReceiver, cleanup: list[int]
+) -> None:
+    calls, record, _, job_id = await _run_recorded(cli, tmp_path, receiver, cleanup)
     # The engine listens on the address it registered: the node's own (the local node's NodeAddr), not 0.0.0.0.
     register = next(c for c in calls if c.action == "register")
     assert register.body["job_id"] == str(job_id)
     assert register.body["host"] == "127.0.0.1"
     assert record["argv"][-4:-2] == ["--host", "127.0.0.1"]
+
+
+async def test_modules_planted_in_the_job_directory_never_run(
+    cli: SlurmCLI, tmp_path: Path, receiver: CallbackReceiver, cleanup: list[int]
+) -> None:
+    job_dir = tmp_path / "jobs"
+    job_dir.mkdir(mode=0o700)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    _plant(job_dir, markers)
+    _, record, _, _ = await _run_recorded(cli, tmp_path, receiver, cleanup)
+    assert list(markers.iterdir()) == [], "a module planted in the job directory ran"
+    assert not record["json"].startswith(str(job_dir))
 
 
 async def test_job_refuses_a_directory_others_can_write(
