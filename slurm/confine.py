@@ -47,8 +47,10 @@ def ensure_private_dir(path: Path) -> Path:
     """Create `path` (mode 0700) if missing; refuse one that is a symlink, not ours, or open to others.
 
     Jobs run in this directory (`--chdir`) and write their logs there: a directory another user can
-    write to could hold files the job's tools pick up, so it is refused rather than repaired.
+    write to could hold files the job's tools pick up, so it is refused rather than repaired. A
+    leading `~` is the home directory of the user running this; the expanded path is returned.
     """
+    path = path.expanduser()
     if not path.is_absolute():
         raise ScriptValidationError(f"job directory {path} must be an absolute path")
     try:

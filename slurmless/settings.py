@@ -131,7 +131,7 @@ class LauncherSettings(BaseModel):
     """argv of the engine started by each job; tests use the engine simulator."""
     job_name_prefix: str = "slurmless-"
     """Prefix of every job's name: the launcher lists and adopts only jobs whose name starts with it."""
-    job_output_dir: Path = Field(default_factory=lambda: Path.home() / ".slurmless" / "jobs")
+    job_output_dir: Path = Path("~/.slurmless/jobs")
     """Where jobs run (`--chdir`) and write their output (engine logs): storage the compute nodes share,
     created mode 0700; one other users can write to is refused (a home or project directory)."""
     allow_loopback_engines: bool = False

@@ -105,7 +105,7 @@ class Stack:
         """Redis, the cluster (if local), launcher and gateway; returns the gateway's base URL once it answers."""
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        ensure_private_dir(settings.launcher.job_output_dir)
+        settings.launcher.job_output_dir = ensure_private_dir(settings.launcher.job_output_dir)
         role_urls = self.start_redis()
         # The children read the same settings as this process (environment and config file), with
         # what `up` decided on top.
