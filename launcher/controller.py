@@ -274,7 +274,7 @@ class Launcher:
             return Refusal(403, f"job {job_id} is not instance {iid}'s job")
         if record.state in (S.LOADING, S.READY) and (record.host, record.port) == (host, port):
             return None
-        problem = await self.host_check.problem(job_id, host)
+        problem = await self.host_check.problem(job_id, host, batch_host=record.node)
         async with self.lock:
             record = await self.instances.get(iid)
             if record is None or record.job_id != str(job_id):

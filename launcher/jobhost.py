@@ -71,7 +71,8 @@ class HostCheck:
         self._nodes[node] = (now, names)
         return names
 
-    async def problem(self, job_id: int, host: str) -> str | None:
+    async def problem(self, job_id: int, host: str, *, batch_host: str | None = None) -> str | None:
+        """Why `host` is not job `job_id`'s node; `batch_host` is the node a tick already read from squeue."""
         host = host.strip("[]").lower()
         own = {host} if _is_address(host) else set(await self.resolver(host))
         if not own:
@@ -79,10 +80,12 @@ class HostCheck:
         if not self.allow_loopback and any(_unroutable(a) for a in own):
             return f"host {host} is a loopback or link-local address (allow_loopback_engines is off)"
         try:
-            job = await self.slurm.job(job_id)
-            if job is None or not job.batch_host:
-                return f"Slurm lists no running job {job_id} of slurmless with a batch host"
-            names = await self._node_names(job.batch_host)
+            if not batch_host:
+                job = await self.slurm.job(job_id)
+                if job is None or not job.batch_host:
+                    return f"Slurm lists no running job {job_id} of slurmless with a batch host"
+                batch_host = job.batch_host
+            names = await self._node_names(batch_host)
         except SlurmError as exc:
             return f"could not ask Slurm for job {job_id}'s batch host: {str(exc)[:200]}"
         allowed = {n.lower() for n in names}
@@ -92,7 +95,7 @@ class HostCheck:
             allowed |= {name} if _is_address(name) else set(await self.resolver(name))
         if own & allowed:
             return None
-        return f"host {host} is not job {job_id}'s batch host {job.batch_host} ({', '.join(names)})"
+        return f"host {host} is not job {job_id}'s batch host {batch_host} ({', '.join(names)})"
 
 
 def _is_address(text: str) -> bool:
