@@ -112,6 +112,12 @@ def test_multi_node_uses_ray(tmp_path: Path) -> None:
     assert '--exclude="$SLURMD_NODENAME"' in script
     assert ">= 12 else 1" in script  # waits for all 12 GPUs to join
     assert "stop --force" in script
+    # Ray's control plane takes only this job's token, listens on the node's address, runs no dashboard.
+    assert "export RAY_AUTH_MODE=token" in script
+    assert "SLURMLESS_RAY_AUTH_TOKEN=raytoken-0123456789abcdef0123456789" in script
+    assert '--node-ip-address="$SLURMLESS_HOST"' in script and "--include-dashboard=false" in script
+    with pytest.raises(ScriptValidationError, match="Ray auth token"):
+        JobSpec.parse(_spec(gpus_per_node=4, nodes=3, ray_auth_token=None))
     _bash_syntax_ok(script, tmp_path)
 
 
