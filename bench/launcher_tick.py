@@ -129,10 +129,13 @@ async def run_size(
             job_name_prefix="bt-",
             job_output_dir=workdir / "jobs",
             callback_port=0,
+            allow_loopback_engines=True,  # the local cluster's node is this machine
         )
         slurm = SlurmCLI(env=cluster.env, job_name_prefix="bt-", command_timeout_s=60.0)
         prober = CountingProber(timeout_s=settings.health_timeout_s)
-        launcher = Launcher(redis, slurm, settings, callback_url=callback_url, prober=prober)
+        launcher = Launcher(
+            redis, slurm, settings, callback_url=callback_url, prober=prober, model_roots=[Path("/models")]
+        )
         uv_server = uvicorn.Server(
             uvicorn.Config(callback_app(launcher), lifespan="off", access_log=False, log_level="warning")
         )
