@@ -67,6 +67,8 @@ class Stack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.env: dict[str, str] = {}
         self.role_urls: dict[str, str] = {}
+        self.role_envs: dict[str, dict[str, str]] = {}
+        """The environment each kind of child starts with (`launcher`, `gateway`): its own Redis user."""
 
     def start_redis(self) -> dict[str, str]:
         """Redis with one ACL user per role (warmpool.acl), fresh passwords per run; the URL of each role."""
@@ -144,6 +146,7 @@ class Stack:
             "SLURMLESS_REDIS__ADMIN_URL": role_urls["admin"],
         }
         self.env = env | {"SLURMLESS_REDIS__URL": role_urls["admin"]}
+        self.role_envs = {"launcher": launcher_env, "gateway": gateway_env}
         self.spawn("launcher", [sys.executable, "-m", "launcher"], launcher_env)
         self.spawn("gateway", [sys.executable, "-m", "queue_gateway"], gateway_env)
         base_url = f"http://{settings.gateway.host}:{settings.gateway.port}"

@@ -209,7 +209,8 @@ class FaultStack:
 
     def spawn(self, name: str, **env: str) -> subprocess.Popen[bytes]:
         """Start another child like the stack's own (a restarted or standby launcher)."""
-        self.stack.spawn(name, self.stack_argv(name), {**self.env, **env})
+        role = "launcher" if name.startswith("launcher") else "gateway"
+        self.stack.spawn(name, self.stack_argv(name), {**self.stack.role_envs[role], **env})
         return self.stack.children[-1][1]
 
     @staticmethod
@@ -222,7 +223,7 @@ class FaultStack:
         log = (self.stack.settings.state_dir / f"gateway-extra-{len(self.extra)}.log").open("ab")
         proc = subprocess.Popen(
             [*self.stack_argv("gateway"), "--host", "127.0.0.1", "--port", "0"],
-            env={**self.env, **env},
+            env={**self.stack.role_envs["gateway"], **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
