@@ -36,6 +36,9 @@ from starlette.types import Receive, Scope, Send
 
 from queue_gateway.async_mode import AsyncRunner, fetch_async, submit_async
 from queue_gateway.auth import KeyCache
+from queue_gateway.batch_api import BatchApi
+from queue_gateway.batch_api import routes as batch_routes
+from queue_gateway.batch_runner import BatchRunner
 from queue_gateway.budget import Budgets
 from queue_gateway.catalog import Catalog, route_target
 from queue_gateway.dispatch import Call, Dispatcher, settle
@@ -50,6 +53,7 @@ from queue_gateway.errors import (
     Unavailable,
     error_body,
 )
+from queue_gateway.file_dir import FileDir
 from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
 from queue_gateway.limits import KeyLimits
 from queue_gateway.metrics import GatewayMetrics
@@ -61,6 +65,8 @@ from queue_gateway.ui import build_ui_app
 from slurmless.settings import GatewaySettings, Settings
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.async_requests import AsyncRequests
+from warmpool.batches import Batches
+from warmpool.files import FileStore
 from warmpool.instance_store import InstanceStore
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
@@ -100,6 +106,8 @@ class Gateway:
     async_runner: AsyncRunner
     pipe: RedisPipe | None
     """The warm path's own Redis connection (admit, release); None where unsupported (TLS)."""
+    batch_api: BatchApi
+    batch_runner: BatchRunner
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ready: bool = False
 
@@ -168,7 +176,17 @@ def _wire(
         limits=limits,
         max_result_bytes=settings.async_max_result_bytes,
     )
+    batch_api = BatchApi(
+        settings=settings.batch,
+        files=FileStore(redis, keys),
+        batches=Batches(redis, keys),
+        dir=FileDir(settings.batch.files_dir),
+        catalog=catalog,
+        clock=clock,
+    )
     return Gateway(
+        batch_api=batch_api,
+        batch_runner=BatchRunner(batch_api, dispatcher, routing, metrics, gateway_id=gateway_id, clock=clock),
         pipe=pipe,
         settings=settings,
         redis=redis,
@@ -531,6 +549,7 @@ def build_app(
             gw.dispatcher.holder.loop(),
             gw.lease.loop(),
             gw.async_runner.loop(),
+            *((gw.batch_runner.loop(), gw.batch_runner.renew_loop()) if settings.batch.runner else ()),
         )
         for job in jobs:
             gw.tasks.append(asyncio.get_running_loop().create_task(job))
@@ -544,6 +563,8 @@ def build_app(
             await _stop(gw.tasks)
             with contextlib.suppress(RedisError, OSError):
                 await gw.async_runner.shutdown()
+            with contextlib.suppress(RedisError, OSError):
+                await gw.batch_runner.shutdown()
             with contextlib.suppress(RedisError, OSError):
                 await gw.routing.leave(gateway_id, now_s=clock())
             await gw.upstreams.aclose()
@@ -619,6 +640,7 @@ def build_app(
         Route("/v1/models", _api(holder, _list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", _api(holder, _get_model), methods=["GET"]),
         Route("/v1/async/{rid}", _api(holder, _get_async), methods=["GET"]),
+        *batch_routes(lambda handler: _api(holder, lambda gw, key, request: handler(gw.batch_api, key, request))),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -227,6 +227,14 @@ class Dispatcher:
             if spec is not None:
                 spec.abandon()
 
+    async def run_on(self, call: Call, sink: Sink, instance_id: str) -> None:
+        """Proxy `call` on a slot the caller already holds on `instance_id` (batch lines take theirs with
+        `warmpool.batches.Batches.take`); an engine failure raises its `GatewayError`, with no retry."""
+        try:
+            await self._proxy(call, sink, instance_id)
+        except _Retry as exc:
+            raise exc.final from None
+
     def _speculate(self, call: Call) -> Speculation | None:
         """Send the request to the engine before the admit answers, when the last admit makes a slot
         on the same instance near certain: the model's only ready instance, at most half full then,

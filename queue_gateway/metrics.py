@@ -64,3 +64,9 @@ class GatewayMetrics:
             "slurmless_gateway_async_requests", "Async requests by outcome (submitted, done, failed, claimed).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.batch_lines = Counter(
+            "slurmless_gateway_batch_lines",
+            "Batch lines run by this process, by outcome (completed, failed, retried, superseded: another "
+            "runner recorded the line first).",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from queue_gateway.batch_settings import BatchSettings
+
 CONFIG_ENV = "SLURMLESS_CONFIG"
 DEFAULT_CONFIG_FILE = Path("slurmless.toml")
 
@@ -114,6 +116,8 @@ class GatewaySettings(BaseModel):
     serve_admin: bool = True
     """Mount the admin API at `/admin`. Web-facing gateways of a site that keeps admin credentials off them
     set this false and run one internal gateway with it (docs/security.md)."""
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    """The Files and Batches API and the batch runner."""
 
 
 class LauncherSettings(BaseModel):

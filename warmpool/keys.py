@@ -39,6 +39,17 @@
 {p}tgpuh:{tenant}:{day}    string GPU-hours granted to the tenant's jobs on one UTC day
 {p}async:{rid}             hash   async request: state, body, result
 {p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
+{p}file:{fid}              hash   uploaded or result file: tenant, filename, purpose, bytes, created_at, expires_at
+{p}files:{tenant}          zset   file id -> created_at, one tenant's files
+{p}batch:{bid}             hash   batch: static doc (JSON) and its status, timestamps, counts, result files
+{p}batches:{tenant}        zset   batch id -> created_at, one tenant's batches
+{p}bactive                 zset   batch id -> created_at, every batch not yet in a final state (runners scan it)
+{p}bactive:{tenant}        set    one tenant's batches not yet in a final state (concurrency cap)
+{p}bpend:{bid}             zset   line index -> lease deadline (epoch s), 0 when unclaimed: lines without a result
+{p}bown:{bid}              hash   line index -> token of the claim that may record its result
+{p}bdone:{bid}             hash   line index -> token of the claim whose result was recorded (exactly once)
+{p}bdem:{model}            hash   time slot index -> batch lines that found no ready instance (batch demand)
+{p}bwait                   zset   model -> last time a batch line found no ready instance of it (epoch s)
 """
 
 from __future__ import annotations
@@ -187,3 +198,38 @@ class Keys:
     @property
     def async_queue(self) -> str:
         return f"{self.prefix}asyncq"
+
+    def file(self, fid: str) -> str:
+        return f"{self.prefix}file:{fid}"
+
+    def tenant_files(self, tenant: str) -> str:
+        return f"{self.prefix}files:{tenant}"
+
+    def batch(self, bid: str) -> str:
+        return f"{self.prefix}batch:{bid}"
+
+    def tenant_batches(self, tenant: str) -> str:
+        return f"{self.prefix}batches:{tenant}"
+
+    @property
+    def batches_active(self) -> str:
+        return f"{self.prefix}bactive"
+
+    def tenant_batches_active(self, tenant: str) -> str:
+        return f"{self.prefix}bactive:{tenant}"
+
+    def batch_pending(self, bid: str) -> str:
+        return f"{self.prefix}bpend:{bid}"
+
+    def batch_owners(self, bid: str) -> str:
+        return f"{self.prefix}bown:{bid}"
+
+    def batch_done(self, bid: str) -> str:
+        return f"{self.prefix}bdone:{bid}"
+
+    def batch_demand(self, model: str) -> str:
+        return f"{self.prefix}bdem:{model}"
+
+    @property
+    def batch_waiting(self) -> str:
+        return f"{self.prefix}bwait"

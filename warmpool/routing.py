@@ -130,6 +130,9 @@ return {'queued', '', qlen, nready}
     .replace("%(idle_max)d", str(IDLE_HIST_MAX_MIN))
 )
 
+PUMP_LUA = _PUMP
+"""The shared Lua helpers (`cap_of`, `pump`, `unload`), for other scripts that book slots (batch lines)."""
+
 ADMIT_LUA = _ADMIT
 """The admit script's source, for clients that run it over their own connection (the gateway's pipeline)."""
 

@@ -1,0 +1,320 @@
+"""The batch runner: runs batch lines in the idle capacity of ready instances, in every gateway process.
+
+Why in the gateway process: a line goes through the same slots, instances and engine connections as
+interactive requests (`Dispatcher.run_on` on a slot taken by `Batches.take`), and every gateway
+already holds a lease whose lapse reclaims its slots. Several gateways share the work through Redis:
+each line is claimed with its own lease (`line_lease_s`, renewed here), so the lines of a runner that
+dies are run again by another once their lease lapses, and a result is recorded only by the claim
+that owns the line (see `warmpool.batches`, `batch_output`).
+
+Priority: `take` gives a slot only when no interactive ticket waits for the model and the instance
+has less than `headroom_fraction` of its cap in flight; a line never queues. So batch work fills
+gaps and never delays an interactive request by more than the engine's own cost of the extra load.
+One step (`step`) looks at every active batch: it loads a validating batch's lines, fills free
+room with lines, and finalizes a batch that is done, expired, or cancelled and drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from queue_gateway.batch_api import BatchApi
+from queue_gateway.batch_output import LineFile, PartWriter, assemble, entry
+from queue_gateway.catalog import Target
+from queue_gateway.dispatch import Call, Dispatcher, settle
+from queue_gateway.errors import EngineRejected, GatewayError, NotFound
+from queue_gateway.metrics import GatewayMetrics
+from queue_gateway.sinks import BufferSink
+from warmpool.apikeys import ApiKeyRecord
+from warmpool.batches import BatchRecord, BatchStatus, Take, TakeOutcome
+from warmpool.files import FileRecord
+from warmpool.routing import Routing
+
+log = logging.getLogger(__name__)
+
+LOAD_CHUNK = 2000
+"""Lines made claimable per round trip while a batch validates (a short Lua step each)."""
+SWEEP_EVERY_S = 600.0
+
+
+@dataclass(eq=False)
+class _Running:
+    bid: str
+    line: int
+    token: str
+    task: asyncio.Task[None] | None = None
+
+
+def output_ids(bid: str) -> tuple[str, str]:
+    """The result files' ids: fixed per batch, so a finalizer that takes over writes the same ones."""
+    tail = bid.removeprefix("batch-")
+    return f"file-{tail}-output", f"file-{tail}-errors"
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        api: BatchApi,
+        dispatcher: Dispatcher,
+        routing: Routing,
+        metrics: GatewayMetrics,
+        *,
+        gateway_id: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.api = api
+        self.settings = api.settings
+        self.dispatcher = dispatcher
+        self.routing = routing
+        self.metrics = metrics
+        self.gateway_id = gateway_id
+        self.clock = clock
+        self.parts = PartWriter(api.dir, gateway_id)
+        self.running: dict[str, _Running] = {}
+        self.finalizing: dict[str, asyncio.Task[None]] = {}
+        self._lines: dict[str, LineFile] = {}
+        self._attempts: dict[tuple[str, int], int] = {}
+        self._wake = asyncio.Event()
+        self._last_sweep_s = 0.0
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def loop(self) -> None:
+        while True:
+            busy = False
+            try:
+                busy = await self.step()
+            except Exception as exc:  # a background loop must never die
+                log.warning("batch runner step failed: %r", exc)
+            if not busy:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_s)
+
+    async def renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.line_lease_s / 3)
+            try:
+                await self.renew()
+            except Exception as exc:
+                log.warning("renewing batch line leases failed: %r", exc)
+
+    async def step(self) -> bool:
+        """One pass over the active batches; True when it started lines (more may be free at once)."""
+        now = self.clock()
+        self._sweep(now)
+        bids = await self.api.batches.active()
+        records = await self.api.batches.many(bids)
+        started = False
+        for rec in records:
+            if rec is None:
+                continue
+            if rec.status is BatchStatus.VALIDATING:
+                rec.status = await self.api.batches.load(rec.doc.id, good=rec.doc.good, chunk=LOAD_CHUNK, now_s=now)
+            if rec.status is BatchStatus.IN_PROGRESS and now < rec.doc.expires_at:
+                started = await self._fill(rec) or started
+            if rec.doc.id not in self.finalizing:
+                final = await self.api.batches.begin_finalize(
+                    rec.doc.id, self.gateway_id, now_s=now, lease_s=self.settings.line_lease_s
+                )
+                if final is not None:
+                    self.finalizing[rec.doc.id] = asyncio.get_running_loop().create_task(self._finalize(rec, final))
+        active = set(bids)
+        for bid in [b for b in self._lines if b not in active]:
+            self._lines.pop(bid).close()
+        return started
+
+    async def renew(self) -> None:
+        by_batch: dict[str, list[tuple[int, str]]] = {}
+        for r in self.running.values():
+            by_batch.setdefault(r.bid, []).append((r.line, r.token))
+        for bid, claims in by_batch.items():
+            lost = set(
+                await self.api.batches.renew(bid, claims, now_s=self.clock(), lease_s=self.settings.line_lease_s)
+            )
+            for r in [r for r in self.running.values() if r.bid == bid and r.line in lost]:
+                if r.task is not None:
+                    r.task.cancel()
+
+    async def shutdown(self) -> None:
+        """Stop: lines in flight are given back at once (another runner takes them), nothing is recorded."""
+        tasks = [r.task for r in self.running.values() if r.task is not None] + list(self.finalizing.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.parts.close_all()
+        for lf in self._lines.values():
+            lf.close()
+        self._lines.clear()
+
+    # --- lines ----------------------------------------------------------------------------------
+
+    async def _fill(self, rec: BatchRecord) -> bool:
+        if len(self.running) >= self.settings.max_in_flight:
+            return False
+        key = ApiKeyRecord(key_id=rec.doc.key_id, tenant=rec.doc.tenant, admin=rec.doc.admin)
+        try:
+            target = await self.api.catalog.target(rec.doc.model, key)
+        except NotFound:
+            return False  # the model was removed: its lines wait, and expire with the batch
+        started = False
+        while len(self.running) < self.settings.max_in_flight:
+            take = await self.api.batches.take(
+                rec.doc.id,
+                target.instance_model,
+                self.gateway_id,
+                now_s=self.clock(),
+                lease_s=self.settings.line_lease_s,
+                fraction=self.settings.headroom_fraction,
+            )
+            if take.outcome is not TakeOutcome.LINE:
+                break
+            run = _Running(rec.doc.id, take.line, take.token)
+            self.running[take.token] = run
+            run.task = asyncio.get_running_loop().create_task(self._run_line(rec, target, take))
+            started = True
+        return started
+
+    def _line_file(self, bid: str) -> LineFile:
+        lf = self._lines.get(bid)
+        if lf is None:
+            lf = self._lines[bid] = LineFile(self.api.dir.lines(bid))
+        return lf
+
+    async def _run_line(self, rec: BatchRecord, target: Target, take: Take) -> None:
+        bid, model = rec.doc.id, target.spec.name
+        try:
+            request = self._line_file(bid).read(take.line)
+            body = request["body"]
+            body["model"] = target.upstream_name
+            custom_id = str(request["custom_id"])
+            call = Call(
+                path=rec.doc.endpoint,
+                body=orjson.dumps(body),
+                target=target,
+                stream=False,
+                arrived_s=self.clock(),
+                arrived_perf=time.perf_counter(),
+                request_id=take.token,
+            )
+            sink = BufferSink()
+            try:
+                await self.dispatcher.run_on(call, sink, take.instance_id)
+                ok = sink.status < 400
+                result = entry(
+                    custom_id, status=sink.status, body=_json_or_text(sink.body), request_id=take.token, error=None
+                )
+            except EngineRejected as exc:
+                ok = False
+                result = entry(
+                    custom_id, status=exc.status, body=orjson.loads(exc.body()), request_id=take.token, error=None
+                )
+            except GatewayError as exc:
+                attempts = self._attempts.get((bid, take.line), 0) + 1
+                if attempts < self.settings.line_attempts:
+                    self._attempts[(bid, take.line)] = attempts
+                    self.metrics.batch_lines.labels(model, "retried").inc()
+                    await settle(self.api.batches.unclaim(bid, take.line, take.token))
+                    return
+                ok = False
+                error = {"code": exc.code or "upstream_failed", "message": exc.message}
+                result = entry(custom_id, status=None, body=None, request_id=take.token, error=error)
+            self._attempts.pop((bid, take.line), None)
+            # The bytes are on disk before Redis records the line: a death in between runs the line again
+            # and this entry is ignored (its token is not the recorded one).
+            self.parts.append(bid, take.line, take.token, ok, result)
+            recorded = await settle(self.api.batches.finish(bid, take.line, take.token, ok=ok))
+            outcome = ("completed" if ok else "failed") if recorded else "superseded"
+            self.metrics.batch_lines.labels(model, outcome).inc()
+        except asyncio.CancelledError:
+            # Stopping, or the lease was lost: free the line at once (refused if another claim owns it).
+            await settle(self.api.batches.unclaim(bid, take.line, take.token))
+            raise
+        except Exception:
+            log.exception("batch %s line %d failed in the runner", bid, take.line)
+            await settle(self.api.batches.unclaim(bid, take.line, take.token))
+        finally:
+            self.running.pop(take.token, None)
+            await settle(self.routing.release(self.gateway_id, take.token))
+            self._wake.set()
+
+    # --- finalizing -----------------------------------------------------------------------------
+
+    async def _finalize(self, rec: BatchRecord, final: BatchStatus) -> None:
+        bid = rec.doc.id
+        try:
+            done = await self.api.batches.done_tokens(bid)
+            out_id, err_id = output_ids(bid)
+            await asyncio.to_thread(self.api.dir.ensure)
+            made = await asyncio.to_thread(
+                assemble,
+                self.api.dir,
+                bid,
+                done,
+                final=final.value,
+                output=self.api.dir.file(out_id),
+                errors=self.api.dir.file(err_id),
+            )
+            if made.missing:
+                log.error("batch %s: %d recorded results missing from storage", bid, len(made.missing))
+            now = int(self.clock())
+            ids = {"output": "", "errors": ""}
+            for kind, fid, count in (("output", out_id, made.output_lines), ("errors", err_id, made.error_lines)):
+                path = self.api.dir.file(fid)
+                if count == 0:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                record = FileRecord(
+                    id=fid,
+                    tenant=rec.doc.tenant,
+                    filename=f"{bid}_{kind}.jsonl",
+                    purpose="batch_output",
+                    bytes=path.stat().st_size,
+                    created_at=now,
+                    expires_at=now + int(self.settings.file_ttl_s),
+                    lines=count,
+                )
+                await self.api.files.put(record, ttl_s=self.settings.file_ttl_s)
+                ids[kind] = fid
+            finished = await self.api.batches.complete(
+                bid, self.gateway_id, now_s=self.clock(), output_file_id=ids["output"], error_file_id=ids["errors"]
+            )
+            if finished:
+                self.parts.close(bid)
+                lf = self._lines.pop(bid, None)
+                if lf is not None:
+                    lf.close()
+                await asyncio.to_thread(self.api.dir.drop_batch, bid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("finalizing batch %s failed; another runner retries when its lease lapses", bid)
+        finally:
+            self.finalizing.pop(bid, None)
+
+    def _sweep(self, now: float) -> None:
+        if now - self._last_sweep_s < SWEEP_EVERY_S:
+            return
+        self._last_sweep_s = now
+        try:
+            removed = self.api.dir.sweep(ttl_s=self.settings.file_ttl_s)
+        except OSError as exc:
+            log.warning("sweeping expired files failed: %s", exc)
+            return
+        if removed:
+            log.info("removed %d expired files", removed)
+
+
+def _json_or_text(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
