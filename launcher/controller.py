@@ -59,6 +59,7 @@ from slurm.errors import ScriptValidationError, SlurmError
 from slurm.jobscript import render_job_script
 from slurm.types import JobState, SlurmJob
 from slurmless.settings import SITE_TENANT_LIMITS, LauncherSettings, TenantLimits
+from warmpool.batches import Batches
 from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
@@ -405,6 +406,10 @@ class Launcher:
             step("publish")
         for model in await self.routing.queued_models():
             await self.routing.pump(model)
+        if self.settings.batch_cold_starts:
+            # Opt-in: batch lines that found no instance start one (by default batch demand never does).
+            for model in await Batches(self.redis, self.keys).waiting_models(since_s=now_s - 2 * self.settings.tick_s):
+                await self.on_demand(model, now_s=now_s)
         await self.routing.reap(now_s=now_s)
         step("routing")
         self.metrics.tick_s.observe(sum(report.steps_ms.values()) / 1000)

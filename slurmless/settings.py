@@ -175,6 +175,8 @@ class LauncherSettings(BaseModel):
     """Extra lead for submitting a successor, on top of p95 queue wait + p95 load + the job's signal lead."""
     signal_lead_s: int = 120
     """Seconds of warning (USR1) a job gets before its walltime ends; it deregisters and drains then."""
+    batch_cold_starts: bool = False
+    """Let batch lines that find no ready instance start one (by default batch work only uses warm instances)."""
     pending_cancel_grace_s: float = 30.0
     """A pending job is cancelled when nobody has waited for its model this long (and no policy wants it)."""
     failure_backoff_s: float = 10.0

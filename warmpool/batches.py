@@ -15,7 +15,9 @@ A batch's requests live on disk (the gateway's files directory); Redis holds onl
   for the model or while the least-loaded ready instance has `fraction` of its cap or more in
   flight; it never enqueues a ticket, never counts interactive demand and never signals the
   launcher. A line that finds no ready instance is recorded as batch demand (`{p}bdem:{model}`,
-  `{p}bwait`), a class of its own that the launcher ignores unless told otherwise.
+  `{p}bwait`), a class of its own that the launcher ignores unless told otherwise. Lines in flight are
+  listed per model (`{p}bflight:{model}`), so that the launcher's snapshot leaves them out of the
+  load it scales on: batch work never makes the launcher add or keep an instance.
 
 Statuses follow OpenAI's: validating (lines being loaded) -> in_progress -> finalizing ->
 completed | expired | cancelled (cancelling drains the lines in flight first); failed when no
@@ -188,10 +190,16 @@ local limit = math.max(1, math.floor(cap_of(prefix, model) * tonumber(ARGV[7])))
 if tonumber(best[2]) >= limit then return {'busy'} end
 local token = bid .. ':' .. redis.call('HINCRBY', key, 'claims', 1)
 local line = free[1]
+local own = prefix .. 'bown:' .. bid
+local flight = prefix .. 'bflight:' .. model
+local lapsed = redis.call('HGET', own, line)
+if lapsed then redis.call('HDEL', flight, lapsed) end
 redis.call('ZINCRBY', ready, 1, best[1])
 redis.call('HSET', prefix .. 'gw:' .. gw .. ':slots', token, model .. '|' .. best[1])
 redis.call('ZADD', pend, now + tonumber(ARGV[6]), line)
-redis.call('HSET', prefix .. 'bown:' .. bid, line, token)
+redis.call('HSET', own, line, token)
+redis.call('HSET', flight, token, best[1])
+redis.call('HSET', key, 'imodel', model)
 return {'line', line, best[1], token}
 """
 )
@@ -205,6 +213,7 @@ if status ~= 'in_progress' and status ~= 'cancelling' then return 0 end
 local own = prefix .. 'bown:' .. bid
 if redis.call('HGET', own, line) ~= token then return 0 end
 redis.call('HDEL', own, line)
+redis.call('HDEL', prefix .. 'bflight:' .. redis.call('HGET', key, 'imodel'), token)
 redis.call('ZREM', prefix .. 'bpend:' .. bid, line)
 redis.call('HSET', prefix .. 'bdone:' .. bid, line, token)
 redis.call('HINCRBY', key, ARGV[5], 1)
@@ -216,6 +225,7 @@ _UNCLAIM = """
 local own = ARGV[1] .. 'bown:' .. ARGV[2]
 if redis.call('HGET', own, ARGV[3]) ~= ARGV[4] then return 0 end
 redis.call('HDEL', own, ARGV[3])
+redis.call('HDEL', ARGV[1] .. 'bflight:' .. redis.call('HGET', ARGV[1] .. 'batch:' .. ARGV[2], 'imodel'), ARGV[4])
 redis.call('ZADD', ARGV[1] .. 'bpend:' .. ARGV[2], 'XX', 0, ARGV[3])
 return 1
 """
@@ -282,6 +292,12 @@ redis.call('HSET', key, 'status', final, final .. '_at', math.floor(tonumber(ARG
 if ARGV[5] ~= '' then redis.call('HSET', key, 'output_file_id', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', key, 'error_file_id', ARGV[6]) end
 redis.call('HDEL', key, 'fin_owner', 'fin_deadline')
+local imodel = redis.call('HGET', key, 'imodel')
+if imodel then
+  for _, token in ipairs(redis.call('HVALS', prefix .. 'bown:' .. bid)) do
+    redis.call('HDEL', prefix .. 'bflight:' .. imodel, token)
+  end
+end
 local tenant = cjson.decode(redis.call('HGET', key, 'doc'))['tenant']
 redis.call('ZREM', prefix .. 'bactive', bid)
 redis.call('SREM', prefix .. 'bactive:' .. tenant, bid)

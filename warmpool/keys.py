@@ -48,6 +48,7 @@
 {p}bpend:{bid}             zset   line index -> lease deadline (epoch s), 0 when unclaimed: lines without a result
 {p}bown:{bid}              hash   line index -> token of the claim that may record its result
 {p}bdone:{bid}             hash   line index -> token of the claim whose result was recorded (exactly once)
+{p}bflight:{model}         hash   claim token -> instance of each batch line in flight (not in the launcher's load)
 {p}bdem:{model}            hash   time slot index -> batch lines that found no ready instance (batch demand)
 {p}bwait                   zset   model -> last time a batch line found no ready instance of it (epoch s)
 """
@@ -226,6 +227,9 @@ class Keys:
 
     def batch_done(self, bid: str) -> str:
         return f"{self.prefix}bdone:{bid}"
+
+    def batch_in_flight(self, model: str) -> str:
+        return f"{self.prefix}bflight:{model}"
 
     def batch_demand(self, model: str) -> str:
         return f"{self.prefix}bdem:{model}"

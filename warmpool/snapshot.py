@@ -27,7 +27,7 @@ CHUNK = 100
 for all chunks go in one pipelined round trip; Redis serves other clients between them."""
 
 # ARGV: prefix, model... Per model: {stats hash, ready zset with scores, queue length, head ticket's
-# created_s, idle hash, warm request (nil when none)}.
+# created_s, idle hash, warm request (nil when none), instances of the batch lines in flight}.
 _GATHER = """
 local prefix = ARGV[1]
 local queued = {}
@@ -50,6 +50,7 @@ for i = 2, #ARGV do
     created,
     redis.call('HGETALL', prefix .. 'idle:' .. m),
     redis.call('GET', prefix .. 'warm:' .. m),
+    redis.call('HVALS', prefix .. 'bflight:' .. m),
   }
 end
 return out
@@ -63,7 +64,10 @@ class ModelSnapshot:
     stats: dict[str, str] = field(default_factory=dict)
     """The model's stats hash (`Keys.model_stats`): the launcher's history and the gateways' last request."""
     inflight: dict[str, int] = field(default_factory=dict)
-    """Ready (routed) instances and their requests in flight."""
+    """Ready (routed) instances and their interactive requests in flight (batch lines left out: batch work
+    uses idle capacity and never makes the launcher add or keep an instance)."""
+    batch_in_flight: int = 0
+    """Batch lines in flight on the model's instances."""
     queue_depth: int = 0
     oldest_created_s: float | None = None
     """When the ticket at the head of the queue was created (None without a queue)."""
@@ -120,11 +124,17 @@ def _pairs(flat: list[bytes]) -> list[tuple[str, str]]:
 def _snapshot(row: list[object]) -> ModelSnapshot:
     stats_flat, ready_flat, depth, created, idle_flat, *rest = row
     warm = rest[0] if rest else None
+    batch_flat = rest[1] if len(rest) > 1 else []
     assert isinstance(stats_flat, list) and isinstance(ready_flat, list) and isinstance(idle_flat, list)
+    assert isinstance(batch_flat, list)
+    batch: dict[str, int] = {}
+    for iid in batch_flat:
+        batch[text(iid)] = batch.get(text(iid), 0) + 1
     created_s = text(created)
     return ModelSnapshot(
         stats=dict(_pairs(stats_flat)),
-        inflight={iid: int(float(score)) for iid, score in _pairs(ready_flat)},
+        inflight={iid: max(0, int(float(score)) - batch.get(iid, 0)) for iid, score in _pairs(ready_flat)},
+        batch_in_flight=len(batch_flat),
         queue_depth=int(str(depth)),
         oldest_created_s=float(created_s) if created_s else None,
         idle_counts={int(k): int(v) for k, v in _pairs(idle_flat)},

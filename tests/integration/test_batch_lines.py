@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 
 from warmpool.batches import BatchDoc, Batches, BatchStatus, TakeOutcome
 from warmpool.routing import Routing
+from warmpool.snapshot import SnapshotReader
 
 NOW = 1_000_000.0
 
@@ -57,9 +58,14 @@ async def test_a_line_takes_only_idle_capacity(redis_client: aioredis.Redis) -> 
     assert first.outcome is TakeOutcome.LINE and first.instance_id == "i1"
     assert (await b.take("batch-a", "m", "gw1", now_s=NOW, lease_s=10, fraction=0.5)).outcome is TakeOutcome.BUSY
     assert await routing.inflight("m") == {"i1": 2}
+    # The launcher's view leaves the batch line out: it never scales up for, or keeps an instance for, batch work.
+    snap = (await SnapshotReader(redis_client).read(["m"]))["m"]
+    assert (snap.inflight, snap.batch_in_flight) == ({"i1": 1}, 1)
     # The line's slot is an ordinary slot: releasing it grants queued interactive tickets.
     assert await routing.release("gw1", first.token) == 0
     assert await routing.inflight("m") == {"i1": 1}
+    assert await b.finish("batch-a", first.line, first.token, ok=True)
+    assert (await SnapshotReader(redis_client).read(["m"]))["m"].batch_in_flight == 0
 
 
 async def test_a_lapsed_lease_moves_the_line_and_the_old_result_is_refused(redis_client: aioredis.Redis) -> None:
