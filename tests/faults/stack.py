@@ -85,6 +85,9 @@ STACK_ENV = {
     "SLURMLESS_GATEWAY__GRANT_CHECK_INTERVAL_S": "0.5",
     "SLURMLESS_GATEWAY__COLD_WAIT_BUDGET_S": "120",
     "SLURMLESS_GATEWAY__WARM_WAIT_BUDGET_S": "30",
+    "SLURMLESS_GATEWAY__BATCH__LINE_LEASE_S": "3",
+    # Below the instances' idle room (half of 64), so every gateway of the batch faults gets lines.
+    "SLURMLESS_GATEWAY__BATCH__MAX_IN_FLIGHT": "8",
 }
 
 
@@ -149,7 +152,9 @@ class FaultStack:
         )
         stack = FaultClusterStack(settings)
         try:
-            url = stack.start(ENGINE_ARGV, extra_env=STACK_ENV, timeout_s=90)
+            # Every gateway of the suite shares one files directory, as gateways on shared storage do.
+            files_env = {"SLURMLESS_GATEWAY__BATCH__FILES_DIR": str(base / "files")}
+            url = stack.start(ENGINE_ARGV, extra_env={**STACK_ENV, **files_env}, timeout_s=90)
             assert stack.redis is not None
             key = asyncio.run(_make_key(stack.redis.url, Keys(settings.redis.key_prefix)))
         except BaseException:
