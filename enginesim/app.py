@@ -505,6 +505,9 @@ def build_app(
         Route("/v1/load_lora_adapter", engine.load_lora_adapter, methods=["POST"]),
         Route("/v1/unload_lora_adapter", engine.unload_lora_adapter, methods=["POST"]),
     ]
+    from enginesim.more_endpoints import routes as more_routes  # it builds on this module's Engine
+
+    routes.extend(more_routes(engine))
     app = Starlette(routes=routes)
     app.state.engine = engine
     return app

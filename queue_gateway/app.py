@@ -42,8 +42,8 @@ from queue_gateway.batch_runner import BatchRunner
 from queue_gateway.budget import Budgets
 from queue_gateway.catalog import Catalog, route_target
 from queue_gateway.dispatch import Call, Dispatcher, settle
+from queue_gateway.endpoints import ENDPOINTS, Endpoint
 from queue_gateway.errors import (
-    BadRequest,
     ClientGone,
     GatewayError,
     NotFound,
@@ -60,6 +60,7 @@ from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.openapi import openapi_document
 from queue_gateway.proxy import Upstreams
 from queue_gateway.redis_pipe import HotRouting, RedisPipe
+from queue_gateway.request_body import MAX_MULTIPART_BYTES, parse_request
 from queue_gateway.sinks import AsgiSink, Sink
 from queue_gateway.ui import build_ui_app
 from slurmless.settings import GatewaySettings, Settings
@@ -238,33 +239,6 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _parse(body: bytes, kind: str) -> tuple[dict[str, Any], str, bool]:
-    """The payload, its model and whether it streams; `BadRequest` for anything malformed."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
-    required = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[kind]
-    value = payload.get(required)
-    if value is None or (kind == "chat" and (not isinstance(value, list) or not value)):
-        raise BadRequest(
-            f"Missing required parameter: '{required}'.", param=required, code="missing_required_parameter"
-        )
-    stream = payload.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
-    if kind == "embeddings":
-        stream = False
-    return payload, model, stream
-
-
 def _wants_async(scope: Scope) -> bool:
     prefer = _header(scope, b"prefer")
     return prefer is not None and b"respond-async" in prefer.lower()
@@ -284,12 +258,12 @@ async def write_error(sink: Sink, exc: GatewayError, call: Call | None, stream: 
 
 
 class CompletionEndpoint:
-    """`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` as raw ASGI."""
+    """Every inference route (`endpoints.ENDPOINTS`: chat, completions, embeddings, responses, ...) as raw ASGI."""
 
-    def __init__(self, holder: _Holder, path: str, kind: str) -> None:
+    def __init__(self, holder: _Holder, endpoint: Endpoint) -> None:
         self.holder = holder
-        self.path = path
-        self.kind = kind
+        self.path = endpoint.path
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         perf0 = time.perf_counter()
@@ -318,15 +292,17 @@ class CompletionEndpoint:
         try:
             gw = self.holder.get()
             key = await gw.key_cache.authenticate(_header(scope, b"authorization"))
-            body = await read_body(receive, max_bytes=gw.settings.max_body_bytes, timeout_s=gw.settings.body_timeout_s)
-            payload, model, stream = _parse(body, self.kind)
+            max_bytes = gw.settings.max_body_bytes
+            if self.endpoint.multipart:
+                max_bytes = max(max_bytes, MAX_MULTIPART_BYTES)
+            body = await read_body(receive, max_bytes=max_bytes, timeout_s=gw.settings.body_timeout_s)
+            parsed = await parse_request(body, self.endpoint, _header(scope, b"content-type"))
+            model, stream = parsed.model, parsed.stream
             target = await gw.catalog.target(model, key)
             model_label = target.spec.name
-            if payload["model"] != target.upstream_name:
-                payload["model"] = target.upstream_name
-                body = orjson.dumps(payload)
+            body, content_type = parsed.body(target.upstream_name)
             now = gw.clock()
-            if not stream and _wants_async(scope):
+            if not stream and not parsed.multipart and _wants_async(scope):
                 # The async request holds its slot under its own id until it is done (the runner releases it).
                 rid = f"async-{uuid.uuid4().hex}"
                 limited = await gw.limits.acquire(key, ASYNC_HOLDER, rid, now_s=now)
@@ -349,6 +325,7 @@ class CompletionEndpoint:
                 arrived_perf=perf0,
                 request_id=request_id,
                 progress=stream,
+                content_type=content_type,
             )
             watcher = asyncio.get_running_loop().create_task(watch_disconnect())
             await gw.dispatcher.run(call, sink)
@@ -626,14 +603,7 @@ def build_app(
             )
         return _error(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
 
-    hot = {
-        path: CompletionEndpoint(holder, path, kind)
-        for path, kind in (
-            ("/v1/chat/completions", "chat"),
-            ("/v1/completions", "completions"),
-            ("/v1/embeddings", "embeddings"),
-        )
-    }
+    hot = {e.path: CompletionEndpoint(holder, e) for e in ENDPOINTS}
     routes: list[BaseRoute] = [
         # Reached only by other methods (POST is dispatched by `GatewayApp`): Starlette answers 405.
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),

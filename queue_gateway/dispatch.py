@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from queue_gateway.budget import Budgets, retry_after_s
 from queue_gateway.catalog import Target
+from queue_gateway.endpoints import JSON_TYPE
 from queue_gateway.engine_http import EngineError, EngineResponse
 from queue_gateway.errors import (
     EngineRejected,
@@ -81,6 +82,7 @@ class Call:
     held_start: bool = False
     """The response's headers went out while the request was still queued."""
     first_byte_sent: bool = False
+    content_type: bytes = b"application/json"
 
     @property
     def metrics_model(self) -> str:
@@ -239,7 +241,7 @@ class Dispatcher:
         """Send the request to the engine before the admit answers, when the last admit makes a slot
         on the same instance near certain: the model's only ready instance, at most half full then,
         less than `SPECULATION_HINT_S` ago."""
-        if not self.speculative:
+        if not self.speculative or call.content_type != JSON_TYPE:
             return None
         hint = self._hints.get(call.target.instance_model)
         if hint is None or hint.budget <= 0 or hint.until_s <= self.clock():
@@ -359,7 +361,7 @@ class Dispatcher:
     async def _proxy(self, call: Call, sink: Sink, iid: str, opened: EngineResponse | None = None) -> None:
         model = call.metrics_model
         try:
-            response = opened or await self.upstreams.open(iid, call.path, call.body)
+            response = opened or await self.upstreams.open(iid, call.path, call.body, call.content_type)
         except UpstreamUnreachable as exc:
             self.metrics.upstream_errors.labels(model, "connect").inc()
             await self._unroute(call.target.instance_model, iid)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+JSON_TYPE = b"application/json"
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from queue_gateway.endpoints import JSON_TYPE
 from queue_gateway.engine_http import (
     EngineConnectError,
     EngineError,
@@ -85,17 +86,29 @@ class Upstreams:
         for key in [k for k in self._heads if k[0] == instance_id]:
             del self._heads[key]
 
-    def _request(self, instance_id: str, address: tuple[str, int, bytes], path: str, body: bytes) -> bytes:
+    def _request(
+        self,
+        instance_id: str,
+        address: tuple[str, int, bytes],
+        path: str,
+        body: bytes,
+        content_type: bytes = JSON_TYPE,
+    ) -> bytes:
         host, port, auth = address
-        head = self._heads.get((instance_id, path))
+        # JSON heads are cached per path; a multipart head carries its own boundary.
+        head = self._heads.get((instance_id, path)) if content_type == JSON_TYPE else None
         if head is None:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            head = self._heads[(instance_id, path)] = (
+            head = (
                 f"POST {path} HTTP/1.1\r\nhost: {authority}\r\n".encode()
                 + b"authorization: "
                 + auth
-                + b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\ncontent-length: "
+                + b"\r\ncontent-type: "
+                + content_type
+                + b"\r\naccept-encoding: identity\r\ncontent-length: "
             )
+            if content_type == JSON_TYPE:
+                self._heads[(instance_id, path)] = head
         return b"%s%d\r\n\r\n%s" % (head, len(body), body)
 
     def speculate(self, instance_id: str, path: str, body: bytes) -> Speculation | None:
@@ -107,11 +120,11 @@ class Upstreams:
         sent = self.pool.send_idle(address[0], address[1], self._request(instance_id, address, path, body))
         return None if sent is None else Speculation(instance_id, sent)
 
-    async def open(self, instance_id: str, path: str, body: bytes) -> EngineResponse:
+    async def open(self, instance_id: str, path: str, body: bytes, content_type: bytes = JSON_TYPE) -> EngineResponse:
         """Send the request and return once the engine's status and headers arrived (body streamed)."""
         address = await self.address(instance_id)
         host, port, _ = address
-        request = self._request(instance_id, address, path, body)
+        request = self._request(instance_id, address, path, body, content_type)
         try:
             return await self.pool.request(host, port, request)
         # Clients are told what failed, never where: the engine's address goes to the log only.
