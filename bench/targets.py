@@ -53,6 +53,8 @@ class Target:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     extra_pids: list[int] = field(default_factory=list)
     """Processes outside the children's sessions whose CPU counts for this target (slurmless's Redis)."""
+    redis_url: str | None = None
+    """slurmless's Redis."""
 
     @property
     def base_url(self) -> str:
@@ -222,8 +224,10 @@ async def _register(redis_url: str, engine: Target, cap: int) -> str:
         await redis.aclose()
 
 
-def start_slurmless(engine: Target, log_dir: Path, layout: Layout, *, cap: int = 4096) -> Target:
-    """Redis + one gateway process, with the engine registered as a ready instance."""
+def start_slurmless(
+    engine: Target, log_dir: Path, layout: Layout, *, cap: int = 4096, env: dict[str, str] | None = None
+) -> Target:
+    """Redis + one gateway process (with `env` on top of its defaults), the engine registered as a ready instance."""
     redis = LocalRedis()
     redis.start()
     if redis.pid is not None and layout.proxy is not None:
@@ -236,7 +240,7 @@ def start_slurmless(engine: Target, log_dir: Path, layout: Layout, *, cap: int =
             [python(), "-m", "queue_gateway", "--host", "127.0.0.1", "--port", "0"],
             log_dir=log_dir,
             cores=layout.proxy,
-            env={"SLURMLESS_REDIS__URL": redis.url},
+            env={"SLURMLESS_REDIS__URL": redis.url, **(env or {})},
             unset_prefixes=("SLURMLESS_",),
             capture_stdout=True,
             cwd=workdir,
@@ -245,6 +249,7 @@ def start_slurmless(engine: Target, log_dir: Path, layout: Layout, *, cap: int =
         redis.stop()
         raise
     target = Target("slurmless", "127.0.0.1", 0, key, [child], [redis.stop, lambda: shutil.rmtree(workdir, True)])
+    target.redis_url = redis.url
     if redis.pid is not None:
         target.extra_pids.append(redis.pid)
     try:

@@ -81,22 +81,20 @@ class BatchRunner:
         self.finalizing: dict[str, asyncio.Task[None]] = {}
         self._lines: dict[str, LineFile] = {}
         self._attempts: dict[tuple[str, int], int] = {}
-        self._wake = asyncio.Event()
+        self._taking = 0
+        """Takes on their way to Redis (counted with `running` against `max_in_flight`)."""
         self._last_sweep_s = 0.0
 
     # --- the loop -------------------------------------------------------------------------------
 
     async def loop(self) -> None:
+        """A full step every `poll_s`; between steps, a finished line makes room for the next of its batch."""
         while True:
-            busy = False
             try:
-                busy = await self.step()
+                await self.step()
             except Exception as exc:  # a background loop must never die
                 log.warning("batch runner step failed: %r", exc)
-            if not busy:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_s)
+            await asyncio.sleep(self.settings.poll_s)
 
     async def renew_loop(self) -> None:
         while True:
@@ -107,7 +105,7 @@ class BatchRunner:
                 log.warning("renewing batch line leases failed: %r", exc)
 
     async def step(self) -> bool:
-        """One pass over the active batches; True when it started lines (more may be free at once)."""
+        """One pass over the active batches; True when it started lines."""
         now = self.clock()
         self._sweep(now)
         bids = await self.api.batches.active()
@@ -156,8 +154,11 @@ class BatchRunner:
 
     # --- lines ----------------------------------------------------------------------------------
 
+    def _room(self) -> bool:
+        return len(self.running) + self._taking < self.settings.max_in_flight
+
     async def _fill(self, rec: BatchRecord) -> bool:
-        if len(self.running) >= self.settings.max_in_flight:
+        if not self._room():
             return False
         key = ApiKeyRecord(key_id=rec.doc.key_id, tenant=rec.doc.tenant, admin=rec.doc.admin)
         try:
@@ -165,15 +166,19 @@ class BatchRunner:
         except NotFound:
             return False  # the model was removed: its lines wait, and expire with the batch
         started = False
-        while len(self.running) < self.settings.max_in_flight:
-            take = await self.api.batches.take(
-                rec.doc.id,
-                target.instance_model,
-                self.gateway_id,
-                now_s=self.clock(),
-                lease_s=self.settings.line_lease_s,
-                fraction=self.settings.headroom_fraction,
-            )
+        while self._room():
+            self._taking += 1
+            try:
+                take = await self.api.batches.take(
+                    rec.doc.id,
+                    target.instance_model,
+                    self.gateway_id,
+                    now_s=self.clock(),
+                    lease_s=self.settings.line_lease_s,
+                    fraction=self.settings.headroom_fraction,
+                )
+            finally:
+                self._taking -= 1
             if take.outcome is not TakeOutcome.LINE:
                 break
             run = _Running(rec.doc.id, take.line, take.token)
@@ -190,6 +195,7 @@ class BatchRunner:
 
     async def _run_line(self, rec: BatchRecord, target: Target, take: Take) -> None:
         bid, model = rec.doc.id, target.spec.name
+        released = False
         try:
             request = self._line_file(bid).read(take.line)
             body = request["body"]
@@ -230,7 +236,10 @@ class BatchRunner:
             # The bytes are on disk before Redis records the line: a death in between runs the line again
             # and this entry is ignored (its token is not the recorded one).
             self.parts.append(bid, take.line, take.token, ok, result)
-            recorded = await settle(self.api.batches.finish(bid, take.line, take.token, ok=ok))
+            released = True  # `finish` gives the slot back too
+            recorded = await settle(
+                self.api.batches.finish(bid, take.line, take.token, ok=ok, gateway_id=self.gateway_id)
+            )
             outcome = ("completed" if ok else "failed") if recorded else "superseded"
             self.metrics.batch_lines.labels(model, outcome).inc()
         except asyncio.CancelledError:
@@ -242,8 +251,17 @@ class BatchRunner:
             await settle(self.api.batches.unclaim(bid, take.line, take.token))
         finally:
             self.running.pop(take.token, None)
-            await settle(self.routing.release(self.gateway_id, take.token))
-            self._wake.set()
+            if not released:
+                await settle(self.routing.release(self.gateway_id, take.token))
+            if self._room():
+                # The next line of this batch at once, without waiting for the next full step.
+                asyncio.get_running_loop().create_task(self._refill(rec))
+
+    async def _refill(self, rec: BatchRecord) -> None:
+        try:
+            await self._fill(rec)
+        except Exception as exc:
+            log.warning("taking the next line of batch %s failed: %r", rec.doc.id, exc)
 
     # --- finalizing -----------------------------------------------------------------------------
 

@@ -23,7 +23,10 @@ class BatchSettings(BaseModel):
     completion_windows: dict[str, float] = Field(default_factory=lambda: {"24h": 86400.0})
     """Accepted `completion_window` values and their length in seconds."""
     runner: bool = True
-    """Run batch lines in this gateway process (every gateway shares the work through Redis leases)."""
+    """Run batch lines in this gateway process (every gateway shares the work through Redis leases). Off when
+    `python -m queue_gateway.batch_worker` processes run them instead."""
+    worker_nice: int = Field(10, ge=0, le=19)
+    """CPU niceness a batch worker process gives itself, so that gateways on the same cores go first."""
     max_in_flight: int = Field(32, ge=1)
     """Batch lines one gateway process runs at once."""
     headroom_fraction: float = Field(0.5, gt=0, le=1)

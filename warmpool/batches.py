@@ -204,9 +204,20 @@ return {'line', line, best[1], token}
 """
 )
 
-# ARGV: prefix, bid, line, token, field ('completed' or 'failed')
-_FINISH = """
+# ARGV: prefix, bid, line, token, field ('completed' or 'failed'), gw -> 1 when recorded; the claim's slot
+# (booked under gw with the token as its id) is given back either way, as `Routing.release` does.
+_FINISH = (
+    PUMP_LUA
+    + """
 local prefix, bid, line, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local slots = prefix .. 'gw:' .. ARGV[6] .. ':slots'
+local booked = redis.call('HGET', slots, token)
+if booked then
+  redis.call('HDEL', slots, token)
+  local sep = string.find(booked, '|', 1, true)
+  unload(prefix, string.sub(booked, 1, sep - 1), string.sub(booked, sep + 1))
+  pump(prefix, string.sub(booked, 1, sep - 1))
+end
 local key = prefix .. 'batch:' .. bid
 local status = redis.call('HGET', key, 'status')
 if status ~= 'in_progress' and status ~= 'cancelling' then return 0 end
@@ -219,6 +230,7 @@ redis.call('HSET', prefix .. 'bdone:' .. bid, line, token)
 redis.call('HINCRBY', key, ARGV[5], 1)
 return 1
 """
+)
 
 # ARGV: prefix, bid, line, token: give a claimed line back at once (its request is to be retried)
 _UNCLAIM = """
@@ -370,10 +382,11 @@ class Batches:
             return Take(outcome=outcome)
         return Take(outcome=outcome, line=int(res[1]), instance_id=text(res[2]), token=text(res[3]))
 
-    async def finish(self, bid: str, line: int, token: str, *, ok: bool) -> bool:
-        """Record the line's result as the one (False: another claim owns the line, or it is done)."""
+    async def finish(self, bid: str, line: int, token: str, *, ok: bool, gateway_id: str) -> bool:
+        """Record the line's result as the one (False: another claim owns the line, or it is done), and give
+        the claim's slot back (in the same round trip)."""
         field = "completed" if ok else "failed"
-        return bool(await self._finish(args=[self.prefix, bid, line, token, field]))
+        return bool(await self._finish(args=[self.prefix, bid, line, token, field, gateway_id]))
 
     async def unclaim(self, bid: str, line: int, token: str) -> bool:
         """Free a claimed line at once, to be run again."""

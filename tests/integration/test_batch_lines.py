@@ -61,10 +61,10 @@ async def test_a_line_takes_only_idle_capacity(redis_client: aioredis.Redis) -> 
     # The launcher's view leaves the batch line out: it never scales up for, or keeps an instance for, batch work.
     snap = (await SnapshotReader(redis_client).read(["m"]))["m"]
     assert (snap.inflight, snap.batch_in_flight) == ({"i1": 1}, 1)
-    # The line's slot is an ordinary slot: releasing it grants queued interactive tickets.
-    assert await routing.release("gw1", first.token) == 0
+    # The line's slot is an ordinary slot, given back when its result is recorded.
+    assert await b.finish("batch-a", first.line, first.token, ok=True, gateway_id="gw1")
     assert await routing.inflight("m") == {"i1": 1}
-    assert await b.finish("batch-a", first.line, first.token, ok=True)
+    assert await routing.release("gw1", first.token) == -1
     assert (await SnapshotReader(redis_client).read(["m"]))["m"].batch_in_flight == 0
 
 
@@ -79,9 +79,9 @@ async def test_a_lapsed_lease_moves_the_line_and_the_old_result_is_refused(redis
     alive = await b.take("batch-a", "m", "gw2", now_s=NOW + 11, lease_s=10, fraction=1)
     assert alive.outcome is TakeOutcome.LINE and alive.line == dead.line and alive.token != dead.token
     assert await b.renew("batch-a", [(dead.line, dead.token)], now_s=NOW + 11, lease_s=10) == [dead.line]
-    assert not await b.finish("batch-a", dead.line, dead.token, ok=True)
-    assert await b.finish("batch-a", alive.line, alive.token, ok=True)
-    assert not await b.finish("batch-a", alive.line, alive.token, ok=True)  # once only
+    assert not await b.finish("batch-a", dead.line, dead.token, ok=True, gateway_id="gw2")
+    assert await b.finish("batch-a", alive.line, alive.token, ok=True, gateway_id="gw2")
+    assert not await b.finish("batch-a", alive.line, alive.token, ok=True, gateway_id="gw2")  # once only
     assert await b.done_tokens("batch-a") == {alive.line: alive.token}
     record = await b.get("batch-a")
     assert record is not None and (record.completed, record.failed) == (1, 0)
@@ -103,7 +103,7 @@ async def test_cancel_drains_lines_in_flight_and_expiry_stops_a_batch(redis_clie
     assert await b.cancel("batch-a", now_s=NOW + 1) is BatchStatus.CANCELLING
     assert (await b.take("batch-a", "m", "gw1", now_s=NOW + 1, lease_s=10, fraction=1)).outcome is TakeOutcome.INACTIVE
     assert await b.begin_finalize("batch-a", "gw1", now_s=NOW + 2, lease_s=10) is None  # a line still runs
-    assert await b.finish("batch-a", running.line, running.token, ok=True)
+    assert await b.finish("batch-a", running.line, running.token, ok=True, gateway_id="gw1")
     assert await b.begin_finalize("batch-a", "gw1", now_s=NOW + 3, lease_s=10) is BatchStatus.CANCELLED
 
     later = Batches(redis_client)

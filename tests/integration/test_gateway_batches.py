@@ -14,7 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from queue_gateway.batch_settings import BatchSettings
+from queue_gateway.batch_worker import run_worker
 from slurmless.localredis import LocalRedis
+from slurmless.settings import RedisSettings, Settings
 from tests.fixtures.gateway_stack import (
     CLEAN,
     Served,
@@ -226,3 +228,33 @@ async def test_tenant_batch_cap_cancel_and_visibility(redis_client: aioredis.Red
     # No interactive demand was recorded for the model: batch lines never signal the launcher.
     assert not await redis_client.exists("sl:dem:m")
     assert await redis_client.exists("sl:bdem:m")
+
+
+async def test_a_batch_worker_process_runs_lines_when_gateways_do_not(
+    redis_server: LocalRedis, redis_client: aioredis.Redis, sim: Sim, tmp_path: Path
+) -> None:
+    await register_model(redis_client, "m")
+    await add_instance(redis_client, "m", sim)
+    key = await api_key(redis_client)
+    gw_settings = gateway_settings(batch=batch_settings(tmp_path, runner=False))
+    async with gateway(redis_server.url, gw_settings) as served:
+        c = client(served, key)
+        fid = (await c.files.create(file=("in.jsonl", jsonl([chat_line(i) for i in range(20)])), purpose="batch")).id
+        bid = (await c.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")).id
+        await asyncio.sleep(1.0)
+        idle = await c.batches.retrieve(bid)
+        assert idle.status == "validating"  # no runner anywhere: nothing moves
+        stop = asyncio.Event()
+        settings = Settings(redis=RedisSettings(url=redis_server.url), gateway=gw_settings)
+        worker = asyncio.create_task(run_worker(settings, worker_id="bw-test", stop=stop))
+        try:
+            done = await wait_final(c, bid)
+        finally:
+            stop.set()
+            await worker
+        assert done.status == "completed" and done.request_counts is not None and done.request_counts.completed == 20
+        out = await rows(c, done.output_file_id)
+    assert sorted(r["custom_id"] for r in out) == sorted(f"req-{i}" for i in range(20))
+    # The worker left cleanly: its lease is gone, no slot is booked.
+    assert await redis_client.zscore("sl:gateways", "bw-test") is None
+    assert await settled(redis_client) == CLEAN

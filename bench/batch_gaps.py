@@ -1,0 +1,226 @@
+"""A large batch in the gaps: interactive warm-path TTFT with and without a batch running, and the batch's integrity.
+
+One engine simulator (model `m`, instance cap `--cap`), Redis and one `python -m queue_gateway` (its
+batch runner on, `--max-in-flight` lines at once, `--headroom` of the cap). The interactive load is
+the warm-path benchmark's closed loop (`bench.warm_path.run_level`, our raw-socket client) at
+`--streams` streams. Windows alternate: without a batch (before it is created), with the batch
+running, and without again once it finished; the ratio is TTFT with / TTFT without, medians of the
+windows, in the same run. Then the batch's output is checked: every `custom_id` exactly once.
+
+    .venv/bin/python -m bench.batch_gaps [--lines 10000] [--streams 10] [--windows 3] [--duration-s 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvloop
+
+from bench.procs import Child, python, start, wait_line
+from bench.report import median, table, write_json
+from bench.targets import MODEL, Layout, Target, start_engine, start_slurmless
+from bench.warm_path import Sample, run_level
+
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.batch_gaps", description=__doc__.splitlines()[0])
+    p.add_argument("--lines", type=int, default=10_000)
+    p.add_argument("--streams", type=int, default=10)
+    p.add_argument("--windows", type=int, default=20, help="at most this many interactive windows while the batch runs")
+    p.add_argument("--baseline-windows", type=int, default=3, help="windows without the batch, before and after it")
+    p.add_argument("--duration-s", type=float, default=4.0)
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per interactive request")
+    p.add_argument("--batch-max-tokens", type=int, default=32, help="tokens per batch line")
+    p.add_argument("--inter-token-ms", type=float, default=2.0, help="engine pacing per token")
+    p.add_argument("--cap", type=int, default=64, help="the instance's concurrency cap")
+    p.add_argument("--max-in-flight", type=int, default=32, help="batch lines the gateway runs at once")
+    p.add_argument("--headroom", type=float, default=0.5, help="batch lines only below this fraction of the cap")
+    p.add_argument(
+        "--runner",
+        nargs="+",
+        default=["gateway", "worker"],
+        choices=["gateway", "worker"],
+        help="who runs the batch lines: the gateway process, or a niced `queue_gateway.batch_worker` (one run each)",
+    )
+    p.add_argument("--no-pin", action="store_true")
+    return p.parse_args()
+
+
+def batch_input(lines: int, max_tokens: int) -> bytes:
+    rows = (
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"label abstract number {i}"}],
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+            },
+        }
+        for i in range(lines)
+    )
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+
+async def until(h: httpx.AsyncClient, bid: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll the batch until `done` holds for it; returns its last state."""
+    while True:
+        doc: dict[str, Any] = (await h.get(f"/v1/batches/{bid}")).json()
+        if done(doc):
+            return doc
+        await asyncio.sleep(0.05)
+
+
+async def window(target: Target, args: argparse.Namespace, body: dict[str, object], label: str) -> Sample:
+    sample = await run_level(target, args.streams, args.duration_s, body)
+    print(
+        f"  {label:14s} ttft_p50={sample.ttft_p50_ms:7.2f} ms ttft_p99={sample.ttft_p99_ms:7.2f} ms "
+        f"req/s={sample.req_s:7.1f} errors={sample.errors}",
+        flush=True,
+    )
+    return sample
+
+
+async def run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, object] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "interactive prompt"}],
+        "max_tokens": args.max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {target.api_key}"}
+    async with httpx.AsyncClient(base_url=target.base_url, headers=headers, timeout=120) as h:
+        up = await h.post(
+            "/v1/files",
+            files={"file": ("batch.jsonl", batch_input(args.lines, args.batch_max_tokens))},
+            data={"purpose": "batch"},
+        )
+        up.raise_for_status()
+        before = [await window(target, args, body, "without batch") for _ in range(args.baseline_windows)]
+        created = await h.post(
+            "/v1/batches",
+            json={"input_file_id": up.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        )
+        created.raise_for_status()
+        bid = created.json()["id"]
+        t0 = time.perf_counter()
+        await until(h, bid, lambda d: d["request_counts"]["completed"] >= args.max_in_flight)
+        during: list[Sample] = []
+        overlapped: list[bool] = []
+        for i in range(args.windows):
+            during.append(await window(target, args, body, f"with batch {i}"))
+            overlapped.append((await h.get(f"/v1/batches/{bid}")).json()["status"] == "in_progress")
+            if not overlapped[-1]:
+                break
+        doc = await until(h, bid, lambda d: d["status"] in FINAL)
+        batch_s = time.perf_counter() - t0
+        after = [await window(target, args, body, "without batch") for _ in range(args.baseline_windows)]
+        out = (await h.get(f"/v1/files/{doc['output_file_id']}/content")).content if doc["output_file_id"] else b""
+    ids = [orjson.loads(x)["custom_id"] for x in out.splitlines() if x.strip()]
+    return {
+        "batch_id": bid,
+        "batch": doc,
+        "batch_s": batch_s,
+        "lines_per_s": args.lines / batch_s,
+        "results": len(ids),
+        "duplicates": len(ids) - len(set(ids)),
+        "lost": len({f"line-{i}" for i in range(args.lines)} - set(ids)),
+        "windows_inside_batch": overlapped,
+        "without": [asdict(s) for s in before + after],
+        "with": [asdict(s) for s, inside in zip(during, overlapped, strict=True) if inside],
+    }
+
+
+def run_mode(runner: str, args: argparse.Namespace, layout: Layout, log_dir: Path) -> dict[str, Any]:
+    """A fresh engine, Redis and gateway (and worker), one measurement."""
+    files_dir = Path(tempfile.mkdtemp(prefix="bench-batch-files-"))
+    env = {
+        "SLURMLESS_GATEWAY__BATCH__FILES_DIR": str(files_dir),
+        "SLURMLESS_GATEWAY__BATCH__MAX_IN_FLIGHT": str(args.max_in_flight),
+        "SLURMLESS_GATEWAY__BATCH__HEADROOM_FRACTION": str(args.headroom),
+        "SLURMLESS_GATEWAY__BATCH__FILE_MAX_LINES": str(max(args.lines, 50_000)),
+        "SLURMLESS_GATEWAY__BATCH__RUNNER": "true" if runner == "gateway" else "false",
+    }
+    engine = start_engine(log_dir, layout, inter_token_ms=args.inter_token_ms, tokens_per_chunk=1)
+    target: Target | None = None
+    worker: Child | None = None
+    try:
+        target = start_slurmless(engine, log_dir, layout, cap=args.cap, env=env)
+        if runner == "worker":
+            assert target.redis_url is not None
+            worker = start(
+                "batch-worker",
+                [python(), "-m", "queue_gateway.batch_worker"],
+                log_dir=log_dir,
+                cores=layout.proxy,
+                env={"SLURMLESS_REDIS__URL": target.redis_url, **env},
+                unset_prefixes=("SLURMLESS_",),
+                capture_stdout=True,
+                cwd=files_dir,
+            )
+            wait_line(worker, "batch worker ", 60)
+        return uvloop.run(run(target, args))
+    finally:
+        if worker is not None:
+            worker.stop()
+        if target is not None:
+            target.stop()
+        engine.stop()
+        shutil.rmtree(files_dir, ignore_errors=True)
+
+
+def main() -> None:
+    args = parse_args()
+    layout = Layout(engine=None, proxy=None) if args.no_pin else Layout(engine=[0], proxy=[1])
+    if not args.no_pin:
+        os.sched_setaffinity(0, {0})
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    results: dict[str, dict[str, Any]] = {}
+    tables: list[str] = []
+    for runner in args.runner:
+        print(f"batch lines run by: {runner}", flush=True)
+        result = results[runner] = run_mode(runner, args, layout, log_dir)
+        without, with_ = result["without"], result["with"]
+        rows = []
+        for metric in ("ttft_p50_ms", "ttft_p99_ms", "req_s"):
+            a = median([s[metric] for s in without])
+            b = median([s[metric] for s in with_])
+            rows.append([metric, a, b, b / a if a else float("nan")])
+        result["table"] = rows
+        tables.append(
+            f"Batch lines run by the {runner}: {result['batch']['status']} in {result['batch_s']:.1f} s "
+            f"({result['lines_per_s']:.0f} lines/s), {result['results']} results, {result['lost']} lost, "
+            f"{result['duplicates']} duplicated; interactive windows inside the batch: "
+            f"{result['windows_inside_batch']}\n" + table(["metric", "without batch", "with batch", "ratio"], rows)
+        )
+    print()
+    print(
+        f"Interactive warm path at {args.streams} streams ({args.max_tokens} tokens, "
+        f"engine {args.inter_token_ms} ms/token, cap {args.cap}), median of windows; "
+        f"batch of {args.lines} lines ({args.batch_max_tokens} tokens each), "
+        f"at most {args.max_in_flight} in flight, below {args.headroom:g} of the cap; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print("\n\n".join(tables))
+    path = write_json("batch_gaps", {"config": vars(args), "logs": str(log_dir), "results": results})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
