@@ -29,6 +29,7 @@ from tests.fixtures.gateway_stack import (
     register_model,
     settled,
 )
+from warmpool.routing import Routing
 
 TIMEOUT_S = 30.0
 
@@ -258,3 +259,29 @@ async def test_a_batch_worker_process_runs_lines_when_gateways_do_not(
     # The worker left cleanly: its lease is gone, no slot is booked.
     assert await redis_client.zscore("sl:gateways", "bw-test") is None
     assert await settled(redis_client) == CLEAN
+
+
+async def test_a_batch_expires_at_the_end_of_its_window_with_partial_results(
+    redis_server: LocalRedis, redis_client: aioredis.Redis, sim: Sim, tmp_path: Path
+) -> None:
+    await register_model(redis_client, "m")
+    iid = await add_instance(redis_client, "m", sim, cap=2)
+    key = await api_key(redis_client)
+    # A 3 s window, one line at a time: some lines finish, then the instance goes away and the window ends.
+    settings = gateway_settings(batch=batch_settings(tmp_path, completion_windows={"24h": 3.0}, max_in_flight=1))
+    async with gateway(redis_server.url, settings) as served:
+        c = client(served, key)
+        fid = (await c.files.create(file=("in.jsonl", jsonl([chat_line(i) for i in range(40)])), purpose="batch")).id
+        bid = (await c.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")).id
+        for _ in range(400):
+            counts = (await c.batches.retrieve(bid)).request_counts
+            if counts is not None and counts.completed >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await Routing(redis_client).deactivate("m", iid)
+        done = await wait_final(c, bid)
+        assert done.status == "expired" and done.expired_at is not None
+        out, errors = await rows(c, done.output_file_id), await rows(c, done.error_file_id)
+    assert done.request_counts is not None and done.request_counts.completed == len(out) >= 2
+    assert {r["error"]["code"] for r in errors} == {"batch_expired"}
+    assert sorted(r["custom_id"] for r in out + errors) == sorted(f"req-{i}" for i in range(40))
