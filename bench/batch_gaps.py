@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
         choices=["gateway", "worker"],
         help="who runs the batch lines: the gateway process, or a niced `queue_gateway.batch_worker` (one run each)",
     )
+    p.add_argument("--repeat", type=int, default=1, help="runs of each mode, modes alternating")
     p.add_argument("--no-pin", action="store_true")
     return p.parse_args()
 
@@ -193,9 +194,9 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     results: dict[str, dict[str, Any]] = {}
     tables: list[str] = []
-    for runner in args.runner:
-        print(f"batch lines run by: {runner}", flush=True)
-        result = results[runner] = run_mode(runner, args, layout, log_dir)
+    for runner, rnd in [(r, i) for i in range(args.repeat) for r in args.runner]:
+        print(f"batch lines run by: {runner} (run {rnd})", flush=True)
+        result = results[f"{runner}-{rnd}"] = run_mode(runner, args, layout, log_dir)
         without, with_ = result["without"], result["with"]
         rows = []
         for metric in ("ttft_p50_ms", "ttft_p99_ms", "req_s"):
@@ -204,7 +205,7 @@ def main() -> None:
             rows.append([metric, a, b, b / a if a else float("nan")])
         result["table"] = rows
         tables.append(
-            f"Batch lines run by the {runner}: {result['batch']['status']} in {result['batch_s']:.1f} s "
+            f"Run {rnd}, batch lines run by the {runner}: {result['batch']['status']} in {result['batch_s']:.1f} s "
             f"({result['lines_per_s']:.0f} lines/s), {result['results']} results, {result['lost']} lost, "
             f"{result['duplicates']} duplicated; interactive windows inside the batch: "
             f"{result['windows_inside_batch']}\n" + table(["metric", "without batch", "with batch", "ratio"], rows)

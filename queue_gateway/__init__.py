@@ -4,8 +4,12 @@ Entry point: `queue_gateway.app.build_app(settings, redis_url_or_client, ...)`; 
 with `python -m queue_gateway` or `slurmless gateway`. Several processes may share one Redis.
 
 HTTP surface
-- `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: proxied to the model's engine,
-  bodies and fields passed through (only `model` is rewritten to the engine's served name).
+- `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`, `/v1/rerank`,
+  `/v1/score`, `/tokenize`, `/detokenize`, `/v1/audio/transcriptions` (multipart): proxied to the
+  model's engine, bodies and fields passed through (only `model` is rewritten to the engine's served
+  name); the table is `endpoints.ENDPOINTS`.
+- `/v1/files`, `/v1/batches`: OpenAI's Files and Batches API (`batch_api`, docs/batches.md); batch
+  lines run in idle capacity (`batch_runner`, or `python -m queue_gateway.batch_worker`).
 - `GET /v1/models`, `GET /v1/models/{id}`: models the key may use; `slurmless.state` is `cold`,
   `starting` or `warm` (plus phase, ready instances, queue depth, ETA).
 - `GET /v1/async/{id}[?wait_s=N]`: async results (submit with `Prefer: respond-async`).

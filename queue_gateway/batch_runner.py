@@ -236,10 +236,10 @@ class BatchRunner:
             # The bytes are on disk before Redis records the line: a death in between runs the line again
             # and this entry is ignored (its token is not the recorded one).
             self.parts.append(bid, take.line, take.token, ok, result)
-            released = True  # `finish` gives the slot back too
             recorded = await settle(
                 self.api.batches.finish(bid, take.line, take.token, ok=ok, gateway_id=self.gateway_id)
             )
+            released = True  # `finish` gave the slot back too
             outcome = ("completed" if ok else "failed") if recorded else "superseded"
             self.metrics.batch_lines.labels(model, outcome).inc()
         except asyncio.CancelledError:
@@ -303,7 +303,12 @@ class BatchRunner:
                 await self.api.files.put(record, ttl_s=self.settings.file_ttl_s)
                 ids[kind] = fid
             finished = await self.api.batches.complete(
-                bid, self.gateway_id, now_s=self.clock(), output_file_id=ids["output"], error_file_id=ids["errors"]
+                bid,
+                self.gateway_id,
+                now_s=self.clock(),
+                output_file_id=ids["output"],
+                error_file_id=ids["errors"],
+                ttl_s=self.settings.file_ttl_s,
             )
             if finished:
                 self.parts.close(bid)

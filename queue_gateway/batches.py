@@ -160,8 +160,8 @@ async def retrieve(api: BatchApi, key: ApiKeyRecord, request: Request) -> Respon
 
 
 async def list_batches(api: BatchApi, key: ApiKeyRecord, request: Request) -> Response:
-    records = await api.batches.many(await api.batches.listing(key.tenant))
-    return page([r.openai() for r in records if r is not None], request, default_limit=20)
+    records = await api.batches.listing(key.tenant)
+    return page([r.openai() for r in records], request, default_limit=20)
 
 
 async def cancel(api: BatchApi, key: ApiKeyRecord, request: Request) -> Response:

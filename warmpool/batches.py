@@ -292,7 +292,8 @@ if not redis.call('HGET', key, 'finalizing_at') then redis.call('HSET', key, 'fi
 return final
 """
 
-# ARGV: prefix, bid, runner, now, output_file_id, error_file_id -> 1 when the batch reached its final status
+# ARGV: prefix, bid, runner, now, output_file_id, error_file_id, ttl_s -> 1 when the batch reached its final
+# status (its record then expires with its result files)
 _COMPLETE = """
 local prefix, bid, runner = ARGV[1], ARGV[2], ARGV[3]
 local key = prefix .. 'batch:' .. bid
@@ -314,6 +315,7 @@ local tenant = cjson.decode(redis.call('HGET', key, 'doc'))['tenant']
 redis.call('ZREM', prefix .. 'bactive', bid)
 redis.call('SREM', prefix .. 'bactive:' .. tenant, bid)
 redis.call('DEL', prefix .. 'bpend:' .. bid, prefix .. 'bown:' .. bid, prefix .. 'bdone:' .. bid)
+redis.call('EXPIRE', key, math.max(1, math.ceil(tonumber(ARGV[7]))))
 return 1
 """
 
@@ -410,9 +412,11 @@ class Batches:
         res = text(await self._begin_finalize(args=[self.prefix, bid, runner, repr(now_s), repr(lease_s)]))
         return BatchStatus(res) if res else None
 
-    async def complete(self, bid: str, runner: str, *, now_s: float, output_file_id: str, error_file_id: str) -> bool:
-        """Give the batch its final status and result files; its line state is deleted."""
-        args = [self.prefix, bid, runner, repr(now_s), output_file_id, error_file_id]
+    async def complete(
+        self, bid: str, runner: str, *, now_s: float, output_file_id: str, error_file_id: str, ttl_s: float
+    ) -> bool:
+        """Give the batch its final status and result files; its line state is deleted, its record kept `ttl_s`."""
+        args = [self.prefix, bid, runner, repr(now_s), output_file_id, error_file_id, repr(ttl_s)]
         return bool(await self._complete(args=args))
 
     async def done_tokens(self, bid: str) -> dict[int, str]:
@@ -433,9 +437,14 @@ class Batches:
             rows = await pipe.execute()
         return [_record(r) for r in rows]
 
-    async def listing(self, tenant: str) -> list[str]:
-        """A tenant's batch ids, newest first."""
-        return [text(b) for b in await self.redis.zrevrange(self.keys.tenant_batches(tenant), 0, -1)]
+    async def listing(self, tenant: str) -> list[BatchRecord]:
+        """A tenant's batches, newest first; ids whose record expired are dropped from the index."""
+        bids = [text(b) for b in await self.redis.zrevrange(self.keys.tenant_batches(tenant), 0, -1)]
+        records = await self.many(bids)
+        gone = [bid for bid, rec in zip(bids, records, strict=True) if rec is None]
+        if gone:
+            await awaited(self.redis.zrem(self.keys.tenant_batches(tenant), *gone))
+        return [rec for rec in records if rec is not None]
 
     async def active(self) -> list[str]:
         """Every batch not yet in a final state, oldest first."""

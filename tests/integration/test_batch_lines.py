@@ -89,11 +89,12 @@ async def test_a_lapsed_lease_moves_the_line_and_the_old_result_is_refused(redis
     # Another runner cannot finalize it meanwhile, only after the finalizer's lease lapsed.
     assert await b.begin_finalize("batch-a", "gw3", now_s=NOW + 13, lease_s=10) is None
     assert await b.begin_finalize("batch-a", "gw3", now_s=NOW + 23, lease_s=10) is BatchStatus.COMPLETED
-    assert not await b.complete("batch-a", "gw2", now_s=NOW + 24, output_file_id="file-o", error_file_id="")
-    assert await b.complete("batch-a", "gw3", now_s=NOW + 24, output_file_id="file-o", error_file_id="")
+    assert not await b.complete("batch-a", "gw2", now_s=NOW + 24, output_file_id="file-o", error_file_id="", ttl_s=60)
+    assert await b.complete("batch-a", "gw3", now_s=NOW + 24, output_file_id="file-o", error_file_id="", ttl_s=60)
     done = await b.get("batch-a")
     assert done is not None and done.status is BatchStatus.COMPLETED and done.output_file_id == "file-o"
     assert await b.active() == []
+    assert 0 < await redis_client.ttl("sl:batch:batch-a") <= 60
 
 
 async def test_cancel_drains_lines_in_flight_and_expiry_stops_a_batch(redis_client: aioredis.Redis) -> None:
