@@ -409,7 +409,8 @@ class Launcher:
         if self.settings.batch_cold_starts:
             # Opt-in: batch lines that found no instance start one (by default batch demand never does).
             for model in await Batches(self.redis, self.keys).waiting_models(since_s=now_s - 2 * self.settings.tick_s):
-                await self.on_demand(model, now_s=now_s)
+                if iid := await self.on_demand(model, now_s=now_s):
+                    report.submitted.append(iid)
         await self.routing.reap(now_s=now_s)
         step("routing")
         self.metrics.tick_s.observe(sum(report.steps_ms.values()) / 1000)
