@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-max-tokens", type=int, default=32, help="tokens per batch line")
     p.add_argument("--inter-token-ms", type=float, default=2.0, help="engine pacing per token")
     p.add_argument("--cap", type=int, default=64, help="the instance's concurrency cap")
-    p.add_argument("--max-in-flight", type=int, default=32, help="batch lines the gateway runs at once")
+    p.add_argument("--max-in-flight", type=int, default=8, help="batch lines the gateway runs at once")
     p.add_argument("--headroom", type=float, default=0.5, help="batch lines only below this fraction of the cap")
     p.add_argument(
         "--runner",

@@ -27,8 +27,8 @@ class BatchSettings(BaseModel):
     `python -m queue_gateway.batch_worker` processes run them instead."""
     worker_nice: int = Field(10, ge=0, le=19)
     """CPU niceness a batch worker process gives itself, so that gateways on the same cores go first."""
-    max_in_flight: int = Field(32, ge=1)
-    """Batch lines one gateway process runs at once."""
+    max_in_flight: int = Field(8, ge=1)
+    """Batch lines one gateway process runs at once (more is faster but costs interactive TTFT: bench/batch_gaps.py)."""
     headroom_fraction: float = Field(0.5, gt=0, le=1)
     """A batch line takes a slot only while the instance's requests in flight are below this fraction of its cap."""
     line_lease_s: float = Field(30.0, gt=0)

@@ -86,8 +86,6 @@ STACK_ENV = {
     "SLURMLESS_GATEWAY__COLD_WAIT_BUDGET_S": "120",
     "SLURMLESS_GATEWAY__WARM_WAIT_BUDGET_S": "30",
     "SLURMLESS_GATEWAY__BATCH__LINE_LEASE_S": "3",
-    # Below the instances' idle room (half of 64), so every gateway of the batch faults gets lines.
-    "SLURMLESS_GATEWAY__BATCH__MAX_IN_FLIGHT": "8",
 }
 
 
