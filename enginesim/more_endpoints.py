@@ -23,7 +23,8 @@ from enginesim.shapes import ApiError, Completion
 
 JSON = "application/json"
 TOKEN_BASE = 1000
-"""Simulated token ids are `TOKEN_BASE + index` of the word in the prompt's word list."""
+"""Simulated token ids are `TOKEN_BASE + n` for the n-th distinct word this engine has seen (one token a word),
+so `/detokenize` gives back the words `/tokenize` was given."""
 
 
 def _error(exc: ApiError) -> Response:
@@ -107,6 +108,19 @@ def _event(kind: str, seq: int, **fields: Any) -> bytes:
 class MoreEndpoints:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.vocab: dict[str, int] = {}
+        self.words: list[str] = []
+
+    def token_id(self, word: str) -> int:
+        tid = self.vocab.get(word)
+        if tid is None:
+            tid = self.vocab[word] = TOKEN_BASE + len(self.words)
+            self.words.append(word)
+        return tid
+
+    def word(self, tid: int) -> str:
+        n = tid - TOKEN_BASE
+        return self.words[n] if 0 <= n < len(self.words) else f"tok{tid}"
 
     def _check(self, request: Request) -> None:
         denied = self.engine.denial(request.scope)
@@ -261,7 +275,7 @@ class MoreEndpoints:
                 raise ApiError(400, "'prompt' (a string) or 'messages' is required")
         except ApiError as exc:
             return _error(exc)
-        ids = [TOKEN_BASE + _word_id(w) for w in text.split()]
+        ids = [self.token_id(w) for w in text.split()]
         body = {"count": len(ids), "max_model_len": self.engine.config.max_model_len, "tokens": ids, "token_strs": None}
         return Response(orjson.dumps(body), media_type=JSON)
 
@@ -275,7 +289,7 @@ class MoreEndpoints:
                 raise ApiError(400, "'tokens' must be a list of integers")
         except ApiError as exc:
             return _error(exc)
-        return Response(orjson.dumps({"prompt": " ".join(f"tok{t}" for t in ids)}), media_type=JSON)
+        return Response(orjson.dumps({"prompt": " ".join(self.word(t) for t in ids)}), media_type=JSON)
 
     async def transcriptions(self, request: Request) -> Response:
         try:
@@ -313,10 +327,6 @@ class MoreEndpoints:
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
-
-
-def _word_id(word: str) -> int:
-    return tokens.prompt_seed(word) % 50_000
 
 
 def _similarity(a: str, b: str) -> float:

@@ -10,6 +10,7 @@ HTTP surface
   name); the table is `endpoints.ENDPOINTS`.
 - `/v1/files`, `/v1/batches`: OpenAI's Files and Batches API (`batch_api`, docs/batches.md); batch
   lines run in idle capacity (`batch_runner`, or `python -m queue_gateway.batch_worker`).
+- `POST /v1/slurmless/chunked`, `/v1/slurmless/tribunal`: workflows of several calls (`workflows`).
 - `GET /v1/models`, `GET /v1/models/{id}`: models the key may use; `slurmless.state` is `cold`,
   `starting` or `warm` (plus phase, ready instances, queue depth, ETA).
 - `GET /v1/async/{id}[?wait_s=N]`: async results (submit with `Prefer: respond-async`).

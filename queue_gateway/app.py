@@ -63,6 +63,8 @@ from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.request_body import MAX_MULTIPART_BYTES, parse_request
 from queue_gateway.sinks import AsgiSink, Sink
 from queue_gateway.ui import build_ui_app
+from queue_gateway.workflows import Workflows
+from queue_gateway.workflows import routes as workflow_routes
 from slurmless.settings import GatewaySettings, Settings
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.async_requests import AsyncRequests
@@ -109,6 +111,7 @@ class Gateway:
     """The warm path's own Redis connection (admit, release); None where unsupported (TLS)."""
     batch_api: BatchApi
     batch_runner: BatchRunner
+    workflows: Workflows
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ready: bool = False
 
@@ -185,7 +188,9 @@ def _wire(
         catalog=catalog,
         clock=clock,
     )
+    limits = KeyLimits(redis, keys)
     return Gateway(
+        workflows=Workflows(dispatcher, catalog, limits, gateway_id, clock),
         batch_api=batch_api,
         batch_runner=BatchRunner(batch_api, dispatcher, routing, metrics, gateway_id=gateway_id, clock=clock),
         pipe=pipe,
@@ -611,6 +616,7 @@ def build_app(
         Route("/v1/models/{model:path}", _api(holder, _get_model), methods=["GET"]),
         Route("/v1/async/{rid}", _api(holder, _get_async), methods=["GET"]),
         *batch_routes(lambda handler: _api(holder, lambda gw, key, request: handler(gw.batch_api, key, request))),
+        *workflow_routes(lambda handler: _api(holder, lambda gw, key, request: handler(gw.workflows, key, request))),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

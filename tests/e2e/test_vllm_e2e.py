@@ -109,6 +109,52 @@ def test_completions_and_async_mode(e2e: E2E) -> None:
     assert answer["choices"][0]["message"]["content"] is not None
 
 
+def test_other_routes_workflows_and_a_batch_on_real_vllm(e2e: E2E) -> None:
+    auth = {"Authorization": f"Bearer {e2e.key}"}
+    with httpx.Client(base_url=e2e.base_url, headers=auth, timeout=120) as h:
+        tokens = h.post("/tokenize", json={"model": MODEL, "prompt": "Slurm schedules jobs"})
+        assert tokens.status_code == 200, tokens.text
+        ids = tokens.json()["tokens"]
+        text = h.post("/detokenize", json={"model": MODEL, "tokens": ids})
+        assert text.status_code == 200 and "Slurm" in text.json()["prompt"]
+        long_input = " ".join(f"word{i}" for i in range(200))
+        body = {"model": MODEL, "input": long_input, "instruction": "Summarise:", "chunk_tokens": 128}
+        chunked = h.post("/v1/slurmless/chunked", json={**body, "overlap_tokens": 16, "max_tokens": 4})
+        assert chunked.status_code == 200, chunked.text
+        doc = chunked.json()
+        assert len(doc["chunks"]) >= 2 and doc["chunks"][-1]["end_token"] == doc["input_tokens"]
+        tribunal = h.post(
+            "/v1/slurmless/tribunal",
+            json={"generator": MODEL, "critic": MODEL, "rounds": 1, "max_tokens": 4, "messages": MESSAGES},
+        )
+        assert tribunal.status_code == 200, tribunal.text
+        assert [s["role"] for s in tribunal.json()["steps"]] == ["generate", "critique", "revise"]
+    c = client(e2e, timeout_s=120)
+    response = c.responses.create(model=MODEL, input="Hello", max_output_tokens=4)
+    # 4 tokens end it early: "incomplete" (max_output_tokens), as vLLM reports it.
+    assert response.status in ("completed", "incomplete") and response.output
+    lines = [
+        {
+            "custom_id": f"e2e-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": MESSAGES, "max_tokens": 4},
+        }
+        for i in range(5)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = c.files.create(file=("batch.jsonl", data), purpose="batch")
+    batch = c.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while (batch := c.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.5)
+    assert batch.status == "completed" and batch.output_file_id is not None
+    out = [json.loads(x) for x in c.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(r["custom_id"] for r in out) == [f"e2e-{i}" for i in range(5)]
+    assert all(r["response"]["status_code"] == 200 for r in out)
+
+
 def test_idle_model_scales_to_zero(e2e: E2E) -> None:
     deadline = time.monotonic() + KEEPALIVE_S + 180
     while slurmless_jobs(e2e):
