@@ -4,7 +4,7 @@ Built from the key schema (`warmpool.keys`): every pattern is a key family of on
 
 - `gateway`: reads the registry, keys, tenants, instance addresses and (for the status page) the
   launcher's decisions; writes queues, tickets, slots, leases, demand, per-key limits, async
-  requests and status-page sessions. It cannot write instance records,
+  requests, status-page sessions, files and batches. It cannot write instance records,
   the registry, API keys or tenants: a compromised gateway cannot redirect traffic or mint keys.
 - `launcher`: reads the registry and tenants; writes instances, routing, phases, history and its
   lease (plus arq's own keys). It never reads `async:*` (async prompts and answers) nor API keys.
@@ -40,8 +40,14 @@ GATEWAY_READ = (
     "warm:*",
     "launcher:leader",
 )
-GATEWAY_WRITE = (*_ROUTING, *_HISTORY, "cold:*", "klim:*", "tlim:*", "async:*", "asyncq", "uisess:*")
-LAUNCHER_READ = (*_REGISTRY, "tenants")
+_BATCHES = (
+    *("file:*", "files:*", "batch:*", "batches:*", "bactive", "bactive:*"),
+    *("bpend:*", "bown:*", "bdone:*", "bflight:*", "bdem:*", "bwait"),
+)
+"""The Files and Batches API's records and the batch lines' state (written by gateways and batch workers)."""
+GATEWAY_WRITE = (*_ROUTING, *_HISTORY, "cold:*", "klim:*", "tlim:*", "async:*", "asyncq", "uisess:*", *_BATCHES)
+LAUNCHER_READ = (*_REGISTRY, "tenants", "bflight:*", "bwait")
+"""`bflight:*` and `bwait`: batch lines in flight (left out of the load it scales on) and batch demand."""
 LAUNCHER_WRITE = (
     *_ROUTING,
     *_HISTORY,

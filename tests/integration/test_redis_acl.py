@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
+from queue_gateway.batch_settings import BatchSettings
 from slurmless.localredis import LocalRedis
 from slurmless.settings import RedisSettings, Settings
 from tests.fixtures.gateway_stack import add_instance, api_key, engine_sim, gateway, gateway_settings
 from warmpool.acl import role_users, url_for
 from warmpool.keys import Keys
+from warmpool.models import ModelStore
 from warmpool.redisio import awaited
+from warmpool.snapshot import SnapshotReader
+from warmpool.specs import ModelSpec
 
 PASSWORDS = {"gateway": "gw-secret", "launcher": "launcher-secret", "admin": "admin-secret"}
 KEYS = Keys()
@@ -120,6 +126,45 @@ async def test_a_gateway_serves_warm_queued_and_async_requests_as_its_acl_user(a
                 assert login.status_code in (200, 303), login.text
                 state = await ui.get("/ui/state")
                 assert state.status_code == 200, state.text
+    finally:
+        await admin.aclose()
+        await launcher.aclose()
+
+
+async def test_a_batch_runs_as_the_gateways_user_and_the_launcher_reads_batch_load(
+    acl_redis: LocalRedis, tmp_path: Path
+) -> None:
+    admin, launcher = _client(acl_redis, "admin"), _client(acl_redis, "launcher")
+    try:
+        root_client = aioredis.Redis.from_url(acl_redis.url)
+        await root_client.flushdb()
+        await root_client.aclose()
+        await ModelStore(admin).put(ModelSpec(name="m", source="/models/m"))
+        key = await api_key(admin)
+        settings = gateway_settings(batch=BatchSettings(files_dir=tmp_path, poll_s=0.05))
+        line = {"method": "POST", "url": "/v1/chat/completions"}
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        data = b"".join(orjson.dumps({**line, "custom_id": f"c{i}", "body": body}) + b"\n" for i in range(6))
+        async with (
+            engine_sim("m") as sim,
+            gateway(url_for(acl_redis.url, "gateway", PASSWORDS["gateway"]), settings) as gw,
+            httpx.AsyncClient(base_url=gw.url, timeout=30, headers={"authorization": f"Bearer {key}"}) as h,
+        ):
+            await add_instance(launcher, "m", sim)
+            fid = (await h.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})).json()["id"]
+            created = await h.post(
+                "/v1/batches",
+                json={"input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+            )
+            assert created.status_code == 200, created.text
+            # The launcher's snapshot reads the batch lines in flight as the launcher's user.
+            assert "m" in await SnapshotReader(launcher).read(["m"])
+            for _ in range(200):
+                doc = (await h.get(f"/v1/batches/{created.json()['id']}")).json()
+                if doc["status"] == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            assert doc["status"] == "completed" and doc["request_counts"]["completed"] == 6, doc
     finally:
         await admin.aclose()
         await launcher.aclose()
