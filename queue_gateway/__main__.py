@@ -18,7 +18,9 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from queue_gateway.app import build_app
+from queue_gateway.batch_api import UPLOAD_FORM_OVERHEAD, UPLOAD_PATHS
 from queue_gateway.http_limits import RequestLimits, limited_protocol
+from queue_gateway.request_body import MAX_MULTIPART_BYTES
 from slurmless.settings import GatewaySettings, Settings, SettingsError, load_settings
 from warmpool.keys import Keys
 
@@ -28,6 +30,8 @@ LISTEN_BACKLOG = 4096
 def request_limits(gw: GatewaySettings) -> RequestLimits:
     return RequestLimits(
         max_body_bytes=gw.max_body_bytes,
+        upload_paths=frozenset(p.encode() for p in UPLOAD_PATHS),
+        max_upload_bytes=max(gw.max_body_bytes, gw.batch.file_max_bytes + UPLOAD_FORM_OVERHEAD, MAX_MULTIPART_BYTES),
         max_header_bytes=gw.max_header_bytes,
         header_timeout_s=gw.header_timeout_s,
         body_timeout_s=gw.body_timeout_s,

@@ -24,8 +24,10 @@ from warmpool.batches import Batches
 from warmpool.files import FileStore
 
 UPLOAD_PATHS = frozenset({"/v1/files", "/v1/audio/transcriptions"})
-"""Routes that read their (multipart) body as a stream with their own size cap: a request-wide body
-limit must leave them to it."""
+"""Routes that read their (multipart) body as a stream with their own size cap: the request-wide body
+limit (`http_limits`) holds them to the larger upload cap instead."""
+UPLOAD_FORM_OVERHEAD = 64 * 1024
+"""Room for a multipart upload's other fields and framing beyond the file's own cap."""
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 """Endpoints a batch may target."""
 

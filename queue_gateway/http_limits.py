@@ -8,7 +8,9 @@ returns a subclass of uvicorn's httptools protocol that, like NGINX's defaults:
 - answers 408 and closes when a request's head has not arrived `header_timeout_s` after its first
   byte (or after the connection opened);
 - refuses a declared `Content-Length` above `max_body_bytes` with 413 before the body is read
-  (chunked bodies are counted as they arrive by the app, see `queue_gateway.app.read_body`);
+  (chunked bodies are counted as they arrive by the app, see `queue_gateway.app.read_body`); upload
+  routes (`upload_paths`: `/v1/files`, transcriptions) stream their bodies with their own caps and are
+  held here to `max_upload_bytes` only;
 - closes a connection whose body has not fully arrived `body_timeout_s` after its head;
 - answers 503 and closes a connection beyond `max_connections` open ones.
 
@@ -31,6 +33,9 @@ class RequestLimits:
     """The limits of one server; see `GatewaySettings` for each."""
 
     max_body_bytes: int = 10_000_000
+    upload_paths: frozenset[bytes] = frozenset()
+    """Routes that read their body as a stream with their own cap (file uploads): `max_upload_bytes` here."""
+    max_upload_bytes: int = 10_000_000
     max_header_bytes: int = 32_768
     header_timeout_s: float = 60.0
     body_timeout_s: float = 60.0
@@ -120,14 +125,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_size > self.limits.max_header_bytes:
             self._too_large_head()
             return
+        cap = self.limits.max_body_bytes
+        if self.limits.upload_paths and self.url.split(b"?", 1)[0] in self.limits.upload_paths:
+            cap = self.limits.max_upload_bytes
         for name, value in self.headers:
             if name == b"content-length":
-                if value.isdigit() and int(value) > self.limits.max_body_bytes:
-                    self._refuse(
-                        413,
-                        f"Request body too large: at most {self.limits.max_body_bytes} bytes.",
-                        "request_too_large",
-                    )
+                if value.isdigit() and int(value) > cap:
+                    self._refuse(413, f"Request body too large: at most {cap} bytes.", "request_too_large")
                     return
                 break
         super().on_headers_complete()

@@ -285,3 +285,22 @@ async def test_a_batch_expires_at_the_end_of_its_window_with_partial_results(
     assert done.request_counts is not None and done.request_counts.completed == len(out) >= 2
     assert {r["error"]["code"] for r in errors} == {"batch_expired"}
     assert sorted(r["custom_id"] for r in out + errors) == sorted(f"req-{i}" for i in range(40))
+
+
+async def test_uploads_pass_the_request_body_limit_up_to_the_file_cap(
+    redis_server: LocalRedis, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    settings = gateway_settings(max_body_bytes=2048, batch=batch_settings(tmp_path, file_max_bytes=8000))
+    key = await api_key(redis_client)
+    async with gateway(redis_server.url, settings) as served:
+        c = client(served, key)
+        data = jsonl([chat_line(i) for i in range(40)])
+        assert 2048 < len(data) < 8000
+        assert (await c.files.create(file=("in.jsonl", data), purpose="batch")).bytes == len(data)
+        with pytest.raises(openai.APIStatusError) as too_big:
+            await c.files.create(file=("in.jsonl", data * 3), purpose="batch")
+        assert too_big.value.status_code == 413
+        # Other routes keep the request body limit.
+        with pytest.raises(openai.APIStatusError) as chat:
+            await c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 3000}])
+        assert chat.value.status_code == 413
