@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from queue_gateway.openapi_more import more_paths
+
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -177,6 +179,7 @@ def openapi_document() -> dict[str, Any]:
         "/openapi.json": {
             "get": {"summary": "This document", "security": [], "responses": {"200": _json(_JSON_OBJECT)}}
         },
+        **more_paths(),
     }
     return {
         "openapi": "3.1.0",

@@ -39,6 +39,7 @@ from enginesim.config import SimConfig
 from queue_gateway.__main__ import server_config
 from queue_gateway.admin_schema import openapi_document as admin_document
 from queue_gateway.app import build_app
+from queue_gateway.batch_settings import BatchSettings
 from queue_gateway.openapi import openapi_document as gateway_document
 from slurmless.localredis import LocalRedis
 from slurmless.ports import free_port
@@ -95,7 +96,9 @@ def stack(redis_server: LocalRedis, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "m").mkdir()
     sim_key = f"inst-{uuid.uuid4().hex[:8]}"
     sim_app = build_sim_app(SimConfig(model="/models/m", served_model_names=("m",), api_key=sim_key, load_time_s=0))
-    gw_settings = gateway_settings(cold_wait_budget_s=2.0, warm_wait_budget_s=2.0)
+    gw_settings = gateway_settings(
+        cold_wait_budget_s=2.0, warm_wait_budget_s=2.0, batch=BatchSettings(files_dir=root / "files")
+    )
     root_settings = Settings(
         redis=RedisSettings(url=redis_server.url),
         admin_token=ADMIN_TOKEN,

@@ -24,6 +24,7 @@ from tests.fixtures.gateway_stack import (
     api_key,
     engine_sim,
     gateway,
+    gateway_settings,
     register_model,
     settled,
 )
@@ -54,7 +55,7 @@ async def sim() -> AsyncIterator[Sim]:
 
 @pytest.fixture
 async def gw(redis_server: LocalRedis) -> AsyncIterator[Served]:
-    async with gateway(redis_server.url) as served:
+    async with gateway(redis_server.url, gateway_settings(metrics_public=True)) as served:
         yield served
 
 
