@@ -10,14 +10,16 @@ Who may do what:
   models it can see. A model it may not see answers 404, as if it did not exist;
 - any other key: 403. No or a wrong token: 401.
 
-Errors are OpenAI-shaped: `{"error": {"message", "type", "code", "param"}}`.
+The routes, who may call each and the OpenAPI document are declared once, in
+`queue_gateway.admin_routes`; the handlers here receive the caller already authenticated. They raise
+the warm pool's typed errors, mapped to OpenAI-shaped errors (`{"error": {"message", "type", "code",
+"param"}}`) at the one HTTP boundary there.
 """
 
 from __future__ import annotations
 
 import hmac
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,33 +27,20 @@ import anyio
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from queue_gateway.admin_schema import (
-    ERROR_TYPES,
-    KeyCreate,
-    KeyCreated,
-    ScheduleCreate,
-    TenantQuota,
-    WarmBody,
-    openapi_document,
-)
+from queue_gateway.admin_schema import KeyCreate, KeyCreated, ScheduleCreate, TenantQuota, WarmBody
+from queue_gateway.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, json_response
 from slurmless.settings import Settings, TenantLimits
 from warmpool.apikeys import ApiKeyStore
+from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
 from warmpool.events import EventLog
 from warmpool.keys import Keys
-from warmpool.models import ModelExists, ModelStore, QuotaExceeded
+from warmpool.models import ModelStore
 from warmpool.phase import ModelPhase, PhaseBoard
 from warmpool.redisio import awaited, text
 from warmpool.registry import (
-    Conflict,
-    Forbidden,
-    NotFound,
-    RegistryError,
     check_model_dir,
     check_name,
     check_source,
@@ -65,39 +54,16 @@ from warmpool.registry import (
 from warmpool.schedule_store import ScheduleSpec, ScheduleStore
 from warmpool.specs import ModelKind, ModelSpec, Visibility
 from warmpool.tenant_limits import check_spec, check_warm, effective_limits
-from warmpool.tenants import TenantExists, TenantSpec, TenantStore
+from warmpool.tenants import TenantSpec, TenantStore
 from warmpool.timeline import LAST_COLD_START, LAST_COLD_START_AT
 from warmpool.warm import WarmBoard, WarmRequest
 
 Clock = Callable[[], float]
-Handler = Callable[[Request], Awaitable[Response]]
 
 MAX_BODY_BYTES = 2_000_000
 """Largest request body: an .ics timetable is the biggest thing anyone sends."""
 FS_TIMEOUT_S = 10.0
 """Reading a model's config.json on a shared filesystem; a hung mount must not hang the API."""
-_ERROR_TYPES = ERROR_TYPES
-
-
-class ApiError(Exception):
-    """An error answered to the client as OpenAI-shaped JSON."""
-
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-
-
-def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None) -> Response:
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "code": code, "param": param}}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,74 +114,72 @@ class AdminApi:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing bearer token: pass --token or set SLURMLESS_ADMIN_TOKEN", code="missing_token")
+            raise Unauthorized("missing bearer token: pass --token or set SLURMLESS_ADMIN_TOKEN", code="missing_token")
         bootstrap = self.settings.admin_token
         if bootstrap and hmac.compare_digest(token.encode(), bootstrap.encode()):
             return Principal(admin=True, tenant=None, key_id=None)
         record = await self.api_keys.verify(token, now_s=self.clock())
         if record is None:
-            raise ApiError(401, "invalid or revoked token", code="invalid_token")
+            raise Unauthorized("invalid or revoked token", code="invalid_token")
         if record.admin:
             return Principal(admin=True, tenant=record.tenant, key_id=record.key_id)
         if record.can_register:
             return Principal(admin=False, tenant=record.tenant, key_id=record.key_id)
-        raise ApiError(403, "this key may not use the admin API", code="not_admin")
+        raise Forbidden("this key may not use the admin API", code="not_admin")
 
     @staticmethod
     def require_admin(who: Principal) -> None:
         if not who.admin:
-            raise ApiError(403, "this needs an admin key", code="not_admin")
+            raise Forbidden("this needs an admin key", code="not_admin")
 
     @staticmethod
     async def body(request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            raise PayloadTooLarge(f"request body larger than {MAX_BODY_BYTES} bytes")
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            raise PayloadTooLarge(f"request body larger than {MAX_BODY_BYTES} bytes")
         if not raw:
             return {}
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise ApiError(400, "the request body is not valid JSON") from None
+            raise BadRequest("the request body is not valid JSON", code="invalid_json") from None
         if not isinstance(data, dict):
-            raise ApiError(400, "the request body must be a JSON object")
+            raise BadRequest("the request body must be a JSON object", code="invalid_json")
         return data
 
     async def visible_model(self, who: Principal, name: str) -> ModelSpec:
         """The model, or 404 when it does not exist or the caller may not see it."""
         spec = await self.models.get(name)
         if spec is None or not (who.admin or visible_to(spec, who.tenant)):
-            raise NotFound(f"model {name!r} does not exist", param="name")
+            raise Missing(f"model {name!r} does not exist", param="name", code="model_not_found")
         return spec
 
     async def owned_model(self, who: Principal, name: str) -> ModelSpec:
         """The model, when the caller may change it (admins, or the owning tenant's self-service keys)."""
         spec = await self.visible_model(who, name)
         if not who.admin and spec.owner_tenant != who.tenant:
-            raise Forbidden(
+            raise NotPermitted(
                 f"model {name!r} belongs to {spec.owner_tenant or 'the site'}: only its owner may change it"
             )
         return spec
 
     # --- models -----------------------------------------------------------------------------
 
-    async def list_models(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def list_models(self, request: Request, who: Principal) -> Response:
         specs = [s for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
         phases = await self.phases.many(sorted({s.instance_model for s in specs}))
         data = [
             {"model": s.model_dump(mode="json"), "phase": phases[s.instance_model].model_dump(mode="json")}
             for s in specs
         ]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
-    async def show_model(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def show_model(self, request: Request, who: Principal) -> Response:
         spec = await self.visible_model(who, request.path_params["name"])
-        return _json(await self._model_view(spec, who))
+        return json_response(await self._model_view(spec, who))
 
     async def _model_view(self, spec: ModelSpec, who: Principal) -> dict[str, Any]:
         row = (await self._status_rows([spec]))[0]
@@ -244,9 +208,11 @@ class AdminApi:
             elif isinstance(visibility, dict):
                 previous = existing.visibility if existing is not None else Visibility(public=False)
                 if visibility.get("public") and not previous.public:
-                    raise Forbidden("only an admin can make a model public", param="visibility.public")
+                    raise NotPermitted("only an admin can make a model public", param="visibility.public")
                 if any(t != who.tenant for t in visibility.get("tenants") or [] if t not in previous.tenants):
-                    raise Forbidden("a self-service key can share a model only with its own tenant", param="visibility")
+                    raise NotPermitted(
+                        "a self-service key can share a model only with its own tenant", param="visibility"
+                    )
         data["created_s"] = existing.created_s if existing is not None else self.clock()
         try:
             spec = ModelSpec.model_validate(data)
@@ -256,7 +222,7 @@ class AdminApi:
         if spec.kind is ModelKind.LORA and spec.base_model is not None:
             base = await self.models.get(spec.base_model)
             if base is None or not (who.admin or visible_to(base, who.tenant)):
-                raise NotFound(f"base model {spec.base_model!r} does not exist", param="base_model")
+                raise Missing(f"base model {spec.base_model!r} does not exist", param="base_model")
         reg = self.settings.registry
         config: dict[str, Any] | None = None
         if spec.source.startswith("/"):
@@ -296,16 +262,15 @@ class AdminApi:
         assert who.tenant is not None
         tenant = await self.tenants.get(who.tenant)
         if tenant is None:
-            raise Forbidden(f"tenant {who.tenant!r} does not exist: ask an admin to create it")
+            raise NotPermitted(f"tenant {who.tenant!r} does not exist: ask an admin to create it")
         return tenant.max_models
 
     async def _check_owner_exists(self, spec: ModelSpec) -> None:
         for tenant in {*(spec.visibility.tenants), *([spec.owner_tenant] if spec.owner_tenant else [])}:
             if await self.tenants.get(tenant) is None:
-                raise NotFound(f"tenant {tenant!r} does not exist", param="tenant")
+                raise Missing(f"tenant {tenant!r} does not exist", param="tenant")
 
-    async def register_model(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def register_model(self, request: Request, who: Principal) -> Response:
         data = await self.body(request)
         resources = data.get("resources")
         gpus_given = isinstance(resources, dict) and "gpus" in resources
@@ -313,10 +278,9 @@ class AdminApi:
         await self._check_owner_exists(spec)
         await self.models.put(spec, owner_quota=await self._owner_quota(who, spec))
         await self.events.record("model_registered", now_s=self.clock(), model=spec.name, by=who.label)
-        return _json({"model": spec.model_dump(mode="json"), "notes": notes}, status=201)
+        return json_response({"model": spec.model_dump(mode="json"), "notes": notes}, status=201)
 
-    async def update_model(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def update_model(self, request: Request, who: Principal) -> Response:
         name = request.path_params["name"]
         existing = await self.owned_model(who, name)
         patch = await self.body(request)
@@ -325,7 +289,7 @@ class AdminApi:
         if "kind" in patch and patch["kind"] != existing.kind.value:
             raise RegistryError("a model's kind cannot change: remove it and register again", param="kind")
         if not who.admin and "owner_tenant" in patch and patch["owner_tenant"] != who.tenant:
-            raise Forbidden("only an admin can change a model's owner", param="owner_tenant")
+            raise NotPermitted("only an admin can change a model's owner", param="owner_tenant")
         resources = patch.get("resources")
         gpus_given = "source" not in patch or (isinstance(resources, dict) and "gpus" in resources)
         if isinstance(patch.get("engine_args"), dict):
@@ -336,12 +300,11 @@ class AdminApi:
         try:
             await self.models.put(spec, replace=True, owner_quota=await self._owner_quota(who, spec))
         except KeyError:
-            raise NotFound(f"model {name!r} does not exist", param="name") from None
+            raise Missing(f"model {name!r} does not exist", param="name", code="model_not_found") from None
         await self.events.record("model_updated", now_s=self.clock(), model=name, by=who.label)
-        return _json({"model": spec.model_dump(mode="json"), "notes": notes})
+        return json_response({"model": spec.model_dump(mode="json"), "notes": notes})
 
-    async def remove_model(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def remove_model(self, request: Request, who: Principal) -> Response:
         spec = await self.owned_model(who, request.path_params["name"])
         adapters = [s for s in await self.models.all() if s.base_model == spec.name]
         if adapters:
@@ -349,15 +312,14 @@ class AdminApi:
             shown = [s.name for s in adapters if who.admin or visible_to(s, who.tenant)]
             hidden = len(adapters) - len(shown)
             names = ", ".join([*shown, *([f"{hidden} of other tenants"] if hidden else [])])
-            raise Conflict(f"model {spec.name!r} is the base of adapter(s) {names}: remove them first")
+            raise AlreadyExists(f"model {spec.name!r} is the base of adapter(s) {names}: remove them first")
         removed = await self.models.remove(spec.name)
         if not removed:
-            raise NotFound(f"model {spec.name!r} does not exist", param="name")
+            raise Missing(f"model {spec.name!r} does not exist", param="name", code="model_not_found")
         await self.events.record("model_removed", now_s=self.clock(), model=spec.name, by=who.label)
-        return _json({"deleted": True, "name": spec.name})
+        return json_response({"deleted": True, "name": spec.name})
 
-    async def warm_model(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def warm_model(self, request: Request, who: Principal) -> Response:
         spec = await self.owned_model(who, request.path_params["name"])
         try:
             body = WarmBody.model_validate(await self.body(request))
@@ -368,7 +330,7 @@ class AdminApi:
             check_warm(body.duration_s, await self.tenant_limits(who.tenant), who.tenant)
         target = spec if spec.kind is ModelKind.BASE else await self.models.get(spec.instance_model)
         if target is None:
-            raise NotFound(f"base model {spec.instance_model!r} does not exist", param="base_model")
+            raise Missing(f"base model {spec.instance_model!r} does not exist", param="base_model")
         if body.replicas > target.policy.max_replicas:
             raise RegistryError(
                 f"{body.replicas} replicas exceed max_replicas {target.policy.max_replicas} of {target.name}",
@@ -393,12 +355,11 @@ class AdminApi:
             via=spec.name,
         )
         phase = await self.phases.get(target.name)
-        return _json({"warm": warm.model_dump(mode="json"), "phase": phase.model_dump(mode="json")}, status=202)
+        return json_response({"warm": warm.model_dump(mode="json"), "phase": phase.model_dump(mode="json")}, status=202)
 
     # --- schedules --------------------------------------------------------------------------
 
-    async def list_schedules(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def list_schedules(self, request: Request, who: Principal) -> Response:
         name = request.path_params.get("name")
         if name is not None:
             models = [(await self.visible_model(who, name)).name]
@@ -406,10 +367,9 @@ class AdminApi:
             models = [s.name for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
         specs = await self.schedules.all(models)
         data = [s.model_dump(mode="json", exclude={"ics"}) | {"summary": s.summary()} for s in specs]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
-    async def add_schedule(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def add_schedule(self, request: Request, who: Principal) -> Response:
         spec = await self.owned_model(who, request.path_params["name"])
         try:
             body = ScheduleCreate.model_validate(await self.body(request))
@@ -425,40 +385,36 @@ class AdminApi:
         try:
             await self.schedules.add(schedule)
         except KeyError:
-            raise NotFound(f"model {spec.name!r} does not exist", param="name") from None
+            raise Missing(f"model {spec.name!r} does not exist", param="name", code="model_not_found") from None
         await self.events.record(
             "schedule_added", now_s=self.clock(), model=spec.name, schedule=schedule.id, by=who.label
         )
         data = schedule.model_dump(mode="json", exclude={"ics"}) | {"summary": schedule.summary()}
-        return _json({"schedule": data}, status=201)
+        return json_response({"schedule": data}, status=201)
 
-    async def remove_schedule(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def remove_schedule(self, request: Request, who: Principal) -> Response:
         spec = await self.owned_model(who, request.path_params["name"])
         sid = request.path_params["sid"]
         if not await self.schedules.remove(spec.name, sid):
-            raise NotFound(f"model {spec.name!r} has no schedule {sid!r}", param="schedule")
+            raise Missing(f"model {spec.name!r} has no schedule {sid!r}", param="schedule")
         await self.events.record("schedule_removed", now_s=self.clock(), model=spec.name, schedule=sid, by=who.label)
-        return _json({"deleted": True, "id": sid})
+        return json_response({"deleted": True, "id": sid})
 
     # --- keys -------------------------------------------------------------------------------
 
-    async def list_keys(self, request: Request) -> Response:
-        self.require_admin(await self.authenticate(request))
+    async def list_keys(self, request: Request, who: Principal) -> Response:
         tenant = request.query_params.get("tenant")
         records = await self.api_keys.list(tenant)
-        return _json({"object": "list", "data": [r.model_dump(mode="json") for r in records]})
+        return json_response({"object": "list", "data": [r.model_dump(mode="json") for r in records]})
 
-    async def create_key(self, request: Request) -> Response:
-        who = await self.authenticate(request)
-        self.require_admin(who)
+    async def create_key(self, request: Request, who: Principal) -> Response:
         try:
             body = KeyCreate.model_validate(await self.body(request))
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
         check_tenant_name(body.tenant)
         if await self.tenants.get(body.tenant) is None:
-            raise NotFound(f"tenant {body.tenant!r} does not exist: create it first", param="tenant")
+            raise Missing(f"tenant {body.tenant!r} does not exist: create it first", param="tenant")
         now_s = self.clock()
         plaintext, record = await self.api_keys.create(
             tenant=body.tenant,
@@ -474,41 +430,35 @@ class AdminApi:
         await self.events.record(
             "key_created", now_s=self.clock(), key_id=record.key_id, tenant=body.tenant, by=who.label
         )
-        return _json(KeyCreated(key=plaintext, record=record).model_dump(mode="json"), status=201)
+        return json_response(KeyCreated(key=plaintext, record=record).model_dump(mode="json"), status=201)
 
-    async def revoke_key(self, request: Request) -> Response:
-        who = await self.authenticate(request)
-        self.require_admin(who)
+    async def revoke_key(self, request: Request, who: Principal) -> Response:
         key_id = request.path_params["key_id"]
         if not await self.api_keys.revoke(key_id):
-            raise NotFound(f"key {key_id!r} does not exist", param="key_id")
+            raise Missing(f"key {key_id!r} does not exist", param="key_id")
         await self.events.record("key_revoked", now_s=self.clock(), key_id=key_id, by=who.label)
-        return _json({"revoked": True, "key_id": key_id})
+        return json_response({"revoked": True, "key_id": key_id})
 
     # --- tenants ----------------------------------------------------------------------------
 
     async def _tenant_view(self, tenant: TenantSpec, specs: list[ModelSpec]) -> dict[str, Any]:
         return tenant.model_dump(mode="json") | {"models": sum(1 for s in specs if s.owner_tenant == tenant.name)}
 
-    async def list_tenants(self, request: Request) -> Response:
-        self.require_admin(await self.authenticate(request))
+    async def list_tenants(self, request: Request, who: Principal) -> Response:
         specs = await self.models.all()
         data = [await self._tenant_view(t, specs) for t in await self.tenants.all()]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
-    async def show_tenant(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def show_tenant(self, request: Request, who: Principal) -> Response:
         name = request.path_params["name"]
         if not who.admin and name != who.tenant:
-            raise NotFound(f"tenant {name!r} does not exist", param="name")
+            raise Missing(f"tenant {name!r} does not exist", param="name")
         tenant = await self.tenants.get(name)
         if tenant is None:
-            raise NotFound(f"tenant {name!r} does not exist", param="name")
-        return _json(await self._tenant_view(tenant, await self.models.all()))
+            raise Missing(f"tenant {name!r} does not exist", param="name")
+        return json_response(await self._tenant_view(tenant, await self.models.all()))
 
-    async def create_tenant(self, request: Request) -> Response:
-        who = await self.authenticate(request)
-        self.require_admin(who)
+    async def create_tenant(self, request: Request, who: Principal) -> Response:
         data = await self.body(request)
         check_tenant_name(data.get("name"))
         data["created_s"] = self.clock()
@@ -516,16 +466,11 @@ class AdminApi:
             tenant = TenantSpec.model_validate(data)
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
-        try:
-            await self.tenants.create(tenant)
-        except TenantExists as exc:
-            raise Conflict(str(exc), param="name") from None
+        await self.tenants.create(tenant)
         await self.events.record("tenant_created", now_s=self.clock(), tenant=tenant.name, by=who.label)
-        return _json(tenant.model_dump(mode="json"), status=201)
+        return json_response(tenant.model_dump(mode="json"), status=201)
 
-    async def set_quota(self, request: Request) -> Response:
-        who = await self.authenticate(request)
-        self.require_admin(who)
+    async def set_quota(self, request: Request, who: Principal) -> Response:
         name = request.path_params["name"]
         raw = await self.body(request)
         try:
@@ -543,9 +488,9 @@ class AdminApi:
                 clear=clear,
             )
         except KeyError:
-            raise NotFound(f"tenant {name!r} does not exist", param="name") from None
+            raise Missing(f"tenant {name!r} does not exist", param="name") from None
         await self.events.record("tenant_quota", now_s=self.clock(), tenant=name, by=who.label, **raw)
-        return _json(tenant.model_dump(mode="json"))
+        return json_response(tenant.model_dump(mode="json"))
 
     # --- status and events ------------------------------------------------------------------
 
@@ -588,18 +533,16 @@ class AdminApi:
             )
         return rows
 
-    async def status(self, request: Request) -> Response:
-        who = await self.authenticate(request)
+    async def status(self, request: Request, who: Principal) -> Response:
         specs = [s for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
-        return _json({"object": "list", "now_s": self.clock(), "data": await self._status_rows(specs)})
+        return json_response({"object": "list", "now_s": self.clock(), "data": await self._status_rows(specs)})
 
-    async def list_events(self, request: Request) -> Response:
-        self.require_admin(await self.authenticate(request))
+    async def list_events(self, request: Request, who: Principal) -> Response:
         params = request.query_params
         try:
             count = max(1, min(1000, int(params.get("count", "50"))))
         except ValueError:
-            raise ApiError(400, "count must be an integer", param="count") from None
+            raise BadRequest("count must be an integer", code="invalid_value", param="count") from None
         events = await self.events.recent(
             count=count, model=params.get("model") or None, kind=params.get("kind") or None
         )
@@ -607,10 +550,7 @@ class AdminApi:
             {"id": e.id, "at_s": e.at_s, "kind": e.kind, "model": e.model, "instance": e.instance, "detail": e.detail}
             for e in events
         ]
-        return _json({"object": "list", "data": data})
-
-    async def openapi(self, request: Request) -> Response:
-        return _json(openapi_document())
+        return json_response({"object": "list", "data": data})
 
 
 def _replicas(raw: object) -> int | None:
@@ -623,61 +563,4 @@ def _replicas(raw: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _endpoint(handler: Handler) -> Handler:
-    """Map every refusal to an OpenAI-shaped error, at this one boundary."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
-        except RegistryError as exc:
-            return error_response(exc.status, str(exc), code=exc.code, param=exc.param)
-        except QuotaExceeded as exc:
-            return error_response(403, f"quota exceeded: {exc}", code="quota_exceeded")
-        except ModelExists as exc:
-            return error_response(409, str(exc), code="exists", param="name")
-        except TimeoutError:
-            return error_response(400, "the model's directory could not be read in time", code="fs_timeout")
-
-    return wrapped
-
-
-def build_admin_app(redis: aioredis.Redis, settings: Settings, *, clock: Clock = time.time) -> Starlette:
-    """The admin API as a Starlette app, to be mounted at `/admin`."""
-    api = AdminApi(redis, settings, clock)
-    routes = [
-        Route("/openapi.json", _endpoint(api.openapi), methods=["GET"]),
-        Route("/v1/models", _endpoint(api.list_models), methods=["GET"]),
-        Route("/v1/models", _endpoint(api.register_model), methods=["POST"]),
-        Route("/v1/models/{name}", _endpoint(api.show_model), methods=["GET"]),
-        Route("/v1/models/{name}", _endpoint(api.update_model), methods=["PATCH"]),
-        Route("/v1/models/{name}", _endpoint(api.remove_model), methods=["DELETE"]),
-        Route("/v1/models/{name}/warm", _endpoint(api.warm_model), methods=["POST"]),
-        Route("/v1/models/{name}/schedules", _endpoint(api.list_schedules), methods=["GET"]),
-        Route("/v1/models/{name}/schedules", _endpoint(api.add_schedule), methods=["POST"]),
-        Route("/v1/models/{name}/schedules/{sid}", _endpoint(api.remove_schedule), methods=["DELETE"]),
-        Route("/v1/schedules", _endpoint(api.list_schedules), methods=["GET"]),
-        Route("/v1/keys", _endpoint(api.list_keys), methods=["GET"]),
-        Route("/v1/keys", _endpoint(api.create_key), methods=["POST"]),
-        Route("/v1/keys/{key_id}", _endpoint(api.revoke_key), methods=["DELETE"]),
-        Route("/v1/tenants", _endpoint(api.list_tenants), methods=["GET"]),
-        Route("/v1/tenants", _endpoint(api.create_tenant), methods=["POST"]),
-        Route("/v1/tenants/{name}", _endpoint(api.show_tenant), methods=["GET"]),
-        Route("/v1/tenants/{name}", _endpoint(api.set_quota), methods=["PATCH"]),
-        Route("/v1/status", _endpoint(api.status), methods=["GET"]),
-        Route("/v1/events", _endpoint(api.list_events), methods=["GET"]),
-    ]
-
-    async def unrouted(request: Request, exc: Exception) -> Response:
-        # Starlette's own 404/405 are plain text: every answer of this API is OpenAI-shaped JSON.
-        if isinstance(exc, HTTPException) and exc.status_code == 405:
-            return error_response(405, "method not allowed", code="method_not_allowed")
-        return error_response(404, f"unknown path {request.url.path}", code="unknown_url")
-
-    from queue_gateway.sd import observability_routes  # it imports this module: at call time
-
-    return Starlette(routes=routes + observability_routes(api), exception_handlers={404: unrouted, 405: unrouted})
-
-
-__all__ = ["AdminApi", "ApiError", "Principal", "build_admin_app", "error_response", "openapi_document"]
+__all__ = ["AdminApi", "Principal"]

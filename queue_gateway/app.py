@@ -46,12 +46,14 @@ from queue_gateway.endpoints import ENDPOINTS, Endpoint
 from queue_gateway.errors import (
     ClientGone,
     GatewayError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
     Unauthorized,
     Unavailable,
-    error_body,
+    error_response,
+    json_response,
 )
 from queue_gateway.file_dir import FileDir
 from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
@@ -390,15 +392,6 @@ class GatewayApp:
         await self.app(scope, receive, send)
 
 
-def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
-
-
-def _error(exc: GatewayError) -> Response:
-    headers = {k.decode(): v.decode() for k, v in exc.headers() if k != b"content-type"}
-    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=headers)
-
-
 def _api(
     holder: _Holder, handler: Callable[[Gateway, ApiKeyRecord, Request], Awaitable[Response]]
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -410,7 +403,7 @@ def _api(
             key = await gw.key_cache.authenticate(request.headers.get("authorization", "").encode("latin-1"))
             return await handler(gw, key, request)
         except GatewayError as exc:
-            return _error(exc)
+            return error_response(exc)
 
     return endpoint
 
@@ -466,14 +459,14 @@ async def _list_models(gw: Gateway, key: ApiKeyRecord, request: Request) -> Resp
         }
         for t in targets
     ]
-    return _json({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 async def _get_model(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
     target = await gw.catalog.target(request.path_params["model"], key)
     states = await _model_states(gw, [target.instance_model])
     spec = target.spec
-    return _json(
+    return json_response(
         {
             "id": spec.client_name,
             "object": "model",
@@ -559,19 +552,19 @@ def build_app(
                 await close()
 
     async def healthz(request: Request) -> Response:
-        return _json({"status": "ok", "gateway_id": gateway_id})
+        return json_response({"status": "ok", "gateway_id": gateway_id})
 
     async def readyz(request: Request) -> Response:
         gw = holder.gateway
         if gw is None or not gw.ready or not gw.hub.subscribed.is_set():
-            return _json({"status": "starting"}, status=503)
+            return json_response({"status": "starting"}, status=503)
         try:
             await asyncio.wait_for(client.ping(), timeout=2)
         except (RedisError, OSError, TimeoutError) as exc:
             # The detail (Redis's address) goes to the log only: /readyz answers anyone.
             log.warning("readiness: Redis unavailable: %s", exc)
-            return _json({"status": "redis unavailable"}, status=503)
-        return _json({"status": "ready", "gateway_id": gateway_id})
+            return json_response({"status": "redis unavailable"}, status=503)
+        return json_response({"status": "ready", "gateway_id": gateway_id})
 
     root = root_settings
     metrics_tokens = [t.encode() for t in (root.metrics.token, root.admin_token) if t] if root is not None else []
@@ -582,7 +575,7 @@ def build_app(
             header = request.headers.get("authorization", "").encode("latin-1")
             token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
             if not token or not any(hmac.compare_digest(token, t) for t in metrics_tokens):
-                return _error(Unauthorized("/metrics needs metrics.token: 'Authorization: Bearer <token>'."))
+                return error_response(Unauthorized("/metrics needs metrics.token: 'Authorization: Bearer <token>'."))
         gw = holder.gateway
         if gw is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -597,16 +590,12 @@ def build_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
-        return _json(openapi_document())
+        return json_response(openapi_document())
 
     async def not_found(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code == 405:
-            return Response(
-                error_body("Method not allowed.", "invalid_request_error", "method_not_allowed"),
-                status_code=405,
-                media_type="application/json",
-            )
-        return _error(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
+            return error_response(MethodNotAllowed("Method not allowed."))
+        return error_response(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
 
     hot = {e.path: CompletionEndpoint(holder, e) for e in ENDPOINTS}
     routes: list[BaseRoute] = [
@@ -664,7 +653,7 @@ def _admin_app(
     root_settings: Settings | None,
 ) -> Starlette | None:
     try:
-        from queue_gateway.admin import build_admin_app
+        from queue_gateway.admin_routes import build_admin_app
     except ImportError:
         return None
     if root_settings is None:

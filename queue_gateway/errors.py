@@ -1,9 +1,12 @@
-"""Errors the gateway answers with, always in OpenAI's error JSON.
+"""Errors the gateway answers with, on `/v1` and `/admin` alike, always in OpenAI's error JSON.
 
     GatewayError                      any refusal; carries status, OpenAI type/code, headers
-    ├── BadRequest             400    bad JSON, missing or ill-typed fields
-    ├── Unauthorized           401    missing, unknown or revoked API key
+    ├── BadRequest             400    bad JSON, missing or ill-typed fields, an invalid spec
+    ├── Unauthorized           401    missing, unknown or revoked API key or token
+    ├── Forbidden              403    the credential may not do this (admin API), a quota
     ├── NotFound               404    unknown model (or a private model of another tenant), unknown route/id
+    ├── MethodNotAllowed       405    a known path, another method
+    ├── Conflict               409    a name in use (admin API)
     ├── RequestTimeout         408    the request's body did not arrive in time
     ├── PayloadTooLarge        413    the request's body is larger than the gateway accepts
     ├── RateLimited            429    per-key requests per minute or concurrent requests exceeded
@@ -15,13 +18,20 @@
     └── EngineRejected         4xx    the engine refused the request itself (its error, normalised)
 
 `ClientGone` is not an error: the client went away, which is a normal outcome with its own name.
+
+The state packages raise their own typed errors (`warmpool.errors`); `from_state_error` maps them
+here, at the HTTP boundary, and `json_response` / `error_response` are the one encoder of both APIs.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import orjson
+from starlette.responses import Response
+
+from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
 
 
 class ClientGone(Exception):
@@ -70,11 +80,32 @@ class Unauthorized(GatewayError):
     type = "invalid_request_error"
     code = "invalid_api_key"
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"www-authenticate", b"Bearer")]
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
 
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
 
 
 class RequestTimeout(GatewayError):
@@ -157,3 +188,31 @@ def _engine_error(raw: bytes) -> tuple[str, str | None, str | None, str | None]:
 def error_body(message: str, type_: str, code: str | int | None = None, param: str | None = None) -> bytes:
     """OpenAI's error JSON."""
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+_STATE_ERRORS: tuple[tuple[type[RegistryError], type[GatewayError]], ...] = (
+    (Missing, NotFound),
+    (NotPermitted, Forbidden),
+    (AlreadyExists, Conflict),
+    (RegistryError, BadRequest),
+)
+"""The state packages' error types and the answer each gets; the first matching row wins."""
+
+
+def from_state_error(exc: RegistryError) -> GatewayError:
+    """The HTTP refusal of a state-package error: its message, code and param, the status of its type."""
+    for state_type, http_type in _STATE_ERRORS:
+        if isinstance(exc, state_type):
+            return http_type(str(exc), code=exc.code, param=exc.param)
+    raise AssertionError("unreachable: RegistryError is the last row")  # pragma: no cover
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer: the one encoder of `/v1` and `/admin`."""
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(exc: GatewayError) -> Response:
+    """A refusal as a Starlette response, with the error's own headers (Retry-After, WWW-Authenticate)."""
+    headers = {k.decode(): v.decode() for k, v in exc.headers() if k != b"content-type"}
+    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=headers)

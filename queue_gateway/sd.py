@@ -10,7 +10,7 @@ Routes, relative to the admin mount (`/admin`):
 - `GET /v1/metrics`: the warm pool's state from Redis (`queue_gateway.pool_metrics`).
 
 All three accept the bearer token `metrics.token` (a credential that can read metrics and nothing else)
-or an admin credential.
+or an admin credential (role `METRICS` in `queue_gateway.admin_routes`, which declares the routes).
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from queue_gateway import pool_metrics
-from queue_gateway.admin import AdminApi, ApiError, _endpoint
+from queue_gateway.admin import AdminApi, Principal
+from queue_gateway.errors import BadRequest, NotFound, UpstreamFailed, json_response
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceState
 
@@ -51,14 +50,16 @@ class Observability:
         self.instances = InstanceStore(api.redis, api.keys)
         self.clock = clock
 
-    async def authorize(self, request: Request) -> None:
-        """The metrics token, or whatever the admin API accepts as an admin."""
+    async def authorize(self, request: Request) -> Principal | None:
+        """The metrics token (None: no principal), or whatever the admin API accepts as an admin."""
         token = self.settings.token
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         given = given.strip()
         if token and scheme.lower() == "bearer" and given and hmac.compare_digest(given.encode(), token.encode()):
-            return
-        self.api.require_admin(await self.api.authenticate(request))
+            return None
+        who = await self.api.authenticate(request)
+        self.api.require_admin(who)
+        return who
 
     def _gateway_base(self, request: Request) -> tuple[str, str, str]:
         """(scheme, host:port, path prefix) at which Prometheus reaches this gateway."""
@@ -68,8 +69,7 @@ class Observability:
         root = str(request.scope.get("root_path", "")).removesuffix("/admin")
         return request.url.scheme, request.url.netloc, root.rstrip("/")
 
-    async def sd_engines(self, request: Request) -> Response:
-        await self.authorize(request)
+    async def sd_engines(self, request: Request, who: Principal | None) -> Response:
         scheme, address, prefix = self._gateway_base(request)
         groups: list[dict[str, Any]] = []
         for record in sorted(await self.instances.all(), key=lambda r: (r.model, r.id)):
@@ -89,16 +89,15 @@ class Observability:
                     },
                 }
             )
-        return Response(_dumps(groups), media_type="application/json")
+        return json_response(groups)
 
-    async def engine_metrics(self, request: Request) -> Response:
-        await self.authorize(request)
+    async def engine_metrics(self, request: Request, who: Principal | None) -> Response:
         iid = request.path_params["instance"]
         if not INSTANCE_ID.match(iid):
-            raise ApiError(400, "an instance id is 1-64 letters, digits, '-' or '_'", param="instance")
+            raise BadRequest("an instance id is 1-64 letters, digits, '-' or '_'", param="instance")
         record = await self.instances.get(iid)
         if record is None or record.state not in SCRAPABLE or record.url is None:
-            raise ApiError(404, f"no running engine {iid!r}", code="instance_not_found", param="instance")
+            raise NotFound(f"no running engine {iid!r}", code="instance_not_found", param="instance")
         headers = {"accept": request.headers.get("accept", "text/plain")}
         if record.api_key:
             headers["authorization"] = f"Bearer {record.api_key}"
@@ -112,16 +111,15 @@ class Observability:
                 async for chunk in resp.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_ENGINE_METRICS_BYTES:
-                        raise ApiError(502, f"engine {iid} sent more than {MAX_ENGINE_METRICS_BYTES} bytes")
+                        raise UpstreamFailed(f"engine {iid} sent more than {MAX_ENGINE_METRICS_BYTES} bytes")
         except httpx.HTTPError as exc:
             # The engine's address stays inside: the scrape error names the instance only.
-            raise ApiError(502, f"engine {iid} did not answer its /metrics ({type(exc).__name__})") from None
+            raise UpstreamFailed(f"engine {iid} did not answer its /metrics ({type(exc).__name__})") from None
         if resp.status_code != 200:
-            raise ApiError(502, f"engine {iid} answered its /metrics with {resp.status_code}")
+            raise UpstreamFailed(f"engine {iid} answered its /metrics with {resp.status_code}")
         return Response(bytes(body), media_type=resp.headers.get("content-type", EXPOSITION))
 
-    async def pool(self, request: Request) -> Response:
-        await self.authorize(request)
+    async def pool(self, request: Request, who: Principal | None) -> Response:
         api = self.api
         facts = await pool_metrics.observe(
             api.redis,
@@ -134,53 +132,4 @@ class Observability:
         return Response(pool_metrics.render(facts), media_type=EXPOSITION)
 
 
-def _dumps(data: object) -> bytes:
-    return orjson.dumps(data)
-
-
-def observability_routes(api: AdminApi) -> list[Route]:
-    """The routes above, for `build_admin_app` to add to its table."""
-    obs = Observability(api, api.clock)
-    return [
-        Route("/v1/sd/engines", _endpoint(obs.sd_engines), methods=["GET"]),
-        Route("/v1/engines/{instance}/metrics", _endpoint(obs.engine_metrics), methods=["GET"]),
-        Route("/v1/metrics", _endpoint(obs.pool), methods=["GET"]),
-    ]
-
-
-def observability_paths() -> dict[str, Any]:
-    """The OpenAPI path items of these routes, for `openapi_document`."""
-
-    def op(summary: str, media: str, params: tuple[str, ...] = (), errors: tuple[int, ...] = ()) -> dict[str, Any]:
-        refusals = {
-            str(code): {
-                "description": "an OpenAI-shaped error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-            }
-            for code in (401, 403, *errors)
-        }
-        out: dict[str, Any] = {
-            "summary": summary,
-            "responses": {"200": {"description": "OK", "content": {media: {"schema": {}}}}, **refusals},
-        }
-        if params:
-            out["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
-            ]
-        return out
-
-    return {
-        "/v1/sd/engines": {"get": op("Ready engines as Prometheus http_sd_config target groups", "application/json")},
-        "/v1/engines/{instance}/metrics": {
-            "get": op(
-                "An engine's own /metrics, fetched with its per-instance key",
-                "text/plain",
-                ("instance",),
-                errors=(400, 404, 502),
-            )
-        },
-        "/v1/metrics": {"get": op("The warm pool's state (desired, ready, phases, queues) as metrics", "text/plain")},
-    }
-
-
-__all__ = ["Observability", "observability_paths", "observability_routes"]
+__all__ = ["Observability"]

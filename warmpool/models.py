@@ -6,17 +6,10 @@ import secrets
 
 import redis.asyncio as aioredis
 
+from warmpool.errors import ModelExists, QuotaExceeded
 from warmpool.keys import Keys
 from warmpool.redisio import awaited, text
 from warmpool.specs import ModelSpec
-
-
-class ModelExists(ValueError):
-    """A model (or one of its client names) is registered already."""
-
-
-class QuotaExceeded(ValueError):
-    """The owning tenant already has as many models as its quota allows."""
 
 
 class ModelStore:
@@ -89,7 +82,8 @@ class ModelStore:
                             owned = await self._owned(pipe, spec.owner_tenant)
                             if owned >= owner_quota:
                                 raise QuotaExceeded(
-                                    f"tenant {spec.owner_tenant!r} owns {owned} model(s), its quota is {owner_quota}"
+                                    f"quota exceeded: tenant {spec.owner_tenant!r} owns {owned} model(s),"
+                                    f" its quota is {owner_quota}"
                                 )
                     squatter = await awaited(pipe.hget(self.keys.aliases, spec.name))
                     if squatter is not None and text(squatter) != spec.name:

@@ -33,6 +33,7 @@ from slurm.errors import ScriptValidationError
 from slurm.validate import check_absolute_path, check_constraint, check_model_source, check_slurm_word
 from slurmless.settings import PartitionLimits, RegistrySettings
 from warmpool.apikeys import TENANT_RE
+from warmpool.errors import Missing, NotPermitted, RegistryError
 from warmpool.specs import MODEL_NAME_RE, ModelKind, ModelSpec, Resources
 
 CONFIG_MAX_BYTES = 10_000_000
@@ -54,32 +55,6 @@ WEIGHT_OVERHEAD = 1.2
 """Activations, CUDA graphs and fragmentation on top of the weights."""
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 """vLLM's default share of a GPU's memory it takes."""
-
-
-class RegistryError(ValueError):
-    """A request to the registry was refused; `status` is the HTTP status the admin API answers."""
-
-    status = 400
-    code = "invalid_value"
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class NotFound(RegistryError):
-    status = 404
-    code = "not_found"
-
-
-class Forbidden(RegistryError):
-    status = 403
-    code = "forbidden"
-
-
-class Conflict(RegistryError):
-    status = 409
-    code = "conflict"
 
 
 def one_line(exc: ValidationError) -> str:
@@ -230,7 +205,7 @@ def normalize_engine_args(
         unchanged = previous is not None and previous.get(flag) == value
         path = is_path_value(opt, value)
         if not admin and not unchanged and (opt.admin_only or path):
-            raise Forbidden(f"engine argument {flag} is for admins only (it opens files)", param="engine_args")
+            raise NotPermitted(f"engine argument {flag} is for admins only (it opens files)", param="engine_args")
         if path:
             why = outside_roots(str(value), roots)
             if why is not None:
@@ -473,7 +448,7 @@ def validate_spec(
         check_tenant_name(spec.owner_tenant)
     if spec.kind is ModelKind.LORA:
         if base is None:
-            raise NotFound(f"base model {spec.base_model!r} does not exist", param="base_model")
+            raise Missing(f"base model {spec.base_model!r} does not exist", param="base_model")
         if base.kind is not ModelKind.BASE:
             raise RegistryError(f"base model {base.name!r} is itself an adapter", param="base_model")
         if spec.engine_args:

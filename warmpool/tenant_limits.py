@@ -25,10 +25,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from slurmless.settings import TenantLimits
+from warmpool.errors import NotPermitted
 from warmpool.events import EventLog
 from warmpool.keys import Keys
 from warmpool.redisio import awaited, text
-from warmpool.registry import Forbidden
 from warmpool.specs import ModelSpec
 from warmpool.tenants import TenantSpec, TenantStore
 
@@ -48,7 +48,7 @@ def _over(value: float | None, cap: float | None) -> bool:
 
 
 def check_spec(spec: ModelSpec, limits: TenantLimits, tenant: str) -> None:
-    """Refuse (`Forbidden`, one line) a model a tenant's self-service key may not register as it is."""
+    """Refuse (`NotPermitted`, one line) a model a tenant's self-service key may not register as it is."""
     p, r = spec.policy, spec.resources
     caps: list[tuple[str, float | None, float | None]] = [
         ("policy.min_replicas", p.min_replicas, limits.max_min_replicas),
@@ -64,7 +64,7 @@ def check_spec(spec: ModelSpec, limits: TenantLimits, tenant: str) -> None:
     ]
     for param, value, cap in caps:
         if _over(value, cap):
-            raise Forbidden(f"{param}={value:g} exceeds tenant {tenant}'s limit of {cap:g}", param=param)
+            raise NotPermitted(f"{param}={value:g} exceeds tenant {tenant}'s limit of {cap:g}", param=param)
     _check_allowed(spec, limits, tenant)
 
 
@@ -81,12 +81,12 @@ def _check_allowed(spec: ModelSpec, limits: TenantLimits, tenant: str) -> None:
         for value in values:
             if value not in allowed:
                 offer = ", ".join(allowed) if allowed else "none: the cluster's default only"
-                raise Forbidden(f"{param}: {value!r} is not allowed for tenant {tenant} ({offer})", param=param)
+                raise NotPermitted(f"{param}: {value!r} is not allowed for tenant {tenant} ({offer})", param=param)
 
 
 def check_warm(duration_s: float, limits: TenantLimits, tenant: str) -> None:
     if _over(duration_s, limits.max_warm_s):
-        raise Forbidden(
+        raise NotPermitted(
             f"duration_s={duration_s:g} exceeds tenant {tenant}'s limit of {limits.max_warm_s:g}", param="duration_s"
         )
 
@@ -139,7 +139,7 @@ class TenantBudget:
         limits = effective_limits(self.site, tenant)
         try:
             _check_allowed(spec, limits, tenant_name)
-        except Forbidden as exc:
+        except NotPermitted as exc:
             return str(exc)
         r = spec.resources
         gpus = r.gpus * r.nodes

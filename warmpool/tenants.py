@@ -11,12 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slurmless.settings import TenantLimits
 from warmpool.apikeys import TENANT_RE
+from warmpool.errors import TenantExists
 from warmpool.keys import Keys
 from warmpool.redisio import awaited
-
-
-class TenantExists(ValueError):
-    """A tenant of that name exists already."""
 
 
 class TenantSpec(BaseModel):

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from queue_gateway.admin import build_admin_app, openapi_document
+from queue_gateway.admin_routes import build_admin_app, openapi_document
 from slurmless.localredis import LocalRedis
 from slurmless.ports import free_port
 from slurmless.settings import PartitionLimits, RedisSettings, RegistrySettings, Settings

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp
 from enginesim.app import build_app as build_sim_app
 from enginesim.config import SimConfig
 from queue_gateway.__main__ import server_config
-from queue_gateway.admin_schema import openapi_document as admin_document
+from queue_gateway.admin_routes import openapi_document as admin_document
 from queue_gateway.app import build_app
 from queue_gateway.batch_settings import BatchSettings
 from queue_gateway.openapi import openapi_document as gateway_document
@@ -154,6 +154,6 @@ def test_unknown_admin_paths_answer_openai_shaped_json(stack: Stack) -> None:
             method, stack.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
         )
         assert response.status_code == 404 and response.headers["content-type"] == "application/json"
-        assert response.json()["error"]["code"] in ("unknown_url", "not_found")
+        assert response.json()["error"]["code"] in ("unknown_url", "model_not_found")
     put = httpx.put(stack.url + "/admin/v1/models", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
     assert put.status_code == 405 and put.json()["error"]["code"] == "method_not_allowed"

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from queue_gateway.admin import openapi_document
+from queue_gateway.admin_routes import openapi_document
 from slurmless.localredis import LocalRedis
 from slurmless.settings import MetricsSettings, Settings
 from tests.fixtures.gateway_stack import Served, api_key, gateway, gateway_settings, register_model, serve

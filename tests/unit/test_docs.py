@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from queue_gateway.admin import openapi_document
+from queue_gateway.admin_routes import openapi_document
 from slurmless.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ import pytest
 from slurm.engine_args import ENGINE_OPTIONS, Kind, check_engine_args
 from slurm.errors import ScriptValidationError
 from slurmless.settings import RegistrySettings
-from warmpool.registry import Forbidden, RegistryError, normalize_engine_args, validate_spec
+from warmpool.errors import NotPermitted, RegistryError
+from warmpool.registry import normalize_engine_args, validate_spec
 from warmpool.specs import ModelSpec
 
 
@@ -48,7 +49,7 @@ TENANT_FILE_ARGS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("args", TENANT_FILE_ARGS, ids=[next(iter(a.items()))[1] for a in TENANT_FILE_ARGS])
 def test_a_tenant_cannot_point_the_engine_at_files(args: dict[str, Any]) -> None:
-    with pytest.raises(Forbidden) as exc:
+    with pytest.raises(NotPermitted) as exc:
         normalize_engine_args(args)  # the defaults: a self-service key
     assert "admins only" in _one_line(exc)
 
@@ -83,7 +84,7 @@ def test_an_admin_may_set_files_under_the_roots_and_a_tenant_may_keep_them(root:
     kept = normalize_engine_args({**admin, "max-num-seqs": 8}, roots=[root], previous=admin)
     assert kept["--chat-template"] == template and kept["--max-num-seqs"] == 8
     # ... but not change a file-typed one.
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotPermitted):
         normalize_engine_args(
             {**admin, "--chat-template": str(root / "llama" / "config.json")}, roots=[root], previous=admin
         )
@@ -92,7 +93,7 @@ def test_an_admin_may_set_files_under_the_roots_and_a_tenant_may_keep_them(root:
 
 def test_validate_spec_passes_on_who_asks(root: Path) -> None:
     spec = ModelSpec(name="tools", source=str(root / "llama"), engine_args={"chat-template": "/proc/self/environ"})
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotPermitted):
         validate_spec(spec, RegistrySettings(), roots=[root])
     with pytest.raises(RegistryError, match="outside the model roots"):
         validate_spec(spec, RegistrySettings(), roots=[root], admin=True)

@@ -15,9 +15,8 @@ from pydantic import ValidationError
 
 from launcher.lora import LORA_JOB_ENV, lora_engine_args, lora_job_env
 from slurmless.settings import PartitionLimits, RegistrySettings
+from warmpool.errors import Missing, RegistryError
 from warmpool.registry import (
-    NotFound,
-    RegistryError,
     check_model_dir,
     check_name,
     check_resources,
@@ -225,7 +224,7 @@ def test_validate_spec_lora_rules(roots: list[Path]) -> None:
     adapter = ModelSpec(name="tutor", source=f"{root}/adapter", kind=ModelKind.LORA, base_model="llama")
     spec, notes = validate_spec(adapter, reg, roots=roots, base=base)
     assert spec == adapter and "llama" in notes[0]
-    with pytest.raises(NotFound):
+    with pytest.raises(Missing):
         validate_spec(adapter, reg, roots=roots, base=None)
     with pytest.raises(RegistryError, match="engine arguments on the base"):
         validate_spec(adapter.model_copy(update={"engine_args": {"--max-loras": 2}}), reg, roots=roots, base=base)
