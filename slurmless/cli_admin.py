@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from slurmless.cli_spec import spec_fields, with_spec_options
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 REQUEST_TIMEOUT_S = 30.0
 ICS_MAX_BYTES = 1_000_000
@@ -113,69 +115,19 @@ def _engine_args(pairs: list[str]) -> dict[str, Any]:
 
 
 def _spec_body(
+    spec: dict[str, Any],
     *,
-    source: str | None,
-    served_name: str | None,
-    alias: list[str] | None,
-    gpus: int | None,
-    nodes: int | None,
-    cpus: int | None,
-    mem_mb: int | None,
-    partition: list[str] | None,
-    qos: list[str] | None,
-    account: str | None,
-    constraint: str | None,
-    time_limit_min: int | None,
-    time_min_min: int | None,
     engine_arg: list[str] | None,
     drop_engine_arg: list[str] | None,
-    min_replicas: int | None,
-    max_replicas: int | None,
-    keepalive_min_s: float | None,
-    keepalive_max_s: float | None,
-    cold_wait_budget_s: float | None,
-    warm_wait_budget_s: float | None,
-    max_concurrency: int | None,
     tenant: list[str] | None,
     private: bool | None,
-    owner: str | None,
     lora_of: str | None,
 ) -> dict[str, Any]:
     """The JSON of the options that were given (update merges it into the stored spec)."""
-    body: dict[str, Any] = {}
-    for key, value in (("source", source), ("served_name", served_name), ("owner_tenant", owner)):
-        if value is not None:
-            body[key] = value
-    if alias:
-        body["aliases"] = alias
+    body = spec_fields(spec)
     if lora_of is not None:
         body["kind"] = "lora"
         body["base_model"] = lora_of
-    resources: dict[str, Any] = {
-        "gpus": gpus,
-        "nodes": nodes,
-        "cpus": cpus,
-        "mem_mb": mem_mb,
-        "partitions": partition or None,
-        "qos": qos or None,
-        "account": account,
-        "constraint": constraint,
-        "time_limit_min": time_limit_min,
-        "time_min_min": time_min_min,
-    }
-    if given := {k: v for k, v in resources.items() if v is not None}:
-        body["resources"] = given
-    policy: dict[str, Any] = {
-        "min_replicas": min_replicas,
-        "max_replicas": max_replicas,
-        "keepalive_min_s": keepalive_min_s,
-        "keepalive_max_s": keepalive_max_s,
-        "cold_wait_budget_s": cold_wait_budget_s,
-        "warm_wait_budget_s": warm_wait_budget_s,
-        "max_concurrency": max_concurrency,
-    }
-    if given := {k: v for k, v in policy.items() if v is not None}:
-        body["policy"] = given
     args: dict[str, Any] = _engine_args(engine_arg or [])
     for key in drop_engine_arg or []:
         args[key if key.startswith("--") else "--" + key.replace("_", "-")] = None
@@ -191,41 +143,15 @@ def _spec_body(
     return body
 
 
-# Options shared by `models register` and `models update`.
-Source = Annotated[str | None, typer.Option(help="Absolute path under a model root, or a hub id where allowed.")]
-ServedName = Annotated[str | None, typer.Option("--served-name", help="The name clients use (default: NAME).")]
-Alias = Annotated[list[str] | None, typer.Option("--alias", help="Another client name (repeatable).")]
-Gpus = Annotated[int | None, typer.Option(help="GPUs per node (default: estimated from config.json).")]
-Nodes = Annotated[int | None, typer.Option(help="Nodes per instance.")]
-Cpus = Annotated[int | None, typer.Option(help="CPUs per instance.")]
-MemMb = Annotated[int | None, typer.Option("--mem-mb", help="Memory per node in MB.")]
-Partition = Annotated[list[str] | None, typer.Option("--partition", help="Allowed partition (repeatable).")]
-Qos = Annotated[list[str] | None, typer.Option("--qos", help="Allowed QOS (repeatable).")]
-Account = Annotated[str | None, typer.Option(help="Slurm account.")]
-Constraint = Annotated[str | None, typer.Option(help="Slurm feature constraint.")]
-TimeLimit = Annotated[int | None, typer.Option("--time-limit-min", help="Job time limit in minutes.")]
-TimeMin = Annotated[
-    int | None, typer.Option("--time-min-min", help="--time-min in minutes (lets backfill start early).")
-]
+# The options of `models register` and `models update` that are not one spec field each (those are
+# generated from the spec's fields by `with_spec_options`).
 EngineArg = Annotated[
     list[str] | None, typer.Option("--engine-arg", help="Allow-listed engine argument KEY=VALUE (repeatable).")
 ]
 DropEngineArg = Annotated[list[str] | None, typer.Option("--drop-engine-arg", help="Remove an engine argument.")]
-MinReplicas = Annotated[int | None, typer.Option("--min-replicas")]
-MaxReplicas = Annotated[int | None, typer.Option("--max-replicas")]
-KeepaliveMin = Annotated[
-    float | None, typer.Option("--keepalive-min-s", help="Shortest idle time before scaling to zero.")
-]
-KeepaliveMax = Annotated[
-    float | None, typer.Option("--keepalive-max-s", help="Longest idle time before scaling to zero.")
-]
-ColdBudget = Annotated[float | None, typer.Option("--cold-wait-budget-s", help="Wait budget while no instance runs.")]
-WarmBudget = Annotated[float | None, typer.Option("--warm-wait-budget-s", help="Wait budget while instances are busy.")]
-MaxConcurrency = Annotated[int | None, typer.Option("--max-concurrency", help="Requests one instance serves at once.")]
 Tenants = Annotated[
     list[str] | None, typer.Option("--tenant", help="Tenant that may use the model (repeatable; makes it private).")
 ]
-Owner = Annotated[str | None, typer.Option("--owner", help="Owning tenant (admins only).")]
 LoraOf = Annotated[str | None, typer.Option("--lora-of", help="Register a LoRA adapter on this base model.")]
 
 
@@ -235,139 +161,61 @@ def _print_notes(result: dict[str, Any]) -> None:
 
 
 @models_app.command("register")
+@with_spec_options
 def models_register(
     name: Annotated[str, typer.Argument(help="Model name: a DNS label.")],
     url: Url = DEFAULT_URL,
     token: Token = None,
-    source: Source = None,
-    served_name: ServedName = None,
-    alias: Alias = None,
-    gpus: Gpus = None,
-    nodes: Nodes = None,
-    cpus: Cpus = None,
-    mem_mb: MemMb = None,
-    partition: Partition = None,
-    qos: Qos = None,
-    account: Account = None,
-    constraint: Constraint = None,
-    time_limit_min: TimeLimit = None,
-    time_min_min: TimeMin = None,
     engine_arg: EngineArg = None,
-    min_replicas: MinReplicas = None,
-    max_replicas: MaxReplicas = None,
-    keepalive_min_s: KeepaliveMin = None,
-    keepalive_max_s: KeepaliveMax = None,
-    cold_wait_budget_s: ColdBudget = None,
-    warm_wait_budget_s: WarmBudget = None,
-    max_concurrency: MaxConcurrency = None,
     tenant: Tenants = None,
     private: Annotated[bool, typer.Option("--private", help="Visible only to its tenants.")] = False,
-    owner: Owner = None,
     lora_of: LoraOf = None,
+    **spec: Any,
 ) -> None:
     """Register a model (or, with --lora-of, a LoRA adapter on a base model)."""
-    if source is None:
+    if spec.get("source") is None:
         fail("models register needs --source")
     body = {"name": name} | _spec_body(
-        source=source,
-        served_name=served_name,
-        alias=alias,
-        gpus=gpus,
-        nodes=nodes,
-        cpus=cpus,
-        mem_mb=mem_mb,
-        partition=partition,
-        qos=qos,
-        account=account,
-        constraint=constraint,
-        time_limit_min=time_limit_min,
-        time_min_min=time_min_min,
+        spec,
         engine_arg=engine_arg,
         drop_engine_arg=None,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        keepalive_min_s=keepalive_min_s,
-        keepalive_max_s=keepalive_max_s,
-        cold_wait_budget_s=cold_wait_budget_s,
-        warm_wait_budget_s=warm_wait_budget_s,
-        max_concurrency=max_concurrency,
         tenant=tenant,
         private=True if private else None,
-        owner=owner,
         lora_of=lora_of,
     )
     result = AdminClient(url, token).call("POST", "/v1/models", body=body)
-    spec = result["model"]
-    res = spec["resources"]
+    registered = result["model"]
+    res = registered["resources"]
     what = (
-        f"adapter on {spec['base_model']}"
-        if spec["kind"] == "lora"
+        f"adapter on {registered['base_model']}"
+        if registered["kind"] == "lora"
         else f"{res['gpus']} GPU(s) x {res['nodes']} node(s)"
     )
-    console.print(f"registered {spec['name']} ({what})", markup=False, highlight=False)
+    console.print(f"registered {registered['name']} ({what})", markup=False, highlight=False)
     _print_notes(result)
 
 
 @models_app.command("update")
+@with_spec_options
 def models_update(
     name: Annotated[str, typer.Argument(help="The registered model.")],
     url: Url = DEFAULT_URL,
     token: Token = None,
-    source: Source = None,
-    served_name: ServedName = None,
-    alias: Alias = None,
-    gpus: Gpus = None,
-    nodes: Nodes = None,
-    cpus: Cpus = None,
-    mem_mb: MemMb = None,
-    partition: Partition = None,
-    qos: Qos = None,
-    account: Account = None,
-    constraint: Constraint = None,
-    time_limit_min: TimeLimit = None,
-    time_min_min: TimeMin = None,
     engine_arg: EngineArg = None,
     drop_engine_arg: DropEngineArg = None,
-    min_replicas: MinReplicas = None,
-    max_replicas: MaxReplicas = None,
-    keepalive_min_s: KeepaliveMin = None,
-    keepalive_max_s: KeepaliveMax = None,
-    cold_wait_budget_s: ColdBudget = None,
-    warm_wait_budget_s: WarmBudget = None,
-    max_concurrency: MaxConcurrency = None,
     tenant: Tenants = None,
     private: Annotated[
         bool | None, typer.Option("--private/--public", help="Make the model private or public.", show_default=False)
     ] = None,
-    owner: Owner = None,
+    **spec: Any,
 ) -> None:
     """Change some fields of a model; the others keep their values."""
     body = _spec_body(
-        source=source,
-        served_name=served_name,
-        alias=alias,
-        gpus=gpus,
-        nodes=nodes,
-        cpus=cpus,
-        mem_mb=mem_mb,
-        partition=partition,
-        qos=qos,
-        account=account,
-        constraint=constraint,
-        time_limit_min=time_limit_min,
-        time_min_min=time_min_min,
+        spec,
         engine_arg=engine_arg,
         drop_engine_arg=drop_engine_arg,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        keepalive_min_s=keepalive_min_s,
-        keepalive_max_s=keepalive_max_s,
-        cold_wait_budget_s=cold_wait_budget_s,
-        warm_wait_budget_s=warm_wait_budget_s,
-        max_concurrency=max_concurrency,
         tenant=tenant,
         private=private,
-        owner=owner,
         lora_of=None,
     )
     if not body:

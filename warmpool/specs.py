@@ -26,23 +26,33 @@ class ModelKind(StrEnum):
 
 
 class Resources(BaseModel):
-    """What one instance asks Slurm for."""
+    """What one instance asks Slurm for.
 
-    model_config = ConfigDict(extra="forbid")
+    The field docstrings are the descriptions of the API's schema and the help of the CLI's options.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     gpus: int = Field(1, ge=0, le=64)
-    """GPUs per node."""
+    """GPUs per node (default: estimated from config.json)."""
     nodes: int = Field(1, ge=1, le=64)
+    """Nodes per instance."""
     cpus: int = Field(4, ge=1, le=1024)
+    """CPUs per instance."""
     mem_mb: int = Field(16000, ge=256, le=8_000_000)
+    """Memory per node in MB."""
     partitions: list[str] = Field(default_factory=list)
     """Allowed partitions, tried in order of estimated start; empty means the cluster default."""
     qos: list[str] = Field(default_factory=list)
+    """Allowed QOS."""
     account: str | None = None
+    """Slurm account."""
     constraint: str | None = None
+    """Slurm feature constraint."""
     time_limit_min: int = Field(240, ge=2, le=60 * 24 * 14)
+    """Job time limit in minutes."""
     time_min_min: int | None = Field(None, ge=1)
-    """`--time-min`: lets backfill start the job early with a shorter limit."""
+    """`--time-min` in minutes: lets backfill start the job early with a shorter limit."""
 
     @model_validator(mode="after")
     def _time_min_below_limit(self) -> Resources:
@@ -54,15 +64,22 @@ class Resources(BaseModel):
 class Policy(BaseModel):
     """Per-model scaling and queueing knobs; None falls back to the deployment default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     min_replicas: int = Field(0, ge=0, le=64)
+    """Instances kept running even when idle."""
     max_replicas: int = Field(1, ge=0, le=64)
+    """Most instances at once."""
     keepalive_min_s: float | None = Field(None, ge=0)
+    """Shortest idle time before scaling to zero."""
     keepalive_max_s: float | None = Field(None, ge=0)
+    """Longest idle time before scaling to zero."""
     cold_wait_budget_s: float | None = Field(None, gt=0)
+    """Wait budget while no instance runs."""
     warm_wait_budget_s: float | None = Field(None, gt=0)
+    """Wait budget while instances are busy."""
     queue_max: int | None = Field(None, ge=1)
+    """Requests the gateway queues for the model before refusing more."""
     max_concurrency: int = Field(64, ge=1, le=4096)
     """Requests one instance serves at once; more wait in the gateway's queue, not in vLLM."""
 
@@ -89,7 +106,7 @@ class Visibility(BaseModel):
 class ModelSpec(BaseModel):
     """One registered model (or LoRA adapter on a base model)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: ModelName
     source: str
@@ -100,11 +117,13 @@ class ModelSpec(BaseModel):
     served_name: str | None = None
     """The name clients use; defaults to `name`."""
     aliases: list[str] = Field(default_factory=list)
+    """Other names clients may use."""
     engine_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     policy: Policy = Field(default_factory=Policy)
     visibility: Visibility = Field(default_factory=Visibility)
     owner_tenant: str | None = None
+    """The tenant that owns the model (admins choose; a self-service key registers for its own)."""
     created_s: float = 0.0
 
     @field_validator("served_name")
