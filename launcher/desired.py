@@ -42,9 +42,9 @@ from policies.types import (
     ModelState,
     Occurrence,
     Reason,
+    ScalingSpec,
     SeasonalForecast,
 )
-from policies.types import ModelSpec as PolicySpec
 from warmpool.keys import DEMAND_SLOT_S, Keys
 from warmpool.redisio import text
 from warmpool.schedule_store import ScheduleSpec
@@ -107,7 +107,7 @@ def policy_spec(
     expected_cold_start_s: float,
     default_keepalive_s: float,
     schedule_lead_s: float | None = None,
-) -> PolicySpec:
+) -> ScalingSpec:
     """The policies' view of a registered model; its keep-alive bounds come from the model's policy.
 
     `expected_cold_start_s` (p95 queue wait + p95 load) is the forecast's lead and prices a cold start;
@@ -117,7 +117,7 @@ def policy_spec(
     max_s = spec.policy.keepalive_max_s if spec.policy.keepalive_max_s is not None else DEFAULT_MAX_KEEPALIVE_S
     max_s = max(max_s, floor_s)
     cold_s = max(expected_cold_start_s, 1e-3)
-    return PolicySpec(
+    return ScalingSpec(
         name=spec.name,
         min_replicas=spec.policy.min_replicas,
         max_replicas=spec.policy.max_replicas,
@@ -136,7 +136,7 @@ def gpus_per_replica(spec: ModelSpec) -> int:
     return spec.resources.gpus * spec.resources.nodes
 
 
-def idle_histogram(counts: dict[int, int], spec: PolicySpec) -> IdleHistogram:
+def idle_histogram(counts: dict[int, int], spec: ScalingSpec) -> IdleHistogram:
     """The gateway's idle-gap buckets (minutes -> count) as the policies' histogram, with its learnt keep-alive."""
     bins = [0] * IDLE_BINS
     overflow = 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from policies.types import ModelSpec, SeasonalForecast
+from policies.types import ScalingSpec, SeasonalForecast
 
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
@@ -97,13 +97,13 @@ def expected_rate_per_s(fc: SeasonalForecast, t_s: float) -> float | None:
     return 0.5 * (day + week)
 
 
-def cold_start_cost_s(spec: ModelSpec, delayed_requests: float) -> float:
+def cold_start_cost_s(spec: ScalingSpec, delayed_requests: float) -> float:
     """What one cold start costs, in idle GPU-seconds: per event plus per request it delays."""
     event_s = spec.cold_start_value_s if spec.keepalive_event_value_s is None else spec.keepalive_event_value_s
     return event_s + spec.cold_request_value_s * delayed_requests
 
 
-def break_even_p(spec: ModelSpec, slot_s: float) -> float:
+def break_even_p(spec: ScalingSpec, slot_s: float) -> float:
     """The occupancy probability above which warming a slot pays for itself.
 
     Pre-warming prices a used slot's cold start per event (`cold_start_value_s`). Principle: a bet on
@@ -116,7 +116,7 @@ def break_even_p(spec: ModelSpec, slot_s: float) -> float:
     return slot_s / (slot_s + spec.cold_start_value_s)
 
 
-def covers(fc: SeasonalForecast, spec: ModelSpec, t_s: float, *, threshold: float | None = None) -> bool:
+def covers(fc: SeasonalForecast, spec: ScalingSpec, t_s: float, *, threshold: float | None = None) -> bool:
     """Whether the forecast pre-warms for an arrival at `t_s`: its slot clears the break-even.
 
     A replica is then asked for `expected_cold_start_s` before the slot begins and held through it, so
@@ -132,7 +132,7 @@ def next_slot_start_s(fc: SeasonalForecast, t_s: float) -> float:
 
 
 def prewarm(
-    fc: SeasonalForecast, spec: ModelSpec, now_s: float, *, threshold: float | None = None
+    fc: SeasonalForecast, spec: ScalingSpec, now_s: float, *, threshold: float | None = None
 ) -> tuple[int, str, float]:
     """Replicas the forecast asks for now: (replicas, reason, recheck_at_s).
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from policies.types import IdleHistogram, LoadSnapshot, ModelSpec, PolicyMix
+from policies.types import IdleHistogram, LoadSnapshot, PolicyMix, ScalingSpec
 
 MIN_SAMPLES = 8
 
@@ -30,7 +30,7 @@ MIN_SAMPLES = 8
 MIN_IDLE_GAP_S = 1.0
 
 
-def learnt_keepalive_s(hist: IdleHistogram, spec: ModelSpec) -> float | None:
+def learnt_keepalive_s(hist: IdleHistogram, spec: ScalingSpec) -> float | None:
     """The cost-optimal keep-alive on `hist`, clamped to the spec's floor and ceiling."""
     total = hist.total
     if total < MIN_SAMPLES:
@@ -65,7 +65,7 @@ def learnt_keepalive_s(hist: IdleHistogram, spec: ModelSpec) -> float | None:
 def observe_idle(
     hist: IdleHistogram,
     gaps_s: Iterable[float],
-    spec: ModelSpec,
+    spec: ScalingSpec,
     hits: Iterable[float] | None = None,
 ) -> IdleHistogram:
     """Add idle gaps (seconds between one request's end and the next one's arrival); pure.
@@ -97,7 +97,7 @@ def observe_idle(
     return replace(new, keepalive_s=learnt_keepalive_s(new, spec))
 
 
-def keepalive_for(hist: IdleHistogram, spec: ModelSpec, mix: PolicyMix) -> float:
+def keepalive_for(hist: IdleHistogram, spec: ScalingSpec, mix: PolicyMix) -> float:
     """The keep-alive window in effect for this model under `mix`."""
     if mix.keepalive == "fixed":
         return mix.fixed_keepalive_s

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 
-from policies.types import LoadSnapshot, ModelSpec
+from policies.types import LoadSnapshot, ScalingSpec
 
 KV_SATURATED_PERC = 0.9
 SATURATION_WAIT_S = 5.0
 
 
-def reactive_replicas(load: LoadSnapshot, spec: ModelSpec) -> tuple[int, str]:
+def reactive_replicas(load: LoadSnapshot, spec: ScalingSpec) -> tuple[int, str]:
     """Replicas the current load asks for, with the reason."""
     demand = load.in_flight + load.queue_depth
     need = math.ceil(demand / spec.target_concurrency - 1e-9) if demand > 0 else 0
@@ -38,7 +38,7 @@ def reactive_replicas(load: LoadSnapshot, spec: ModelSpec) -> tuple[int, str]:
     return need, detail
 
 
-def moving_average_replicas(load: LoadSnapshot, spec: ModelSpec, service_s: float) -> tuple[int, str]:
+def moving_average_replicas(load: LoadSnapshot, spec: ScalingSpec, service_s: float) -> tuple[int, str]:
     """Chat AI-style moving-average scaling (min 0): ceil(average load / target concurrency).
 
     `load.recent_rate_per_s` is the arrival rate averaged over the window; with mean service time

@@ -65,8 +65,8 @@ class LoadSnapshot:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Per-model settings the policies need.
+class ScalingSpec:
+    """Per-model settings the policies need, derived from a registered `warmpool.specs.ModelSpec`.
 
     `expected_cold_start_s` is the mean Slurm queue wait plus load time (it prices a cold start and
     sets the forecast's lead); `cold_start_p99_s` is the lead for schedules, which promise readiness.
@@ -185,7 +185,7 @@ class PolicyMix:
 class ModelState:
     """Everything `policies.combine.decide` reads for one model."""
 
-    spec: ModelSpec
+    spec: ScalingSpec
     load: LoadSnapshot = field(default_factory=LoadSnapshot)
     idle: IdleHistogram = field(default_factory=IdleHistogram)
     forecast: SeasonalForecast | None = None

@@ -119,7 +119,9 @@ class Gateway:
 
 
 @dataclass
-class _Holder:
+class _GatewayRef:
+    """The gateway while it runs (set by the lifespan); the endpoints exist before and after it."""
+
     gateway: Gateway | None = None
 
     def get(self) -> Gateway:
@@ -267,8 +269,8 @@ async def write_error(sink: Sink, exc: GatewayError, call: Call | None, stream: 
 class CompletionEndpoint:
     """Every inference route (`endpoints.ENDPOINTS`: chat, completions, embeddings, responses, ...) as raw ASGI."""
 
-    def __init__(self, holder: _Holder, endpoint: Endpoint) -> None:
-        self.holder = holder
+    def __init__(self, ref: _GatewayRef, endpoint: Endpoint) -> None:
+        self.ref = ref
         self.path = endpoint.path
         self.endpoint = endpoint
 
@@ -286,7 +288,7 @@ class CompletionEndpoint:
         assert task is not None
         gone = False
         watcher: asyncio.Task[None] | None = None
-        holder = ""
+        lease_holder = ""
 
         async def watch_disconnect() -> None:
             nonlocal gone
@@ -297,7 +299,7 @@ class CompletionEndpoint:
                 task.cancel()
 
         try:
-            gw = self.holder.get()
+            gw = self.ref.get()
             key = await gw.key_cache.authenticate(_header(scope, b"authorization"))
             max_bytes = gw.settings.max_body_bytes
             if self.endpoint.multipart:
@@ -313,7 +315,7 @@ class CompletionEndpoint:
                 # The async request holds its slot under its own id until it is done (the runner releases it).
                 rid = f"async-{uuid.uuid4().hex}"
                 limited = await gw.limits.acquire(key, ASYNC_HOLDER, rid, now_s=now)
-                holder = ASYNC_HOLDER
+                lease_holder = ASYNC_HOLDER
                 request_id = rid
                 status = await submit_async(
                     gw.async_store, gw.async_runner, sink, rid=rid, key=key, target=target, client_model=model,
@@ -366,14 +368,14 @@ class CompletionEndpoint:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if gone and self.holder.gateway is not None:
+            if gone and self.ref.gateway is not None:
                 where = "streaming" if call is not None and call.first_byte_sent else "queued"
-                self.holder.gateway.metrics.disconnects.labels(model_label, where).inc()
-            if limited and key is not None and self.holder.gateway is not None:
-                gw_ = self.holder.gateway
-                await settle(gw_.limits.release(key, holder or gw_.gateway_id, request_id))
-            if self.holder.gateway is not None:
-                self.holder.gateway.metrics.requests.labels(model_label, str(status), self.path).inc()
+                self.ref.gateway.metrics.disconnects.labels(model_label, where).inc()
+            if limited and key is not None and self.ref.gateway is not None:
+                gw_ = self.ref.gateway
+                await settle(gw_.limits.release(key, lease_holder or gw_.gateway_id, request_id))
+            if self.ref.gateway is not None:
+                self.ref.gateway.metrics.requests.labels(model_label, str(status), self.path).inc()
 
 
 class GatewayApp:
@@ -393,13 +395,13 @@ class GatewayApp:
 
 
 def _api(
-    holder: _Holder, handler: Callable[[Gateway, ApiKeyRecord, Request], Awaitable[Response]]
+    ref: _GatewayRef, handler: Callable[[Gateway, ApiKeyRecord, Request], Awaitable[Response]]
 ) -> Callable[[Request], Awaitable[Response]]:
     """An authenticated JSON endpoint with OpenAI-shaped errors."""
 
     async def endpoint(request: Request) -> Response:
         try:
-            gw = holder.get()
+            gw = ref.get()
             key = await gw.key_cache.authenticate(request.headers.get("authorization", "").encode("latin-1"))
             return await handler(gw, key, request)
         except GatewayError as exc:
@@ -510,7 +512,7 @@ def build_app(
         else redis
     )
     metrics = GatewayMetrics()
-    holder = _Holder()
+    ref = _GatewayRef()
     closers: list[Callable[[], Awaitable[None]]] = []
 
     @contextlib.asynccontextmanager
@@ -529,7 +531,7 @@ def build_app(
         for job in jobs:
             gw.tasks.append(asyncio.get_running_loop().create_task(job))
         await asyncio.wait_for(gw.hub.subscribed.wait(), timeout=10)
-        holder.gateway = gw
+        ref.gateway = gw
         gw.ready = True
         try:
             yield
@@ -545,7 +547,7 @@ def build_app(
             await gw.upstreams.aclose()
             if gw.pipe is not None:
                 gw.pipe.close()
-            holder.gateway = None
+            ref.gateway = None
             if owns_redis:
                 await client.aclose()
             for close in closers:
@@ -555,7 +557,7 @@ def build_app(
         return json_response({"status": "ok", "gateway_id": gateway_id})
 
     async def readyz(request: Request) -> Response:
-        gw = holder.gateway
+        gw = ref.gateway
         if gw is None or not gw.ready or not gw.hub.subscribed.is_set():
             return json_response({"status": "starting"}, status=503)
         try:
@@ -576,7 +578,7 @@ def build_app(
             token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
             if not token or not any(hmac.compare_digest(token, t) for t in metrics_tokens):
                 return error_response(Unauthorized("/metrics needs metrics.token: 'Authorization: Bearer <token>'."))
-        gw = holder.gateway
+        gw = ref.gateway
         if gw is not None:
             with contextlib.suppress(RedisError, OSError):
                 models = sorted({route_target(s).instance_model for s in await gw.catalog.store.all()})
@@ -597,15 +599,15 @@ def build_app(
             return error_response(MethodNotAllowed("Method not allowed."))
         return error_response(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
 
-    hot = {e.path: CompletionEndpoint(holder, e) for e in ENDPOINTS}
+    hot = {e.path: CompletionEndpoint(ref, e) for e in ENDPOINTS}
     routes: list[BaseRoute] = [
         # Reached only by other methods (POST is dispatched by `GatewayApp`): Starlette answers 405.
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
-        Route("/v1/models", _api(holder, _list_models), methods=["GET"]),
-        Route("/v1/models/{model:path}", _api(holder, _get_model), methods=["GET"]),
-        Route("/v1/async/{rid}", _api(holder, _get_async), methods=["GET"]),
-        *batch_routes(lambda handler: _api(holder, lambda gw, key, request: handler(gw.batch_api, key, request))),
-        *workflow_routes(lambda handler: _api(holder, lambda gw, key, request: handler(gw.workflows, key, request))),
+        Route("/v1/models", _api(ref, _list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", _api(ref, _get_model), methods=["GET"]),
+        Route("/v1/async/{rid}", _api(ref, _get_async), methods=["GET"]),
+        *batch_routes(lambda handler: _api(ref, lambda gw, key, request: handler(gw.batch_api, key, request))),
+        *workflow_routes(lambda handler: _api(ref, lambda gw, key, request: handler(gw.workflows, key, request))),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -37,10 +37,10 @@ from policies.types import (
     Decision,
     IdleHistogram,
     LoadSnapshot,
-    ModelSpec,
     ModelState,
     Occurrence,
     PolicyMix,
+    ScalingSpec,
     SeasonalForecast,
 )
 from tracesim.arrivals import Arrivals
@@ -98,7 +98,7 @@ class Prepared:
     end_s: float
 
 
-def prepare(arr: Arrivals, end_s: float, spec: ModelSpec, cap: int) -> Prepared:
+def prepare(arr: Arrivals, end_s: float, spec: ScalingSpec, cap: int) -> Prepared:
     """Precompute prefix sums and per-window figures for `arr`."""
     a = arr.times_s
     ends = a + arr.service_s
@@ -160,7 +160,7 @@ class _Replay:
         policy: str,
         prep: Prepared,
         mix: PolicyMix,
-        spec: ModelSpec,
+        spec: ScalingSpec,
         cold: ColdStartModel,
         rng: np.random.Generator,
         occurrences: tuple[Occurrence, ...],
@@ -393,7 +393,7 @@ def simulate_model(
     policy: str,
     prep: Prepared,
     mix: PolicyMix,
-    spec: ModelSpec,
+    spec: ScalingSpec,
     cold: ColdStartModel,
     rng: np.random.Generator,
     *,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.combine import POLICY_MIXES
-from policies.types import ModelSpec, Occurrence
+from policies.types import Occurrence, ScalingSpec
 from tracesim.arrivals import DEFAULT_CAP, FloatArray, generate_arrivals, load_service_times
 from tracesim.coldstart import ColdStartModel
 from tracesim.engine import ModelResult, prepare, simulate_model
@@ -59,9 +59,9 @@ class SimConfig:
     record_models: tuple[str, ...] = ()
     workers: int = 2
 
-    def spec(self, name: str, mean_service_s: float) -> ModelSpec:
+    def spec(self, name: str, mean_service_s: float) -> ScalingSpec:
         mean_cold_s = self.cold.mean_s()
-        return ModelSpec(
+        return ScalingSpec(
             name=name,
             max_replicas=100_000,
             gpus_per_replica=self.gpus_per_model,

@@ -7,10 +7,10 @@ from dataclasses import replace
 from policies.combine import POLICY_MIXES, decide, desired_replicas
 from policies.forecast import new_forecast, observe_slot
 from policies.reactive import moving_average_replicas, reactive_replicas
-from policies.types import LoadSnapshot, ModelSpec, ModelState, Occurrence, PolicyMix
+from policies.types import LoadSnapshot, ModelState, Occurrence, PolicyMix, ScalingSpec
 
 DAY = 86_400.0
-SPEC = ModelSpec(name="m", max_replicas=4, expected_cold_start_s=150.0, cold_start_p99_s=400.0)
+SPEC = ScalingSpec(name="m", max_replicas=4, expected_cold_start_s=150.0, cold_start_p99_s=400.0)
 
 
 def state(mix: str, load: LoadSnapshot, **kw: object) -> ModelState:

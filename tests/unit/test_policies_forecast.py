@@ -13,10 +13,10 @@ from policies.forecast import (
     occupancy_p,
     prewarm,
 )
-from policies.types import ModelSpec, SeasonalForecast
+from policies.types import ScalingSpec, SeasonalForecast
 
 DAY = 86_400.0
-SPEC = ModelSpec(name="m", expected_cold_start_s=150.0, cold_start_value_s=600.0)
+SPEC = ScalingSpec(name="m", expected_cold_start_s=150.0, cold_start_value_s=600.0)
 
 
 def learn_days(days: int, busy_slots: set[int]) -> SeasonalForecast:

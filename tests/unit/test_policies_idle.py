@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from policies.idle import keep_warm, keepalive_for, learnt_keepalive_s, observe_idle
-from policies.types import IdleHistogram, LoadSnapshot, ModelSpec, PolicyMix
+from policies.types import IdleHistogram, LoadSnapshot, PolicyMix, ScalingSpec
 
-SPEC = ModelSpec(name="m", expected_cold_start_s=150.0, cold_start_value_s=600.0, default_keepalive_s=600.0)
+SPEC = ScalingSpec(name="m", expected_cold_start_s=150.0, cold_start_value_s=600.0, default_keepalive_s=600.0)
 HIST = PolicyMix(keepalive="histogram")
 
 
@@ -29,7 +29,7 @@ def test_long_gaps_fall_back_to_the_floor() -> None:
 
 
 def test_floor_scales_with_cold_start_cost() -> None:
-    slow = ModelSpec(name="big", expected_cold_start_s=600.0, keepalive_floor_factor=1.0)
+    slow = ScalingSpec(name="big", expected_cold_start_s=600.0, keepalive_floor_factor=1.0)
     hist = observe_idle(IdleHistogram(), [5.0] * 50, slow)
     assert hist.keepalive_s is not None
     assert hist.keepalive_s >= 600.0
@@ -68,16 +68,16 @@ def test_nothing_held_nothing_kept() -> None:
 
 def test_cost_optimum_respects_the_ceiling() -> None:
     hist = IdleHistogram(counts=(0,) * 50 + (100,) + (0,) * 189)  # gaps of 50-51 minutes
-    precious = ModelSpec(name="m", cold_start_value_s=10_000_000.0, max_keepalive_s=3600.0)
+    precious = ScalingSpec(name="m", cold_start_value_s=10_000_000.0, max_keepalive_s=3600.0)
     assert learnt_keepalive_s(hist, precious) == 51 * 60.0
     # Holding up to a ceiling below the gaps would only add idle time: keep the floor.
-    capped = ModelSpec(name="m", cold_start_value_s=10_000_000.0, max_keepalive_s=2400.0)
+    capped = ScalingSpec(name="m", cold_start_value_s=10_000_000.0, max_keepalive_s=2400.0)
     assert learnt_keepalive_s(hist, capped) == capped.keepalive_floor_s
 
 
 def test_gaps_before_bursts_are_worth_holding_through() -> None:
     # 30-minute gaps: a lone request after each is not worth 30 idle minutes, a burst of 50 is.
-    spec = ModelSpec(name="m", expected_cold_start_s=150.0, keepalive_event_value_s=0.0, cold_request_value_s=150.0)
+    spec = ScalingSpec(name="m", expected_cold_start_s=150.0, keepalive_event_value_s=0.0, cold_request_value_s=150.0)
     lone = observe_idle(IdleHistogram(), [1800.0] * 20, spec, hits=[1.0] * 20)
     burst = observe_idle(IdleHistogram(), [1800.0] * 20, spec, hits=[50.0] * 20)
     assert lone.keepalive_s == spec.keepalive_floor_s

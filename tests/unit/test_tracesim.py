@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from policies.combine import POLICY_MIXES
-from policies.types import ModelSpec
+from policies.types import ScalingSpec
 from tracesim.arrivals import Arrivals, generate_arrivals
 from tracesim.cli import app
 from tracesim.coldstart import ColdStartModel
@@ -159,7 +159,7 @@ def _arrivals(times_s: list[float]) -> Arrivals:
 
 
 def test_wait_priced_hits_weigh_each_request_by_the_wait_it_would_suffer() -> None:
-    spec = ModelSpec(name="m", expected_cold_start_s=100.0)
+    spec = ScalingSpec(name="m", expected_cold_start_s=100.0)
     prep = prepare(_arrivals([1000.0, 1050.0, 1099.0, 1200.0]), 1800.0, spec, 64)
     # From the arrival at 1000 s: itself (waits it all), one half-way in, one at the very end.
     assert prep.gap_hits[0] == 3.0
