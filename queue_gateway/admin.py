@@ -33,6 +33,7 @@ from starlette.responses import Response
 from queue_gateway.admin_schema import KeyCreate, KeyCreated, ScheduleCreate, TenantQuota, WarmBody
 from queue_gateway.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, json_response
 from slurmless.settings import Settings, TenantLimits
+from warmpool import pool_load
 from warmpool.apikeys import ApiKeyStore
 from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
 from warmpool.events import EventLog
@@ -52,7 +53,7 @@ from warmpool.registry import (
     visible_to,
 )
 from warmpool.schedule_store import ScheduleSpec, ScheduleStore
-from warmpool.specs import ModelKind, ModelSpec, Visibility
+from warmpool.specs import ModelKind, ModelSpec, Visibility, adapters_of
 from warmpool.tenant_limits import check_spec, check_warm, effective_limits
 from warmpool.tenants import TenantSpec, TenantStore
 from warmpool.timeline import LAST_COLD_START, LAST_COLD_START_AT
@@ -184,9 +185,7 @@ class AdminApi:
     async def _model_view(self, spec: ModelSpec, who: Principal) -> dict[str, Any]:
         row = (await self._status_rows([spec]))[0]
         adapters = [
-            s.name
-            for s in await self.models.all()
-            if s.base_model == spec.name and (who.admin or visible_to(s, who.tenant))
+            s.name for s in adapters_of(spec.name, await self.models.all()) if who.admin or visible_to(s, who.tenant)
         ]
         schedules = await self.schedules.of_model(spec.name)
         return {
@@ -306,7 +305,7 @@ class AdminApi:
 
     async def remove_model(self, request: Request, who: Principal) -> Response:
         spec = await self.owned_model(who, request.path_params["name"])
-        adapters = [s for s in await self.models.all() if s.base_model == spec.name]
+        adapters = adapters_of(spec.name, await self.models.all())
         if adapters:
             # Another tenant's private adapter is not named, not even to the base's owner.
             shown = [s.name for s in adapters if who.admin or visible_to(s, who.tenant)]
@@ -500,16 +499,18 @@ class AdminApi:
         phases = await self.phases.many(targets)
         desired_raw = await awaited(self.redis.hgetall(self.keys.desired))
         desired = {text(k): _replicas(v) for k, v in desired_raw.items()}
+        per_spec = pool_load.REPLIES + 2
         async with self.redis.pipeline(transaction=False) as pipe:
             for spec in specs:
-                pipe.zcard(self.keys.ready(spec.instance_model))
-                pipe.zcard(self.keys.queue(spec.name))
+                pool_load.ask(pipe, self.keys, spec.instance_model)
                 pipe.hmget(self.keys.model_stats(spec.instance_model), [LAST_COLD_START, LAST_COLD_START_AT])
                 pipe.get(self.keys.warm(spec.instance_model))
             raw = await pipe.execute()
         rows: list[dict[str, Any]] = []
         for i, spec in enumerate(specs):
-            ready, depth, (cold, cold_at), warm_raw = raw[4 * i : 4 * i + 4]
+            replies = raw[per_spec * i : per_spec * (i + 1)]
+            load = pool_load.parse(replies[: pool_load.REPLIES])
+            (cold, cold_at), warm_raw = replies[pool_load.REPLIES :]
             phase: ModelPhase = phases[spec.instance_model]
             warm = WarmRequest.model_validate_json(warm_raw) if warm_raw else None
             rows.append(
@@ -523,9 +524,9 @@ class AdminApi:
                     "eta_s": phase.eta_s,
                     "detail": phase.detail,
                     "desired": desired.get(spec.instance_model),
-                    "actual": int(ready),
+                    "actual": load.ready,
                     "coming": phase.coming_instances,
-                    "queue_depth": int(depth),
+                    "queue_depth": load.queue_depth,
                     "last_cold_start_s": float(cold) if cold else None,
                     "last_cold_start_at_s": float(cold_at) if cold_at else None,
                     "warm_until_s": warm.until_s if warm is not None and warm.until_s > now_s else None,

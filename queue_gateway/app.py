@@ -68,6 +68,7 @@ from queue_gateway.ui import build_ui_app
 from queue_gateway.workflows import Workflows
 from queue_gateway.workflows import routes as workflow_routes
 from slurmless.settings import GatewaySettings, Settings
+from warmpool import pool_load
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.async_requests import AsyncRequests
 from warmpool.batches import Batches
@@ -415,15 +416,11 @@ async def _model_states(gw: Gateway, models: list[str]) -> dict[str, dict[str, A
     if not models:
         return {}
     phases = await gw.phases.many(models)
-    async with gw.redis.pipeline(transaction=False) as pipe:
-        for m in models:
-            pipe.zcard(gw.keys.ready(m))
-            pipe.zcard(gw.keys.queue(m))
-        counts = await pipe.execute()
+    loads = await pool_load.read(gw.redis, gw.keys, models)
     out: dict[str, dict[str, Any]] = {}
-    for i, m in enumerate(models):
+    for m in models:
         phase = phases[m]
-        ready, depth = int(counts[2 * i]), int(counts[2 * i + 1])
+        ready, depth = loads[m].ready, loads[m].queue_depth
         if ready > 0:
             state = "warm"
         elif phase.phase in (Phase.PENDING, Phase.STARTING, Phase.LOADING):
@@ -581,14 +578,9 @@ def build_app(
         gw = ref.gateway
         if gw is not None:
             with contextlib.suppress(RedisError, OSError):
-                models = sorted({route_target(s).instance_model for s in await gw.catalog.store.all()})
-                if models:
-                    async with client.pipeline(transaction=False) as pipe:
-                        for m in models:
-                            pipe.zcard(keys.queue(m))
-                        rows = await pipe.execute()
-                    for m, depth in zip(models, rows, strict=True):
-                        metrics.queue_depth.labels(m).set(int(depth))
+                models = sorted({s.instance_model for s in await gw.catalog.store.all()})
+                for m, load in (await pool_load.read(client, keys, models)).items():
+                    metrics.queue_depth.labels(m).set(load.queue_depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from queue_gateway.errors import NotFound
 from warmpool.apikeys import ApiKeyRecord
 from warmpool.models import ModelStore
-from warmpool.specs import ModelKind, ModelSpec
+from warmpool.specs import ModelSpec
 
 MAX_ENTRIES = 10_000
 
@@ -29,14 +29,13 @@ class Target:
 
 
 def route_target(spec: ModelSpec) -> Target:
-    """The single mapping from a registered model to (instance model, upstream model name).
+    """A registered model's (instance model, upstream model name): `ModelSpec.instance_model` maps an
+    adapter to its base.
 
     The launcher starts engines with `--served-model-name <client_name>`; a LoRA adapter is
     served by its base model's instances under the adapter's client name.
     """
-    if spec.kind is ModelKind.LORA and spec.base_model is not None:
-        return Target(spec, spec.base_model, spec.client_name)
-    return Target(spec, spec.name, spec.client_name)
+    return Target(spec, spec.instance_model, spec.client_name)
 
 
 def visible(spec: ModelSpec, key: ApiKeyRecord) -> bool:

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from queue_gateway.budget import Budgets, retry_after_s, wait_deadline_s
 from queue_gateway.errors import Unavailable
+from warmpool import pool_load
 from warmpool.keys import Keys
 from warmpool.phase import ModelPhase, Phase, PhaseBoard
 from warmpool.redisio import text
@@ -188,18 +189,19 @@ class ModelWatch:
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in models:
                 pipe.get(self.keys.phase(m))
-                pipe.zcard(self.keys.ready(m))
-                pipe.zcard(self.keys.queue(m))
+                pool_load.ask(pipe, self.keys, m)
             rows = await pipe.execute()
         now = self.clock()
+        per_model = 1 + pool_load.REPLIES
         for i, m in enumerate(models):
             state = self.models.get(m)
             if state is None:
                 continue
-            raw, ready, depth = rows[3 * i : 3 * i + 3]
+            raw, *replies = rows[per_model * i : per_model * (i + 1)]
+            load = pool_load.parse(replies)
             state.phase = ModelPhase() if raw is None else ModelPhase.model_validate_json(raw)
-            state.ready = int(ready)
-            state.queue_depth = int(depth)
+            state.ready = load.ready
+            state.queue_depth = load.queue_depth
             if state.ready > 0 and state.warm_since_s is None:
                 state.warm_since_s = now
             elif state.ready == 0:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from warmpool import pool_load
 from warmpool.events import Event, EventLog
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
@@ -66,10 +67,10 @@ class StatusBoard:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.desired)
             for name in names:
-                pipe.zcard(self.keys.ready(name))
-                pipe.zcard(self.keys.queue(name))
+                pool_load.ask(pipe, self.keys, name)
                 pipe.get(self.keys.warm(name))
             desired_raw, *rest = await pipe.execute()
+        per_model = pool_load.REPLIES + 1
         desired = {text(k): _desired(v) for k, v in desired_raw.items()}
         recent = [e for e in await self.events.recent(count=EVENTS_SCANNED) if e.kind in DECISION_KINDS]
         by_model: dict[str, list[Event]] = {}
@@ -79,15 +80,16 @@ class StatusBoard:
                 kept.append(event)
         out: list[ModelStatus] = []
         for i, spec in enumerate(specs):
-            ready, depth, warm_raw = rest[3 * i : 3 * i + 3]
+            *replies, warm_raw = rest[per_model * i : per_model * (i + 1)]
+            load = pool_load.parse(replies)
             warm = WarmRequest.model_validate_json(warm_raw) if warm_raw else None
             out.append(
                 ModelStatus(
                     spec=spec,
                     phase=phases[spec.name],
                     desired=desired.get(spec.name),
-                    ready=int(ready),
-                    queue_depth=int(depth),
+                    ready=load.ready,
+                    queue_depth=load.queue_depth,
                     cold_start=colds[spec.name],
                     warm_until_s=warm.until_s if warm is not None and warm.until_s > now_s else None,
                     decisions=by_model.get(spec.name, []),

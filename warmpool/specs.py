@@ -7,6 +7,7 @@ renders into a job script.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated
 
@@ -168,5 +169,11 @@ class ModelSpec(BaseModel):
 
     @property
     def instance_model(self) -> str:
-        """The model whose instances serve this one (the base for an adapter)."""
+        """The model whose instances serve this one and whose queue holds its requests (the base for an
+        adapter): the one LoRA-to-base mapping; everything keyed by instance uses it."""
         return self.base_model if self.kind is ModelKind.LORA and self.base_model else self.name
+
+
+def adapters_of(base: str, specs: Iterable[ModelSpec]) -> list[ModelSpec]:
+    """The LoRA adapters among `specs` that the instances of `base` serve."""
+    return [s for s in specs if s.instance_model == base and s.name != base]
