@@ -8,10 +8,16 @@ Errors are one line on stderr with a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
+
+from slurmless.cli_admin import keys_app, models_app, schedules_app, tenants_app
+from slurmless.cli_cluster import app as cluster_app
+from slurmless.cli_run import gateway_command, launcher_command
+from slurmless.cli_status import events_command, status_command
+from slurmless.up import up_command
+from tracesim.cli import simulate_command
 
 app = typer.Typer(
     name="slurmless",
@@ -21,44 +27,17 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# (module, attribute, name): each a typer app or command function; a missing module is skipped so a
-# partial checkout still has a working CLI.
-_SUBAPPS: list[tuple[str, str, str]] = [
-    ("slurmless.cli_cluster", "app", "dev-cluster"),
-    ("slurmless.cli_admin", "models_app", "models"),
-    ("slurmless.cli_admin", "keys_app", "keys"),
-    ("slurmless.cli_admin", "tenants_app", "tenants"),
-    ("slurmless.cli_admin", "schedules_app", "schedules"),
-]
-_COMMANDS: list[tuple[str, str, str]] = [
-    ("slurmless.up", "up_command", "up"),
-    ("slurmless.cli_run", "gateway_command", "gateway"),
-    ("slurmless.cli_run", "launcher_command", "launcher"),
-    ("slurmless.cli_status", "status_command", "status"),
-    ("slurmless.cli_status", "events_command", "events"),
-    ("tracesim.cli", "simulate_command", "simulate"),
-]
-
-
-def _mount() -> None:
-    for module_name, attr, name in _SUBAPPS:
-        obj = _load(module_name, attr)
-        if isinstance(obj, typer.Typer):
-            app.add_typer(obj, name=name)
-    for module_name, attr, name in _COMMANDS:
-        obj = _load(module_name, attr)
-        if callable(obj):
-            app.command(name)(obj)
-
-
-def _load(module_name: str, attr: str) -> object:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    return getattr(module, attr, None)
+app.add_typer(cluster_app, name="dev-cluster")
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(schedules_app, name="schedules")
+app.command("up")(up_command)
+app.command("gateway")(gateway_command)
+app.command("launcher")(launcher_command)
+app.command("status")(status_command)
+app.command("events")(events_command)
+app.command("simulate")(simulate_command)
 
 
 @app.callback()
@@ -73,9 +52,6 @@ def main() -> None:
     except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as exc:
         typer.secho(f"slurmless: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(1)
-
-
-_mount()
 
 
 if __name__ == "__main__":
