@@ -48,11 +48,11 @@ from bench.report import median, percentile, table, write_json
 from launcher.callbacks import callback_app
 from launcher.controller import Launcher
 from launcher.health import Probe, Prober
+from launcher.settings import LauncherSettings
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
 from slurm.parse import parse_squeue
 from slurmless.localredis import LocalRedis
-from slurmless.settings import LauncherSettings
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceState
 from warmpool.models import ModelStore

@@ -51,6 +51,7 @@ from launcher.jobhost import HostCheck
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex, signal_timing
 from launcher.lora import AdapterLoadError, ensure_adapter_loaded
 from launcher.metrics import LauncherMetrics
+from launcher.settings import LauncherSettings
 from policies.eta import ready_eta_s
 from policies.placement import PlacementOption, pick_placement
 from policies.types import Decision, Occurrence
@@ -58,7 +59,6 @@ from slurm.backend import SlurmBackend
 from slurm.errors import ScriptValidationError, SlurmError
 from slurm.jobscript import render_job_script
 from slurm.types import JobState, SlurmJob
-from slurmless.settings import SITE_TENANT_LIMITS, LauncherSettings, TenantLimits
 from warmpool.batches import Batches
 from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
@@ -69,6 +69,7 @@ from warmpool.models import ModelStore
 from warmpool.phase import ModelPhase, Phase, PhaseBoard
 from warmpool.redisio import awaited
 from warmpool.routing import Routing
+from warmpool.settings import SITE_TENANT_LIMITS, TenantLimits
 from warmpool.snapshot import ModelSnapshot, SnapshotReader
 from warmpool.specs import ModelKind, ModelSpec
 from warmpool.tenant_limits import TenantBudget

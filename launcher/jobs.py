@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launcher.lora import LORA_JOB_ENV
+from launcher.settings import LauncherSettings
 from slurm.confine import check_job_paths, ensure_private_dir
 from slurm.jobscript import JobSpec
-from slurmless.settings import LauncherSettings
 from warmpool.specs import ModelSpec
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits

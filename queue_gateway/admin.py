@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from queue_gateway.admin_schema import KeyCreate, KeyCreated, ScheduleCreate, TenantQuota, WarmBody
 from queue_gateway.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, json_response
-from slurmless.settings import Settings, TenantLimits
+from slurmless.settings import Settings
 from warmpool import pool_load
 from warmpool.apikeys import ApiKeyStore
 from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
@@ -53,6 +53,7 @@ from warmpool.registry import (
     visible_to,
 )
 from warmpool.schedule_store import ScheduleSpec, ScheduleStore
+from warmpool.settings import TenantLimits
 from warmpool.specs import ModelKind, ModelSpec, Visibility, adapters_of
 from warmpool.tenant_limits import check_spec, check_warm, effective_limits
 from warmpool.tenants import TenantSpec, TenantStore

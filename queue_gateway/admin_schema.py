@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from slurmless.settings import TenantLimits
 from warmpool.apikeys import ApiKeyRecord
 from warmpool.schedule_store import ScheduleKind
+from warmpool.settings import TenantLimits
 
 
 class KeyCreate(BaseModel):

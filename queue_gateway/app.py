@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -63,11 +62,12 @@ from queue_gateway.openapi import openapi_document
 from queue_gateway.proxy import Upstreams
 from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.request_body import MAX_MULTIPART_BYTES, parse_request
+from queue_gateway.settings import GatewaySettings
 from queue_gateway.sinks import AsgiSink, Sink
 from queue_gateway.ui import build_ui_app
 from queue_gateway.workflows import Workflows
 from queue_gateway.workflows import routes as workflow_routes
-from slurmless.settings import GatewaySettings, Settings
+from slurmless.settings import Settings
 from warmpool import pool_load
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.async_requests import AsyncRequests

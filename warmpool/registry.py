@@ -31,9 +31,9 @@ from slurm.confine import outside_roots
 from slurm.engine_args import ENGINE_OPTIONS, EngineArgValue, Kind, Option, check_engine_args, is_path_value
 from slurm.errors import ScriptValidationError
 from slurm.validate import check_absolute_path, check_constraint, check_model_source, check_slurm_word
-from slurmless.settings import PartitionLimits, RegistrySettings
 from warmpool.apikeys import TENANT_RE
 from warmpool.errors import Missing, NotPermitted, RegistryError
+from warmpool.settings import PartitionLimits, RegistrySettings
 from warmpool.specs import MODEL_NAME_RE, ModelKind, ModelSpec, Resources
 
 CONFIG_MAX_BYTES = 10_000_000

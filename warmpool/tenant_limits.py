@@ -24,11 +24,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from slurmless.settings import TenantLimits
 from warmpool.errors import NotPermitted
 from warmpool.events import EventLog
 from warmpool.keys import Keys
 from warmpool.redisio import awaited, text
+from warmpool.settings import TenantLimits
 from warmpool.specs import ModelSpec
 from warmpool.tenants import TenantSpec, TenantStore
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
-from slurmless.settings import TenantLimits
 from warmpool.apikeys import TENANT_RE
 from warmpool.errors import TenantExists
 from warmpool.keys import Keys
 from warmpool.redisio import awaited
+from warmpool.settings import TenantLimits
 
 
 class TenantSpec(BaseModel):
