@@ -677,6 +677,7 @@ class Launcher:
         self.inputs.forget(names)
         self.decisions.forget(names)
         leads_s = {name: self._expected_cold_start_s(hists[name]) for name in names}
+        await self.inputs.record_gap_cold(leads_s)
         occurrences = await self.inputs.occurrences(names, now_s, leads_s)
         warm = live_warm_requests({name: snaps[name].warm for name in names}, now_s)
         demands = await self.inputs.demand_many(names, now_s)
@@ -765,6 +766,7 @@ class Launcher:
             held=len(capacity),
             last_request_s=last_s,
             idle_counts=snap.idle_counts,
+            gaps=snap.gaps,
         )
         cold_start_s = self._expected_cold_start_s(hist)
         forecast = demand.forecast if demand is not None else None
@@ -777,6 +779,7 @@ class Launcher:
                 now_s,
                 expected_cold_start_s=cold_start_s,
                 default_keepalive_s=self.settings.default_keepalive_s,
+                exchange_rate=self.settings.exchange_rate,
                 forecast=forecast,
                 occurrences=occurrences,
                 warm=warm.get(model),

@@ -37,6 +37,7 @@ from policies.forecast import expected_rate_per_s, new_forecast, observe_slot
 from policies.idle import learnt_keepalive_s
 from policies.types import (
     Decision,
+    GapHistory,
     IdleHistogram,
     LoadSnapshot,
     ModelState,
@@ -45,6 +46,7 @@ from policies.types import (
     ScalingSpec,
     SeasonalForecast,
 )
+from warmpool.gaps import GAP_COLD
 from warmpool.keys import DEMAND_SLOT_S, Keys
 from warmpool.redisio import text
 from warmpool.schedule_store import ScheduleSpec
@@ -55,10 +57,14 @@ IDLE_BINS = 240
 IDLE_BIN_S = 60.0
 DEFAULT_MAX_KEEPALIVE_S = 4 * 3600.0
 MIX = POLICY_MIXES["slurmless"]
-"""The same mix the trace simulator replays as `slurmless`. Its `net_of_forecast` and `price_waits`
-refinements act on per-gap counts of delayed requests, which the idle histogram in Redis does not record
-yet (it counts gaps): until it does, they change nothing here."""
+"""The same mix the trace simulator replays as `slurmless`: `policies.currency` at the launcher's exchange
+rate, learning from the gap history the admit script records (`warmpool.gaps`)."""
+RELOAD_SHARE = 0.6
+"""Share of the expected cold start spent loading on a held GPU (the rest is the queue wait): the idle a
+reload costs. The simulator's cold-start model has 93 s of 155 s."""
 
+GAP_COLD_TOLERANCE = 0.05
+"""A model's expected cold start is re-written for the admit script when it moved by more than this share."""
 FORECAST_HISTORY_SLOTS = 3 * 7 * 86_400 // DEMAND_SLOT_S
 """Slots read when a model's forecast is first built: three weeks, so every week slot was seen thrice."""
 FOLD_GRACE_S = 30.0
@@ -85,6 +91,7 @@ class ModelLoad:
     held: int
     last_request_s: float | None
     idle_counts: dict[int, int]
+    gaps: GapHistory | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,8 @@ def policy_spec(
     max_s = max(max_s, floor_s)
     cold_s = max(expected_cold_start_s, 1e-3)
     return ScalingSpec(
+        reload_idle_s=RELOAD_SHARE * cold_s,
+        min_keepalive_s=spec.policy.keepalive_min_s or 0.0,
         name=spec.name,
         min_replicas=spec.policy.min_replicas,
         max_replicas=spec.policy.max_replicas,
@@ -225,8 +234,13 @@ def desired_replicas(
     occurrences: tuple[Occurrence, ...] = (),
     warm: WarmRequest | None = None,
     extra_occurrences: tuple[Occurrence, ...] = (),
+    exchange_rate: float | None = None,
 ) -> Decision:
-    """The policies' decision for one model at `now_s`, before the GPU budget."""
+    """The policies' decision for one model at `now_s`, before the GPU budget.
+
+    `exchange_rate` (idle GPU-seconds per user-second of waiting) prices every hold and pre-warm;
+    None: `MIX`'s default, the rate `slurmless simulate` replays by default.
+    """
     pspec = policy_spec(
         spec,
         expected_cold_start_s=expected_cold_start_s,
@@ -249,7 +263,8 @@ def desired_replicas(
         idle=idle_histogram(load.idle_counts, pspec),
         forecast=forecast,
         occurrences=occs,
-        mix=MIX,
+        mix=MIX if exchange_rate is None else replace(MIX, exchange_rate=exchange_rate),
+        gaps=load.gaps,
     )
     decision = decide(state, now_s)
     if warm is not None and warm.until_s > now_s:
@@ -407,6 +422,25 @@ class PolicyInputs:
     _schedules: dict[str, list[ScheduleSpec]] = field(default_factory=dict)
     _schedules_read_s: float | None = None
     _expanded: dict[str, _Expanded] = field(default_factory=dict)
+    _gap_cold: dict[str, float] = field(default_factory=dict)
+
+    async def record_gap_cold(self, cold_s: Mapping[str, float]) -> None:
+        """Tell the admit script each model's expected cold start (`warmpool.gaps` prices waits with it).
+
+        Written only when it moved by more than `GAP_COLD_TOLERANCE`: usually nothing is written.
+        """
+        changed = {
+            m: c
+            for m, c in cold_s.items()
+            if (old := self._gap_cold.get(m)) is None or abs(c - old) > GAP_COLD_TOLERANCE * max(old, 1.0)
+        }
+        if not changed:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model, value in changed.items():
+                pipe.hset(self.keys.model_stats(model), GAP_COLD, repr(round(value, 3)))
+            await pipe.execute()
+        self._gap_cold.update(changed)
 
     async def demand(self, model: str, now_s: float) -> DemandForecast | None:
         """The model's forecast with every finished demand slot folded in."""
@@ -505,6 +539,8 @@ class PolicyInputs:
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the caches of models no longer registered."""
         kept = set(keep)
+        for model in [m for m in self._gap_cold if m not in kept]:
+            del self._gap_cold[model]
         for cache in (self._history, self._expanded):
             for model in [m for m in cache if m not in kept]:
                 del cache[model]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from policies.currency import DEFAULT_RATE
+
 
 class LauncherSettings(BaseModel):
     """The owner of every instance's life."""
@@ -74,6 +76,9 @@ class LauncherSettings(BaseModel):
     """Longest wait between failed starts."""
     default_keepalive_s: float = 600.0
     """Idle time before an unused model scales to zero, until its idle histogram says otherwise."""
+    exchange_rate: float = Field(DEFAULT_RATE, gt=0, le=1000)
+    """Idle GPU-seconds worth one user-second of waiting: prices every keep-alive and pre-warm
+    (`policies.currency`). Lower spends less idle GPU time for more cold starts."""
     gpu_budget: int | None = Field(None, ge=0)
     """GPUs slurmless may hold at once over all models; when full, the replica worth least gives way. None: no limit."""
     preemptible_partitions: list[str] = Field(default_factory=list)

@@ -14,6 +14,7 @@ insured by the keep-alive, so the two policies never both pay for one gap.
 
 from __future__ import annotations
 
+from policies import currency
 from policies import forecast as fc_mod
 from policies.idle import keep_warm, keepalive_for
 from policies.reactive import moving_average_replicas, reactive_replicas
@@ -30,6 +31,9 @@ POLICY_MIXES: dict[str, PolicyMix] = {
     "hybrid-histogram": PolicyMix(keepalive="histogram", forecast=False, schedules=False),
     "forecast": PolicyMix(keepalive="none", forecast=True, schedules=False),
     "slurmless": PolicyMix(
+        keepalive="currency", forecast=True, schedules=True, shorten=False, exchange_rate=currency.DEFAULT_RATE
+    ),
+    "slurmless-hist": PolicyMix(
         keepalive="histogram",
         forecast=True,
         schedules=True,
@@ -53,12 +57,22 @@ def decide(state: ModelState, now_s: float) -> Decision:
     reasons.append(Reason("reactive", react, react_why))
 
     keepalive_s = keepalive_for(state.idle, spec, mix)
-    label = {"histogram": "learnt keep-alive", "fixed": "fixed keep-alive", "avg": "average window"}.get(
-        mix.keepalive, "keep-alive floor"
-    )
+    label = {
+        "histogram": "learnt keep-alive",
+        "fixed": "fixed keep-alive",
+        "avg": "average window",
+        "oracle": "clairvoyant hold",
+    }.get(mix.keepalive, "keep-alive floor")
+    threshold = mix.prewarm_threshold
+    if mix.keepalive == "currency":
+        start_s = load.last_activity_s if load.last_activity_s is not None else now_s
+        utc_offset_s = state.forecast.utc_offset_s if state.forecast is not None else 0.0
+        keepalive_s, label = currency.keepalive_s(state.gaps, spec, mix.exchange_rate, start_s, utc_offset_s)
+        if state.forecast is not None and threshold is None:
+            threshold = currency.prewarm_threshold(state.gaps, spec, mix.exchange_rate, state.forecast.slot_s)
     fc_replicas = 0
     if mix.forecast and state.forecast is not None:
-        fc_replicas, fc_why, fc_recheck_s = fc_mod.prewarm(state.forecast, spec, now_s, threshold=mix.prewarm_threshold)
+        fc_replicas, fc_why, fc_recheck_s = fc_mod.prewarm(state.forecast, spec, now_s, threshold=threshold)
         reasons.append(Reason("forecast", fc_replicas, fc_why))
         recheck_s = min(recheck_s, fc_recheck_s)
         if (

@@ -62,6 +62,21 @@ def learnt_keepalive_s(hist: IdleHistogram, spec: ScalingSpec) -> float | None:
     return min(max(float(k_s[best]), spec.keepalive_floor_s), spec.max_keepalive_s)
 
 
+def percentile_keepalive_s(hist: IdleHistogram, spec: ScalingSpec, percentile: float) -> float:
+    """Shahrad et al.'s window: the `percentile` of the idle gaps seen, within floor and ceiling.
+
+    With fewer than `MIN_SAMPLES` gaps the default applies; gaps beyond the histogram's range count
+    as its end.
+    """
+    total = hist.total
+    if total < MIN_SAMPLES:
+        return max(spec.default_keepalive_s, spec.keepalive_floor_s)
+    cum = np.cumsum(np.asarray(hist.counts, dtype=np.float64))
+    k = int(np.searchsorted(cum, percentile / 100.0 * total, side="left"))
+    window_s = (k + 1) * hist.bin_s
+    return min(max(window_s, spec.keepalive_floor_s), spec.max_keepalive_s)
+
+
 def observe_idle(
     hist: IdleHistogram,
     gaps_s: Iterable[float],
@@ -99,12 +114,14 @@ def observe_idle(
 
 def keepalive_for(hist: IdleHistogram, spec: ScalingSpec, mix: PolicyMix) -> float:
     """The keep-alive window in effect for this model under `mix`."""
-    if mix.keepalive == "fixed":
+    if mix.keepalive in ("fixed", "oracle"):
         return mix.fixed_keepalive_s
     if mix.keepalive == "avg":
         return mix.avg_window_s
     if mix.keepalive == "none":
         return spec.keepalive_floor_s
+    if mix.keepalive_percentile is not None:
+        return percentile_keepalive_s(hist, spec, mix.keepalive_percentile)
     learnt = hist.keepalive_s
     if learnt is None:
         return max(spec.default_keepalive_s, spec.keepalive_floor_s)

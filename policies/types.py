@@ -91,6 +91,10 @@ class ScalingSpec:
     default_keepalive_s: float = 600.0
     max_keepalive_s: float = 4 * 3600.0
     mean_service_s: float = 5.0
+    reload_idle_s: float = 0.0
+    min_keepalive_s: float = 0.0
+    """An operator's own lower bound on the keep-alive (the model policy's `keepalive_min_s`); 0: none."""
+    """Idle GPU-seconds a cold start costs besides the wait: the replica loads on a GPU it already holds."""
 
     @property
     def keepalive_floor_s(self) -> float:
@@ -151,6 +155,20 @@ class Occurrence:
 
 
 @dataclass(frozen=True)
+class GapHistory:
+    """A model's idle gaps and the waiting a cold start at their end would have caused.
+
+    Cells are (time-of-week bucket of the gap's start, gap-length bin); `counts` holds how many gaps
+    fell in each cell and `waits_s` the user-seconds of waiting a cold start beginning at each gap's
+    end would have caused (every request arriving within one expected cold start of the end waits the
+    rest of it). Layout and bins: `policies.currency`. Fixed size, whatever the traffic.
+    """
+
+    counts: tuple[float, ...]
+    waits_s: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class PolicyMix:
     """Which policies a model runs. The named configurations live in `policies.combine.POLICY_MIXES`.
 
@@ -167,6 +185,11 @@ class PolicyMix:
     - price_waits: each request arriving d seconds into a cold start counts (1 - d / cold start)
       instead of 1. Principle: one idle GPU-second buys one user-second of waiting, and a request
       arriving d seconds into a cold start waits only the rest of it.
+
+    `keepalive_percentile` (with "histogram") replaces the cost-optimal window with that percentile of
+    the idle-gap histogram (Shahrad et al.'s rule). keepalive "currency" is `policies.currency`: every
+    hold and pre-warm priced at `exchange_rate` idle GPU-seconds per user-second of waiting; keepalive
+    "oracle" is the simulator's clairvoyant bound at the same price (the runner supplies the window).
     """
 
     keepalive: str = "histogram"
@@ -179,6 +202,8 @@ class PolicyMix:
     shorten: bool = True
     net_of_forecast: bool = False
     price_waits: bool = False
+    keepalive_percentile: float | None = None
+    exchange_rate: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -191,3 +216,4 @@ class ModelState:
     forecast: SeasonalForecast | None = None
     occurrences: tuple[Occurrence, ...] = ()
     mix: PolicyMix = field(default_factory=PolicyMix)
+    gaps: GapHistory | None = None

@@ -12,7 +12,7 @@ where every policy is warm anyway; windows with up to `cap` requests are replaye
 
 Service time: a request occupies its replica for prefill + decode, with token counts resampled from
 the Azure LLM inference trace (2023, conversation): ContextTokens / 4,000 tok/s + GeneratedTokens /
-30 tok/s (a 7-8B model on one GPU under batching), ~7 s on average. Without that file, 7 s flat.
+30 tok/s (a 7-8B model on one GPU under batching), ~7 s on average; a missing file is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tracesim.trace import DIST_GAMMA, DIST_WEIBULL, WINDOW_S, ModelTrace
+from tracesim.trace import DIST_GAMMA, DIST_WEIBULL, WINDOW_S, ModelTrace, TraceError
 
 DEFAULT_CAP = 64
 DEFAULT_SERVICE_S = 7.0
@@ -45,9 +45,14 @@ class Arrivals:
 
 
 def load_service_times(azure_csv: Path | None) -> FloatArray:
-    """Service-time samples (seconds) from an Azure LLM trace CSV, or one default value."""
-    if azure_csv is None or not azure_csv.exists():
+    """Service-time samples (seconds) from an Azure LLM trace CSV; None: one flat `DEFAULT_SERVICE_S`.
+
+    A path that does not exist is an error, never a silent fallback: numbers would change unseen.
+    """
+    if azure_csv is None:
         return np.asarray([DEFAULT_SERVICE_S])
+    if not azure_csv.is_file():
+        raise TraceError(f"service-time trace {azure_csv} not found (the repo ships it under traces/)")
     ctx: list[float] = []
     gen: list[float] = []
     with azure_csv.open(newline="") as fh:

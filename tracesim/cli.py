@@ -19,11 +19,13 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from tracesim.budget import run_budget
 from tracesim.coldstart import ColdStartModel
+from tracesim.frontier import FAMILIES, format_frontier, plot_frontiers, run_frontier, select_clients, slice_days
 from tracesim.lecture import format_lecture, run_lecture
 from tracesim.plot import plot_report
-from tracesim.run import BASELINES, format_table, run_simulation
-from tracesim.trace import load_trace_dir
+from tracesim.run import BASELINES, SimConfig, format_table, mix_for, run_traces
+from tracesim.trace import TraceError, load_trace_dir
 
 app = typer.Typer(help="Trace-driven warm-pool simulator.")
 
@@ -53,22 +55,106 @@ def simulate_command(
     queue_median_s: Annotated[float, typer.Option(help="Median Slurm queue wait (lognormal).")] = 45.0,
     load_median_s: Annotated[float, typer.Option(help="Median model load time (lognormal).")] = 90.0,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    split: Annotated[
+        str, typer.Option(help="Clients to replay: all, even, odd, randA<seed>, randB<seed> (held-out halves).")
+    ] = "all",
+    frontier: Annotated[
+        bool, typer.Option(help="Run every policy family across its knob; table, and a PNG with --plot.")
+    ] = False,
+    families: Annotated[str | None, typer.Option(help="Comma-separated families for --frontier.")] = None,
+    exchange_rate: Annotated[
+        float | None, typer.Option(help="slurmless's exchange rate: idle GPU-seconds per user-second of waiting.")
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="slurmless under an idle budget (GPU-hours per day, whole site).")
+    ] = None,
+    days: Annotated[
+        str | None, typer.Option(help="FIRST:COUNT: replay only these days, from no history (e.g. 7:1).")
+    ] = None,
 ) -> None:
     """Replay TRACE under every policy and report cold starts, waits and GPU-hours."""
+    try:
+        _simulate(
+            trace, json_out, seed, plot, models, only, ics, policies, gpus_per_model, queue_median_s,
+            load_median_s, workers, split, frontier, families, exchange_rate, budget, days,
+        )  # fmt: skip
+    except (TraceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+def _simulate(
+    trace: Path,
+    json_out: bool,
+    seed: int,
+    plot: Path | None,
+    models: str | None,
+    only: bool,
+    ics: Path | None,
+    policies: str | None,
+    gpus_per_model: int,
+    queue_median_s: float,
+    load_median_s: float,
+    workers: int,
+    split: str,
+    frontier: bool,
+    families: str | None,
+    exchange_rate: float | None,
+    budget: float | None,
+    days: str | None,
+) -> None:
+    if not trace.is_dir():
+        raise TraceError(f"trace directory {trace} not found")
+    if exchange_rate is not None and not 0 < exchange_rate <= 1000:
+        raise ValueError("--exchange-rate must be in (0, 1000]")
     chosen = [m.strip() for m in models.split(",") if m.strip()] if models else []
-    record = chosen or (_default_plot_models(trace) if plot is not None else [])
+    record = chosen or (_default_plot_models(trace) if plot is not None and not frontier else [])
     cold = ColdStartModel(queue_median_s=queue_median_s, load_median_s=load_median_s)
-    report = run_simulation(
-        trace,
+    names = [p.strip() for p in policies.split(",")] if policies else list(BASELINES)
+    if exchange_rate is not None:
+        names = [f"slurmless@{exchange_rate:g}" if p == "slurmless" else p for p in names]
+    for name in names:
+        mix_for(name)
+    traces = select_clients(load_trace_dir(trace), split)
+    if days is not None:
+        first, _, count = days.partition(":")
+        if not (first.isdigit() and count.isdigit()):
+            raise ValueError("--days must be FIRST:COUNT, e.g. 7:1")
+        traces = slice_days(traces, int(first), int(count))
+    if only and chosen:
+        traces = [t for t in traces if t.name in set(chosen)]
+    if not traces:
+        raise TraceError(f"no client of {trace} in split {split!r}")
+    config = SimConfig(
         seed=seed,
-        policies=[p.strip() for p in policies.split(",")] if policies else list(BASELINES),
-        models=chosen if only and chosen else None,
-        record_models=record,
+        policies=tuple(names),
         cold=cold,
         gpus_per_model=gpus_per_model,
+        record_models=tuple(record),
         workers=workers,
     )
+    label = f"{trace} [{split}]" if split != "all" else str(trace)
+    if days is not None:
+        label += f" days {days}"
     human = sys.stderr if json_out else sys.stdout
+    if frontier:
+        fams = [f.strip() for f in families.split(",")] if families else list(FAMILIES)
+        fr = run_frontier(traces, config, fams, label=f"{label} seed {seed}")
+        print(format_frontier(fr), file=human)
+        if plot is not None:
+            plot_frontiers([fr], plot)
+            print(f"plot written to {plot}", file=human)
+        if json_out:
+            print(json.dumps({"policies": {n: s.as_json() for n, s in fr.summaries.items()}}))
+        return
+    if budget is not None:
+        report, rates = run_budget(traces, config, budget, label=label)
+        print(format_table(report), file=human)
+        print(f"exchange rate: start {mix_for('slurmless').exchange_rate:g}, end {rates[-1]:.3g}", file=human)
+        if json_out:
+            print(json.dumps(report.as_json()))
+        return
+    report = run_traces(traces, config, label=label)
     print(format_table(report), file=human)
     doc: dict[str, object] = report.as_json()
     if ics is not None:

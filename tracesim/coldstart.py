@@ -39,6 +39,10 @@ class ColdStartModel:
             self.queue_median_s * np.exp(self.queue_sigma**2 / 2) + self.load_median_s * np.exp(self.load_sigma**2 / 2)
         )
 
+    def mean_load_s(self) -> float:
+        """Expected load time: the idle GPU-seconds of a cold start (the queue wait holds no GPU)."""
+        return float(self.load_median_s * np.exp(self.load_sigma**2 / 2))
+
     def quantile_s(self, q: float, n: int = 200_000) -> float:
         """A quantile of the total, by a fixed-seed Monte Carlo (the sum has no closed form)."""
         rng = np.random.default_rng(12345)

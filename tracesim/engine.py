@@ -30,11 +30,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
+from policies import currency
 from policies.combine import decide
 from policies.forecast import covers, new_forecast, observe_slot
 from policies.idle import observe_idle
 from policies.types import (
     Decision,
+    GapHistory,
     IdleHistogram,
     LoadSnapshot,
     ModelState,
@@ -88,6 +90,8 @@ class Prepared:
     idle_gaps_s: FloatArray
     gap_hits: FloatArray  # requests within one expected cold start from each arrival on
     gap_wait_hits: FloatArray  # the same, each weighted by the share of the cold start it would wait
+    arrival_gaps_s: FloatArray  # from the previous arrival (what the gateway records as an idle gap)
+    recorded_waits_s: FloatArray  # per arrival opening a gap: the wait the gateway records for it
     window_counts: FloatArray
     window_bounds: npt.NDArray[np.int64]
     window_need: npt.NDArray[np.int64]
@@ -129,6 +133,15 @@ def prepare(arr: Arrivals, end_s: float, spec: ScalingSpec, cap: int) -> Prepare
     hit_w = weight_prefix[hit_end] - weight_prefix[starts]
     hit_wt = wt_prefix[hit_end] - wt_prefix[starts]
     gap_wait_hits = np.maximum(hit_w - (hit_wt - a * hit_w) / cold_s, 0.0)
+    arrival_gaps_s = a - np.concatenate(([-np.inf], a[:-1])) if a.size else a
+    # Inside a sub-sampled window (more than `cap` requests) the gaps between samples are artefacts of
+    # the sampling, not idleness a gateway would see: they are not recorded as gaps.
+    win = np.minimum((a // WINDOW_S).astype(np.int64), max(nwin - 1, 0))
+    same_dense = np.zeros(a.size, dtype=bool)
+    if a.size > 1 and nwin:
+        same_dense[1:] = (win[1:] == win[:-1]) & (arr.window_counts[win[1:]] > cap)
+    arrival_gaps_s = np.where(same_dense, 0.0, arrival_gaps_s)
+    recorded = _recorded_waits_s(a, arr.weights, arrival_gaps_s, hit_end, weight_prefix, wt_prefix, cold_s)
     return Prepared(
         times_s=a,
         weights=arr.weights,
@@ -140,6 +153,8 @@ def prepare(arr: Arrivals, end_s: float, spec: ScalingSpec, cap: int) -> Prepare
         idle_gaps_s=a - prev_end,
         gap_hits=weight_prefix[hit_end] - weight_prefix[np.arange(a.size)],
         gap_wait_hits=gap_wait_hits,
+        arrival_gaps_s=arrival_gaps_s,
+        recorded_waits_s=recorded,
         window_counts=arr.window_counts,
         window_bounds=bounds,
         window_need=np.maximum(need, 0),
@@ -149,6 +164,35 @@ def prepare(arr: Arrivals, end_s: float, spec: ScalingSpec, cap: int) -> Prepare
         max_service_s=float(arr.service_s.max()) if arr.service_s.size else 0.0,
         end_s=end_s,
     )
+
+
+def _recorded_waits_s(
+    a: FloatArray,
+    weights: FloatArray,
+    gaps_s: FloatArray,
+    hit_end: npt.NDArray[np.int64],
+    weight_prefix: FloatArray,
+    wt_prefix: FloatArray,
+    cold_s: float,
+) -> FloatArray:
+    """The wait `warmpool.gaps` records for each gap-opening arrival (0 elsewhere), exactly as it does.
+
+    The opener counts a whole cold start; every later arrival within one cold start of it counts the
+    rest, up to and including the next opener (the gateway keeps one gap open at a time).
+    """
+    out = np.zeros(a.size)
+    openers = np.flatnonzero(np.isfinite(gaps_s) & (gaps_s >= currency.GAP_MIN_S))
+    if openers.size == 0:
+        return out
+    next_opener = np.append(openers[1:], a.size)
+    hi = np.minimum(hit_end[openers], next_opener + 1)
+    lo = openers + 1
+    hi = np.maximum(hi, lo)
+    w = weight_prefix[hi] - weight_prefix[lo]
+    wt = wt_prefix[hi] - wt_prefix[lo]
+    follow = np.maximum(w * cold_s - (wt - a[openers] * w), 0.0)
+    out[openers] = weights[openers] * cold_s + follow
+    return out
 
 
 class _Replay:
@@ -175,6 +219,15 @@ class _Replay:
         self.record = record
         self.res = ModelResult(model=name, policy=policy)
         self.hist = IdleHistogram()
+        self.gaps: GapHistory | None = currency.empty_history() if mix.keepalive == "currency" else None
+        # The clairvoyant bound: letting go before arrival j costs a reload plus the priced wait.
+        self.release_cost_s = (
+            spec.reload_idle_s + mix.exchange_rate * prep.gap_wait_hits * spec.expected_cold_start_s
+            if mix.keepalive == "oracle"
+            else None
+        )
+        # The same, for the arrival after each one (nothing to wait for after the last).
+        self.release_next_s = None if self.release_cost_s is None else np.append(self.release_cost_s[1:], 0.0)
         self.fc: SeasonalForecast | None = new_forecast(WINDOW_S) if mix.forecast else None
         self.learnt_windows = 0
         self.last_activity_s: float | None = None
@@ -183,6 +236,8 @@ class _Replay:
         self.gpu_from_s = math.inf
         self.started_at_s = math.inf
         self.i = 0  # next arrival not yet handled
+        self.t = 0.0
+        self.dec = Decision(replicas=0, reasons=())
 
     # -- learning ---------------------------------------------------------------------------
     def _learn_until(self, t: float) -> None:
@@ -210,7 +265,42 @@ class _Replay:
         if self.mix.keepalive == "histogram" and hi > lo:
             # Adding counts commutes, so all windows finished since the last decision go in at once.
             self.hist = observe_idle(self.hist, p.idle_gaps_s[lo:hi], self.spec, hits)
+        if self.gaps is not None and hi > lo:
+            self._learn_gaps(lo, hi)
         self.learnt_windows = upto
+
+    def _learn_gaps(self, lo: int, hi: int) -> None:
+        """Fold arrivals [lo, hi) into the gap history, as the gateway records them (`warmpool.gaps`)."""
+        p = self.p
+        gaps = p.arrival_gaps_s[lo:hi]
+        keep = np.isfinite(gaps) & (gaps >= currency.GAP_MIN_S)
+        if not keep.any():
+            return
+        idx = np.flatnonzero(keep) + lo
+        starts = p.times_s[idx] - p.arrival_gaps_s[idx]
+        cells = currency.history_cells(starts, p.arrival_gaps_s[idx])
+        waits = p.recorded_waits_s[idx]
+        assert self.gaps is not None
+        self.gaps = currency.observe(self.gaps, cells.tolist(), np.ones(idx.size).tolist(), waits.tolist())
+
+    def _oracle_hold_s(self, t: float) -> float:
+        """The clairvoyant window now: just past the next arrival if the gap is worth holding, else 0.
+
+        A sub-sampled window is busy throughout (its load is its mean): held to its end.
+        """
+        p = self.p
+        assert self.release_cost_s is not None
+        if self.last_activity_s is None:
+            return 0.0
+        w = min(int(t // WINDOW_S), p.window_counts.size - 1)
+        if w >= 0 and p.dense[w]:
+            return (w + 1) * WINDOW_S - self.last_activity_s + 1.0
+        if self.i >= p.times_s.size:
+            return 0.0
+        gap_s = float(p.times_s[self.i]) - self.last_activity_s
+        if gap_s <= float(self.release_cost_s[self.i]):
+            return max(gap_s, 0.0) + 1.0
+        return 0.0
 
     # -- state -------------------------------------------------------------------------------
     def _in_flight(self, t: float) -> float:
@@ -249,13 +339,17 @@ class _Replay:
             last_activity_s=self.last_activity_s,
             recent_rate_per_s=recent,
         )
+        mix = self.mix
+        if self.release_cost_s is not None:
+            mix = replace(mix, fixed_keepalive_s=self._oracle_hold_s(t))
         return ModelState(
             spec=self.spec,
             load=load,
             idle=self.hist,
             forecast=self.fc,
             occurrences=self.occurrences,
-            mix=self.mix,
+            mix=mix,
+            gaps=self.gaps,
         )
 
     def _decide(self, t: float, queued: int = 0) -> Decision:
@@ -296,7 +390,14 @@ class _Replay:
         # end at every stop. Not finding the deadline in the chunk just adds one more stop.
         j_scan = min(j_hi, self.i + _SCAN_CHUNK)
         seg_end = np.maximum.accumulate(np.maximum(p.ends_s[self.i : j_scan], base))
-        mask = p.next_s[self.i : j_scan] > seg_end + keepalive_s
+        if self.release_cost_s is not None:
+            # The clairvoyant lets go at the end of the first gap not worth holding, at once.
+            assert self.release_next_s is not None
+            cost = self.release_next_s[self.i : j_scan]
+            mask = p.next_s[self.i : j_scan] - seg_end > cost
+            keepalive_s = 0.0
+        else:
+            mask = p.next_s[self.i : j_scan] > seg_end + keepalive_s
         if not mask.any():
             return float(p.times_s[j_scan]) if j_scan < j_hi else math.inf
         return float(seg_end[int(np.argmax(mask))]) + keepalive_s
@@ -338,15 +439,36 @@ class _Replay:
         self.i = j
 
     def run(self) -> ModelResult:
-        p = self.p
-        end_s = p.end_s
-        n = p.times_s.size
-        t = 0.0
-        dec = self._decide(t)
-        if dec.replicas > 0:
+        self.start()
+        self.advance(self.p.end_s)
+        return self.finish()
+
+    def start(self) -> None:
+        """The decision at time 0; `advance` then replays up to any instant, `finish` closes the result."""
+        self.t = 0.0
+        self.dec = self._decide(0.0)
+        if self.dec.replicas > 0:
             # Policies that are warm at the start (always-on) start warm, not with a cold start.
-            self.held = dec.replicas
+            self.held = self.dec.replicas
             self.ready_at_s = self.gpu_from_s = self.started_at_s = 0.0
+
+    def set_rate(self, rate: float) -> None:
+        """A new exchange rate from now on (the budget's multiplier moved)."""
+        self.mix = replace(self.mix, exchange_rate=rate)
+
+    def finish(self) -> ModelResult:
+        self.res.requests = float(self.p.weight_prefix[-1])
+        return self.res
+
+    def advance(self, stop_s: float) -> None:
+        """Replay until `stop_s` (or the trace's end); resuming decides afresh, as a tick would."""
+        p = self.p
+        end_s = min(stop_s, p.end_s)
+        n = p.times_s.size
+        t, dec = self.t, self.dec
+        if 0.0 < t < end_s:
+            dec = self._decide(t)
+            self._apply(t, dec)
         while t < end_s:
             if self.held == 0:
                 arrival_s = float(p.times_s[self.i]) if self.i < n else math.inf
@@ -384,8 +506,7 @@ class _Replay:
                 break
             dec = self._decide(t)
             self._apply(t, dec)
-        self.res.requests = float(p.weight_prefix[-1])
-        return self.res
+        self.t, self.dec = t, dec
 
 
 def simulate_model(

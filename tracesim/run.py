@@ -11,19 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from policies.combine import POLICY_MIXES
-from policies.types import Occurrence, ScalingSpec
+from policies.types import Occurrence, PolicyMix, ScalingSpec
 from tracesim.arrivals import DEFAULT_CAP, FloatArray, generate_arrivals, load_service_times
 from tracesim.coldstart import ColdStartModel
 from tracesim.engine import ModelResult, prepare, simulate_model
 from tracesim.trace import ModelTrace, load_trace_dir
 
-DEFAULT_AZURE_CSV = Path(__file__).resolve().parents[2] / "shared/traces/azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
+TRACES_DIR = Path(__file__).resolve().parents[1] / "traces"
+DEFAULT_AZURE_CSV = TRACES_DIR / "azure-llm-2023/AzureLLMInferenceTrace_conv.csv"
 
 # How the policies price a cold start, in idle GPU-seconds. One principle: one idle GPU-second is
 # worth one user-second of waiting, so a cold start costs the expected cold start times the requests
@@ -41,8 +42,43 @@ BASELINES = (
     "reactive-avg",
     "hybrid-histogram",
     "forecast",
+    "slurmless-hist",
     "slurmless",
 )
+
+
+def mix_for(name: str) -> PolicyMix:
+    """The policy mix a simulator policy name stands for.
+
+    Besides `POLICY_MIXES`: `keepalive-<minutes>m`, `hybrid-p<percentile>` (Shahrad et al.'s window),
+    `slurmless@<rate>` and `clairvoyant@<rate>` (the offline bound at that price).
+    """
+    if name in POLICY_MIXES:
+        return POLICY_MIXES[name]
+    try:
+        if name.startswith("keepalive-") and name.endswith("m"):
+            minutes = float(name[len("keepalive-") : -1])
+            if minutes > 0:
+                return PolicyMix(keepalive="fixed", fixed_keepalive_s=60.0 * minutes, forecast=False, schedules=False)
+        elif name.startswith("hybrid-p"):
+            pct = float(name[len("hybrid-p") :])
+            if 0 < pct <= 100:
+                return PolicyMix(keepalive="histogram", keepalive_percentile=pct, forecast=False, schedules=False)
+        elif name.startswith(("slurmless@", "clairvoyant@", "slurmless-keepalive@")):
+            family, _, raw = name.partition("@")
+            rate = float(raw)
+            if rate > 0:
+                if family == "clairvoyant":
+                    return PolicyMix(keepalive="oracle", forecast=False, schedules=False, exchange_rate=rate)
+                if family == "slurmless-keepalive":
+                    return PolicyMix(keepalive="currency", forecast=False, schedules=False, exchange_rate=rate)
+                return replace(POLICY_MIXES["slurmless"], exchange_rate=rate)
+    except ValueError:
+        pass
+    raise ValueError(
+        f"unknown policy {name!r}; known: {sorted(POLICY_MIXES)}, keepalive-<min>m, hybrid-p<pct>, "
+        "slurmless@<rate>, clairvoyant@<rate>"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +108,7 @@ class SimConfig:
             keepalive_event_value_s=0.0,
             cold_request_value_s=mean_cold_s,
             mean_service_s=mean_service_s,
+            reload_idle_s=self.cold.mean_load_s(),
         )
 
 
@@ -170,7 +207,7 @@ def simulate_one(
                 trace.name,
                 policy,
                 prep,
-                POLICY_MIXES[policy],
+                mix_for(policy),
                 spec,
                 config.cold,
                 cold_rng,
@@ -188,9 +225,8 @@ def _worker(args: tuple[ModelTrace, int, SimConfig, FloatArray]) -> list[ModelRe
 
 def run_traces(traces: Sequence[ModelTrace], config: SimConfig, *, label: str = "") -> SimReport:
     """Replay already loaded model traces under every configured policy."""
-    unknown = [p for p in config.policies if p not in POLICY_MIXES]
-    if unknown:
-        raise ValueError(f"unknown policies {unknown}; known: {sorted(POLICY_MIXES)}")
+    for policy in config.policies:
+        mix_for(policy)
     service = load_service_times(config.service_csv)
     jobs = [(t, i, config, service) for i, t in enumerate(traces)]
     # The biggest models first, so one straggler does not finish alone at the end.

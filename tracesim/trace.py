@@ -50,7 +50,7 @@ def load_model_trace(path: Path, name: str | None = None) -> ModelTrace:
     scale: list[float] = []
     with path.open(newline="") as fh:
         for row in csv.reader(fh):
-            # The header line is optional (the shared traces have none).
+            # The header line is optional (the ServeGen traces have none).
             if not row or row[0].strip() == "ts_seconds":
                 continue
             if len(row) < 6:

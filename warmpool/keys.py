@@ -20,6 +20,7 @@
 {p}demand                  pubsub model names whose queue got its first ticket
 {p}dem:{model}             hash   time slot index -> requests in that slot
 {p}idle:{model}            hash   idle-gap bucket (minutes) -> count
+{p}gaps:{model}            hash   c<cell>/w<cell> -> idle gaps / waits a cold start after them causes (gaps.py)
 {p}mstat:{model}           hash   last_request_s, last_cold_start_s (launcher: requested -> ready), ...
 {p}phase:{model}           string ModelPhase JSON: what waiting clients are told
 {p}tl:{model}              hash   demand slot index -> SlotSample JSON (launcher; the status page's plots)
@@ -136,6 +137,9 @@ class Keys:
 
     def idle_hist(self, model: str) -> str:
         return f"{self.prefix}idle:{model}"
+
+    def gaps(self, model: str) -> str:
+        return f"{self.prefix}gaps:{model}"
 
     def model_stats(self, model: str) -> str:
         return f"{self.prefix}mstat:{model}"

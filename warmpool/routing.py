@@ -4,8 +4,8 @@ Each public method is one round trip (a Lua script), so that many gateway proces
 launcher can share one Redis without a ticket ever being lost or granted twice:
 
 - `admit`: take a slot on the least-loaded ready instance, or else enqueue a ticket (FIFO; a
-  new request never overtakes a queued one). It also records demand history for the policies
-  and publishes a demand signal when a model's queue gets its first ticket.
+  new request never overtakes a queued one). It also records demand history and idle gaps
+  (`warmpool.gaps`) for the policies and publishes a demand signal when a model's queue gets its first ticket.
 - `release`: give a slot back; if tickets wait, the slot goes to the head of the queue at once.
 - `cancel`: a client left or ran out of budget; its ticket goes, or its slot if it was granted.
 - `activate` / `deactivate`: the launcher adds a ready instance (granting waiting tickets) or
@@ -23,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from warmpool.gaps import RECORD_LUA as GAPS_RECORD_LUA
 from warmpool.keys import DEMAND_RETENTION_SLOTS, DEMAND_SLOT_S, IDLE_HIST_MAX_MIN, Keys
 from warmpool.redisio import awaited, text
 
@@ -101,6 +102,9 @@ if last then
     redis.call('HINCRBY', prefix .. 'idle:' .. model, math.min(math.floor(gap / 60), %(idle_max)d), 1)
   end
 end
+"""
+        + GAPS_RECORD_LUA
+        + """
 redis.call('HSET', mstat, 'last_request_s', ARGV[7])
 local nready = redis.call('ZCARD', ready)
 local qlen = redis.call('ZCARD', queue)

@@ -9,7 +9,7 @@ in `Keys.queued_models`.
 
 The keys are built from the prefix in Lua like `warmpool.routing`'s scripts build them; the
 layouts are those of `Keys.model_stats`, `Keys.ready`, `Keys.queue`, `Keys.ticket` and
-`Keys.idle_hist` and `Keys.warm`.
+`Keys.idle_hist`, `Keys.warm` and `Keys.gaps`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from policies.types import GapHistory
+from warmpool.gaps import gap_history
 from warmpool.keys import Keys
 from warmpool.redisio import text
 
@@ -27,7 +29,7 @@ CHUNK = 100
 for all chunks go in one pipelined round trip; Redis serves other clients between them."""
 
 # ARGV: prefix, model... Per model: {stats hash, ready zset with scores, queue length, head ticket's
-# created_s, idle hash, warm request (nil when none), instances of the batch lines in flight}.
+# created_s, idle hash, warm request (nil when none), instances of the batch lines in flight, gap hash}.
 _GATHER = """
 local prefix = ARGV[1]
 local queued = {}
@@ -51,6 +53,7 @@ for i = 2, #ARGV do
     redis.call('HGETALL', prefix .. 'idle:' .. m),
     redis.call('GET', prefix .. 'warm:' .. m),
     redis.call('HVALS', prefix .. 'bflight:' .. m),
+    redis.call('HGETALL', prefix .. 'gaps:' .. m),
   }
 end
 return out
@@ -75,6 +78,8 @@ class ModelSnapshot:
     """Idle gaps before a request, by whole minutes (`Keys.idle_hist`)."""
     warm: bytes | None = None
     """The model's `slurmless models warm` request as stored (`Keys.warm`), if any."""
+    gaps: GapHistory | None = None
+    """Idle gaps and their waits (`Keys.gaps`, `warmpool.gaps`); None before the first gap."""
 
     def oldest_wait_s(self, now_s: float) -> float:
         return max(0.0, now_s - self.oldest_created_s) if self.oldest_created_s is not None else 0.0
@@ -125,6 +130,7 @@ def _snapshot(row: list[object]) -> ModelSnapshot:
     stats_flat, ready_flat, depth, created, idle_flat, *rest = row
     warm = rest[0] if rest else None
     batch_flat = rest[1] if len(rest) > 1 else []
+    gaps_flat = rest[2] if len(rest) > 2 and isinstance(rest[2], list) else []
     assert isinstance(stats_flat, list) and isinstance(ready_flat, list) and isinstance(idle_flat, list)
     assert isinstance(batch_flat, list)
     batch: dict[str, int] = {}
@@ -139,4 +145,5 @@ def _snapshot(row: list[object]) -> ModelSnapshot:
         oldest_created_s=float(created_s) if created_s else None,
         idle_counts={int(k): int(v) for k, v in _pairs(idle_flat)},
         warm=warm if isinstance(warm, bytes) else None,
+        gaps=gap_history(dict(_pairs(gaps_flat))),
     )

@@ -218,9 +218,10 @@ def test_a_warm_request_is_capped_at_max_replicas() -> None:
 
 def test_idle_model_goes_to_zero_after_its_keepalive_and_says_why() -> None:
     last_s = 10_000.0
-    # No idle history yet: the 600 s default, clamped to the model's keepalive_max_s of 120 s.
-    kept = decide_at(spec(), last_s + 119, idle(ready=1, held=1, last_request_s=last_s))
-    dropped = decide_at(spec(), last_s + 121, idle(ready=1, held=1, last_request_s=last_s))
+    # The operator pinned the window (keepalive_min_s = keepalive_max_s = 120 s): the price cannot move it.
+    pinned = spec(keepalive_min_s=120, keepalive_max_s=120)
+    kept = decide_at(pinned, last_s + 119, idle(ready=1, held=1, last_request_s=last_s))
+    dropped = decide_at(pinned, last_s + 121, idle(ready=1, held=1, last_request_s=last_s))
     assert (kept.replicas, dropped.replicas) == (1, 0)
     assert [r.policy for r in drivers(kept)] == ["idle-to-zero"]
     assert drivers(dropped) == ()

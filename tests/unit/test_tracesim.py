@@ -173,7 +173,7 @@ def test_keepalive_learnt_net_of_the_forecast_skips_covered_gaps() -> None:
     times = [d * day_s + 36_000.0 for d in range(12)]
     spec = SimConfig().spec("m", 1.0)
     prep = prepare(_arrivals(times), 12 * day_s, spec, 64)
-    plain = POLICY_MIXES["slurmless"]
+    plain = POLICY_MIXES["slurmless-hist"]
     for mix, covered in ((plain, True), (replace(plain, net_of_forecast=False), False)):
         replay = _Replay("m", "x", prep, mix, spec, ColdStartModel(), np.random.default_rng(0), (), False)
         replay._learn_until(12 * day_s)

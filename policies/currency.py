@@ -1,0 +1,219 @@
+"""One currency for the warm pool: idle GPU-seconds traded against user-seconds of waiting.
+
+The operator states one exchange rate `rate` (idle GPU-seconds worth one user-second of waiting), or
+an idle budget that `adjust_rate` turns into that rate online (a Lagrange multiplier). Every term that
+keeps or starts a replica is priced with it:
+
+- Keep-alive: per model, a distribution of idle gaps conditioned on the time of week the gap starts
+  (`GapHistory`), with the user-seconds a cold start at each gap's end would have made requests wait.
+  Holding through a gap of length g costs g; letting go costs `reload_idle_s` (the next start loads on
+  a GPU it holds) plus `rate` x the wait. The window is the K minimising the expected total,
+
+      E[min(g, K)] + P(g > K) * reload_idle_s + rate * E[wait(g); g > K]
+
+  which is where the marginal second of holding (hazard x rate x wait) stops paying for itself.
+  One rate for all models equalises that marginal value across them: every model holds exactly while
+  one more second of holding saves at least 1/rate user-seconds.
+- Pre-warm: the same bet from the other side of a gap. A forecast slot is warmed when its chance of
+  demand p satisfies p * rate * W >= (1 - p) * slot + reload_idle_s, W being the model's learnt wait
+  per cold start.
+- Little history (a new checkpoint, a one-day trace): a time-of-week bucket borrows from the model's
+  other buckets (`BUCKET_PSEUDO` gaps), and the model from the population prior (`PRIOR_PSEUDO` gaps of
+  `policies.gap_prior`, learnt offline from all models of the tuning traces).
+
+All functions are pure: state and `now_s` in, values (with reasons) out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.gap_prior import PRIOR_COUNTS, PRIOR_WAITS_PER_COLD
+from policies.types import GapHistory, ScalingSpec
+
+FloatArray = npt.NDArray[np.float64]
+
+GAP_MIN_S = 60.0
+"""Gaps shorter than this are one burst's requests, not idleness: always held, never recorded."""
+GAP_RATIO = 1.25
+"""Successive gap-bin edges grow by this factor (60 s, 75 s, 94 s, ... ~2.1 days)."""
+GAP_BINS = 36
+"""Bins below the overflow bin; the last edge is 60 s x 1.25^36 ~ 51 h."""
+NBINS = GAP_BINS + 1
+DAY_BLOCKS = 6
+"""Time-of-day buckets (4 hours each), separately for weekdays and weekends."""
+BUCKETS = 2 * DAY_BLOCKS
+CELLS = BUCKETS * NBINS
+"""Cells of a `GapHistory`: its size, whatever the traffic (444 counts and 444 waits)."""
+PRIOR_PSEUDO = 4.0
+"""Weight of the population prior, in gaps, when a model's own distribution is formed."""
+BUCKET_PSEUDO = 16.0
+"""Weight of the model's all-week distribution, in gaps, when one time-of-week bucket's is formed."""
+RATE_MIN, RATE_MAX = 1e-4, 1e3
+DEFAULT_RATE = 0.03
+"""The default exchange rate (idle GPU-seconds per user-second of waiting): the largest rate of the
+frontier grid whose idle GPU-hours stay at least 10% below a 10-minute keep-alive's on both tuning halves
+(even client ids of ServeGen m-mid and m-small, seed 0); see tracesim/README.md."""
+
+EDGES_S: FloatArray = GAP_MIN_S * GAP_RATIO ** np.arange(NBINS, dtype=np.float64)
+"""Lower edge of every bin; the last bin is the overflow."""
+MIDS_S: FloatArray = np.append(np.sqrt(EDGES_S[:-1] * EDGES_S[1:]), 2.0 * EDGES_S[-1])
+"""The idle seconds a held gap of each bin costs."""
+
+_DAY_S = 86_400.0
+_LOG_RATIO = math.log(GAP_RATIO)
+
+
+def empty_history() -> GapHistory:
+    """A model with no recorded gaps."""
+    return GapHistory(counts=(0.0,) * CELLS, waits_s=(0.0,) * CELLS)
+
+
+def gap_bin(gap_s: float) -> int:
+    """The bin of an idle gap of `gap_s` (>= `GAP_MIN_S`)."""
+    return min(GAP_BINS, max(0, math.floor(math.log(gap_s / GAP_MIN_S) / _LOG_RATIO + 1e-9)))
+
+
+def bucket(t_s: float, utc_offset_s: float = 0.0) -> int:
+    """The time-of-week bucket of instant `t_s`: 4-hour block of the local day, weekday or weekend."""
+    local_s = t_s + utc_offset_s
+    day = math.floor(local_s / _DAY_S)
+    weekend = (day + 3) % 7 >= 5  # 1970-01-01 was a Thursday: day 0 has weekday index 3
+    block = min(DAY_BLOCKS - 1, int((local_s % _DAY_S) // (_DAY_S / DAY_BLOCKS)))
+    return (DAY_BLOCKS if weekend else 0) + block
+
+
+def cell(start_s: float, gap_s: float, utc_offset_s: float = 0.0) -> int:
+    """The `GapHistory` cell of a gap that began at `start_s` and lasted `gap_s`."""
+    return bucket(start_s, utc_offset_s) * NBINS + gap_bin(gap_s)
+
+
+def observe(hist: GapHistory, cells: Iterable[int], counts: Iterable[float], waits_s: Iterable[float]) -> GapHistory:
+    """`hist` with gaps (and waits) added to the given cells; pure. Adding commutes, so order is free."""
+    c = np.asarray(hist.counts, dtype=np.float64).copy()
+    w = np.asarray(hist.waits_s, dtype=np.float64).copy()
+    idx = np.asarray(list(cells), dtype=np.int64)
+    if idx.size == 0:
+        return hist
+    if idx.min() < 0 or idx.max() >= CELLS:
+        raise ValueError(f"gap cell out of range 0..{CELLS - 1}")
+    np.add.at(c, idx, np.asarray(list(counts), dtype=np.float64))
+    np.add.at(w, idx, np.asarray(list(waits_s), dtype=np.float64))
+    return GapHistory(counts=tuple(c.tolist()), waits_s=tuple(w.tolist()))
+
+
+def history_cells(starts_s: FloatArray, gaps_s: FloatArray, utc_offset_s: float = 0.0) -> npt.NDArray[np.int64]:
+    """`cell` for many gaps at once (the simulator's bulk path; same arithmetic)."""
+    local = starts_s + utc_offset_s
+    day = np.floor(local / _DAY_S)
+    weekend = np.mod(day + 3, 7) >= 5
+    block = np.minimum(DAY_BLOCKS - 1, (np.mod(local, _DAY_S) // (_DAY_S / DAY_BLOCKS)).astype(np.int64))
+    bins = np.clip(np.floor(np.log(gaps_s / GAP_MIN_S) / _LOG_RATIO + 1e-9), 0, GAP_BINS).astype(np.int64)
+    return (np.where(weekend, DAY_BLOCKS, 0) + block) * NBINS + bins
+
+
+def effective(hist: GapHistory | None, bucket_index: int | None, cold_s: float) -> tuple[FloatArray, FloatArray, float]:
+    """Pseudo-counts of gaps per bin and their waits (user-s) for one bucket, shrunk; and the model's gap count.
+
+    bucket <- model's all-week distribution (`BUCKET_PSEUDO`) <- population prior (`PRIOR_PSEUDO`).
+    `bucket_index` None: the all-week distribution.
+    """
+    prior_c = np.asarray(PRIOR_COUNTS, dtype=np.float64)
+    prior_w = np.asarray(PRIOR_WAITS_PER_COLD, dtype=np.float64) * cold_s
+    if hist is None:
+        return PRIOR_PSEUDO * prior_c, PRIOR_PSEUDO * prior_w, 0.0
+    c = np.asarray(hist.counts, dtype=np.float64).reshape(BUCKETS, NBINS)
+    w = np.asarray(hist.waits_s, dtype=np.float64).reshape(BUCKETS, NBINS)
+    model_c = c.sum(axis=0) + PRIOR_PSEUDO * prior_c
+    model_w = w.sum(axis=0) + PRIOR_PSEUDO * prior_w
+    n_model = float(c.sum())
+    if bucket_index is None:
+        return model_c, model_w, n_model
+    scale = BUCKET_PSEUDO / float(model_c.sum())
+    return c[bucket_index] + scale * model_c, w[bucket_index] + scale * model_w, n_model
+
+
+def keepalive_s(
+    hist: GapHistory | None, spec: ScalingSpec, rate: float, start_s: float, utc_offset_s: float = 0.0
+) -> tuple[float, str]:
+    """The keep-alive window after activity ending at `start_s`, priced at `rate`; with its reason."""
+    b = bucket(start_s, utc_offset_s)
+    windows, _wait, n_model = _priced(hist, spec, rate)
+    k_s = windows[b]
+    return k_s, f"currency keep-alive (rate {rate:g}, {n_model:.0f} gaps seen, bucket {b})"
+
+
+def wait_per_cold_s(hist: GapHistory | None, cold_s: float) -> float:
+    """User-seconds one cold start makes requests wait, on average over the model's (shrunk) gaps."""
+    c, w, _n = effective(hist, None, cold_s)
+    total = float(c.sum())
+    return float(w.sum()) / total if total > 0 else cold_s
+
+
+_Priced = tuple[tuple[float, ...], float, float]
+_CACHE: dict[tuple[int, int, float], tuple[GapHistory | None, ScalingSpec, _Priced]] = {}
+_CACHE_MAX = 4096
+
+
+def _priced(hist: GapHistory | None, spec: ScalingSpec, rate: float) -> _Priced:
+    """Every bucket's window at `rate`, the wait per cold start, and the model's gap count.
+
+    Memoised on the objects' identity (they are immutable, and hashing 888 floats per decision cost
+    more than the decision): a runner asks many times between two changes of a model's history.
+    """
+    key = (id(hist), id(spec), rate)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is hist and hit[1] is spec:
+        return hit[2]
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    out = _compute_priced(hist, spec, rate)
+    _CACHE[key] = (hist, spec, out)
+    return out
+
+
+def _compute_priced(hist: GapHistory | None, spec: ScalingSpec, rate: float) -> _Priced:
+    cold_s = spec.expected_cold_start_s
+    model_c, model_w, n_model = effective(hist, None, cold_s)
+    windows: list[float] = []
+    for b in range(BUCKETS):
+        c, w, _n = effective(hist, b, cold_s) if hist is not None else (model_c, model_w, n_model)
+        # Candidate K = EDGES_S[j]: gaps in bins below j are held through, the others cost K, a reload
+        # and the wait at the exchange rate.
+        held = np.concatenate(([0.0], np.cumsum(c * MIDS_S)))[:NBINS]
+        beyond_n = float(c.sum()) - np.concatenate(([0.0], np.cumsum(c)))[:NBINS]
+        beyond_w = float(w.sum()) - np.concatenate(([0.0], np.cumsum(w)))[:NBINS]
+        cost = held + beyond_n * (EDGES_S + spec.reload_idle_s) + rate * beyond_w
+        cost = np.where(spec.max_keepalive_s + 1e-9 >= EDGES_S, cost, np.inf)
+        best_s = float(EDGES_S[int(np.argmin(cost))]) if np.isfinite(cost).any() else spec.max_keepalive_s
+        # An operator's explicit bounds on the model win over the price.
+        windows.append(min(max(best_s, spec.min_keepalive_s), spec.max_keepalive_s))
+    total = float(model_c.sum())
+    wait_s = float(model_w.sum()) / total if total > 0 else cold_s
+    return tuple(windows), wait_s, n_model
+
+
+def prewarm_threshold(hist: GapHistory | None, spec: ScalingSpec, rate: float, slot_s: float) -> float:
+    """The chance of demand in a forecast slot above which warming it pays, at `rate`.
+
+    Warming costs the slot's idle when nobody comes plus the reload; it saves `rate` x the wait a cold
+    start would cause: p * value >= (1 - p) * slot + reload  <=>  p >= (slot + reload) / (slot + value).
+    """
+    value_s = rate * _priced(hist, spec, rate)[1]
+    return min(1.0 + 1e-9, (slot_s + spec.reload_idle_s) / (slot_s + value_s)) if value_s > 0 else math.inf
+
+
+def adjust_rate(rate: float, spent_idle_s: float, budget_idle_s: float, *, gain: float = 1.0) -> float:
+    """The exchange rate after a period that spent `spent_idle_s` against `budget_idle_s`.
+
+    A multiplicative step on the Lagrange multiplier: overspending makes idle time dearer (the rate, in
+    idle GPU-seconds per user-second, falls), underspending cheaper. Bounded to [RATE_MIN, RATE_MAX].
+    """
+    if budget_idle_s <= 0:
+        return RATE_MIN
+    step = gain * math.log(max(budget_idle_s, 1e-9) / max(spent_idle_s, 1e-9))
+    return min(RATE_MAX, max(RATE_MIN, rate * math.exp(max(-1.0, min(1.0, step)))))

@@ -1,0 +1,138 @@
+"""policies.currency: one exchange rate prices keep-alive and pre-warm; history shrinks toward a prior."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from policies import currency
+from policies.combine import POLICY_MIXES, decide
+from policies.forecast import new_forecast, observe_slot
+from policies.types import GapHistory, LoadSnapshot, ModelState, ScalingSpec
+
+SPEC = ScalingSpec(name="m", expected_cold_start_s=155.0, reload_idle_s=93.0)
+WEEKDAY_NOON = 4 * 86_400.0 + 12 * 3600.0  # 1970-01-05 was a Monday
+WEEKDAY_NIGHT = 4 * 86_400.0 + 1 * 3600.0
+
+
+def history(gaps: list[tuple[float, float, float]]) -> GapHistory:
+    """(start, gap, wait) triples folded in."""
+    hist = currency.empty_history()
+    return currency.observe(
+        hist,
+        [currency.cell(s, g) for s, g, _ in gaps],
+        [1.0] * len(gaps),
+        [w for _, _, w in gaps],
+    )
+
+
+def test_cells_agree_between_scalar_and_bulk_paths() -> None:
+    rng = np.random.default_rng(0)
+    starts = rng.uniform(0, 30 * 86_400.0, 2_000)
+    gaps = np.exp(rng.uniform(np.log(60.0), np.log(10 * 86_400.0), 2_000))
+    bulk = currency.history_cells(starts, gaps)
+    assert [currency.cell(float(s), float(g)) for s, g in zip(starts, gaps, strict=True)] == bulk.tolist()
+    assert bulk.min() >= 0 and bulk.max() < currency.CELLS
+
+
+def test_weekend_and_time_of_day_have_their_own_buckets() -> None:
+    saturday = 2 * 86_400.0  # 1970-01-03
+    assert currency.bucket(saturday + 3600) >= currency.DAY_BLOCKS
+    assert currency.bucket(WEEKDAY_NOON) < currency.DAY_BLOCKS
+    assert currency.bucket(WEEKDAY_NOON) != currency.bucket(WEEKDAY_NIGHT)
+
+
+def test_gaps_worth_their_wait_are_held_and_cheap_waits_are_not() -> None:
+    # Gaps of ~10 minutes, each ending in a burst that a cold start would make wait 20 x 155 s.
+    hist = history([(WEEKDAY_NOON + k * 60, 600.0, 20 * 155.0) for k in range(50)])
+    held_s, why = currency.keepalive_s(hist, SPEC, 1.0, WEEKDAY_NOON)
+    assert held_s > 600.0
+    assert "rate 1," in why
+    cheap_s, _ = currency.keepalive_s(hist, SPEC, 0.001, WEEKDAY_NOON)
+    assert cheap_s == currency.GAP_MIN_S
+
+
+def test_keepalive_never_shrinks_as_waiting_gets_dearer() -> None:
+    rng = np.random.default_rng(1)
+    gaps = np.exp(rng.uniform(np.log(60.0), np.log(20_000.0), 300))
+    hist = history([(WEEKDAY_NOON, float(g), float(rng.uniform(100, 2_000))) for g in gaps])
+    windows = [currency.keepalive_s(hist, SPEC, rate, WEEKDAY_NOON)[0] for rate in (0.001, 0.01, 0.1, 1.0, 10.0)]
+    assert windows == sorted(windows)
+    assert windows[0] < windows[-1]
+
+
+def test_keepalive_follows_the_bucket_the_gap_starts_in() -> None:
+    # Short gaps at noon, day-long gaps at night: holding pays at noon only.
+    noon = [(WEEKDAY_NOON, 300.0, 5 * 155.0)] * 200
+    night = [(WEEKDAY_NIGHT, 50_000.0, 5 * 155.0)] * 200
+    hist = history(noon + night)
+    assert currency.keepalive_s(hist, SPEC, 1.0, WEEKDAY_NOON)[0] >= 300.0
+    assert currency.keepalive_s(hist, SPEC, 1.0, WEEKDAY_NIGHT)[0] < 300.0
+
+
+def test_little_history_borrows_from_the_prior_and_much_history_does_not() -> None:
+    prior_s, _ = currency.keepalive_s(None, SPEC, 1.0, WEEKDAY_NOON)
+    assert prior_s == currency.keepalive_s(currency.empty_history(), SPEC, 1.0, WEEKDAY_NOON)[0]
+    own = [(WEEKDAY_NOON, 3_000.0, 50 * 155.0)]
+    one = currency.keepalive_s(history(own), SPEC, 1.0, WEEKDAY_NOON)[0]
+    many = currency.keepalive_s(history(own * 500), SPEC, 1.0, WEEKDAY_NOON)[0]
+    assert many > 3_000.0
+    # One gap moves the window less than five hundred of the same.
+    assert abs(one - prior_s) <= abs(many - prior_s)
+
+
+def test_prewarm_threshold_falls_as_the_rate_rises() -> None:
+    hist = history([(WEEKDAY_NOON, 2_000.0, 3 * 155.0)] * 40)
+    thresholds = [currency.prewarm_threshold(hist, SPEC, rate, 600.0) for rate in (0.01, 0.1, 1.0, 10.0)]
+    assert thresholds == sorted(thresholds, reverse=True)
+    assert thresholds[-1] < 0.5
+    assert thresholds[0] > 1.0  # so cheap a wait that no slot is worth warming
+
+
+@pytest.mark.parametrize(("spent", "direction"), [(2.0, -1), (0.5, 1), (1.0, 0)])
+def test_the_multiplier_moves_against_overspending(spent: float, direction: int) -> None:
+    new = currency.adjust_rate(0.1, spent * 3600.0, 3600.0)
+    assert math.copysign(1, new - 0.1) == direction or (direction == 0 and new == pytest.approx(0.1))
+
+
+def test_the_multiplier_is_bounded() -> None:
+    rate = 1.0
+    for _ in range(100):
+        rate = currency.adjust_rate(rate, 0.0, 3600.0)
+    assert rate == currency.RATE_MAX
+    for _ in range(100):
+        rate = currency.adjust_rate(rate, 1e9, 3600.0)
+    assert rate == currency.RATE_MIN
+
+
+def test_decide_holds_with_the_currency_window_and_says_why() -> None:
+    hist = history([(WEEKDAY_NOON, 900.0, 30 * 155.0)] * 100)
+    mix = POLICY_MIXES["slurmless"]
+    load = LoadSnapshot(held_replicas=1, ready_replicas=1, last_activity_s=WEEKDAY_NOON)
+    state = ModelState(spec=SPEC, load=load, mix=mix, gaps=hist)
+    window_s, _ = currency.keepalive_s(hist, SPEC, mix.exchange_rate, WEEKDAY_NOON)
+    holding = decide(state, WEEKDAY_NOON + window_s - 1)
+    assert holding.replicas == 1 and holding.keepalive_s == window_s
+    assert any("currency keep-alive" in r.detail for r in holding.reasons)
+    assert decide(state, WEEKDAY_NOON + window_s + 1).replicas == 0
+
+
+def test_decide_prewarms_a_slot_the_forecast_expects_when_the_rate_pays_for_it() -> None:
+    fc = new_forecast(600.0)
+    for day in range(7):
+        fc = observe_slot(fc, day * 86_400.0 + 9 * 3600.0, 50.0)
+    hist = history([(WEEKDAY_NIGHT, 30_000.0, 40 * 155.0)] * 30)
+    state_at = 4 * 86_400.0 + 9 * 3600.0 + 10.0
+    dear = ModelState(spec=SPEC, mix=POLICY_MIXES["slurmless"].__class__(
+        keepalive="currency", forecast=True, exchange_rate=1.0), forecast=fc, gaps=hist)  # fmt: skip
+    cheap = ModelState(spec=SPEC, mix=dear.mix.__class__(keepalive="currency", forecast=True, exchange_rate=1e-4),
+                       forecast=fc, gaps=hist)  # fmt: skip
+    assert decide(dear, state_at).replicas == 1
+    assert decide(cheap, state_at).replicas == 0
+
+
+def test_observe_rejects_cells_out_of_range() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        currency.observe(currency.empty_history(), [currency.CELLS], [1.0], [1.0])
