@@ -81,3 +81,18 @@ def test_a_frontier_is_read_at_an_idle_budget_on_its_envelope() -> None:
     # "b" is dominated (more cold for more idle): the envelope runs from "a" to "c", log-linearly.
     assert cold_at_idle(pts, 15.0) == pytest.approx(np.sqrt(1e-2 * 1e-3))
     assert cold_at_idle(pts, 99.0) == pytest.approx(1e-3)
+
+
+def test_an_idle_budget_moves_the_exchange_rate_until_spending_tracks_it(trace_dir: Path) -> None:  # noqa: F811
+    from tracesim.budget import run_budget
+
+    traces = load_trace_dir(trace_dir)
+    config = SimConfig(workers=2, service_csv=None)
+    tight, tight_rates = run_budget(traces, config, 0.5)
+    loose, loose_rates = run_budget(traces, config, 200.0)
+    assert tight_rates[-1] < tight_rates[0] < loose_rates[-1]
+    (t,) = tight.summaries.values()
+    (lo,) = loose.summaries.values()
+    assert t.idle_gpu_hours < lo.idle_gpu_hours and t.cold_requests > lo.cold_requests
+    with pytest.raises(ValueError, match="positive"):
+        run_budget(traces, config, 0.0)
