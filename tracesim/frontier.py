@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.currency import DEFAULT_RATE
 from tracesim.run import PolicySummary, SimConfig, SimReport, run_traces
 from tracesim.trace import ModelTrace, TraceError
 
@@ -115,8 +116,13 @@ def run_frontier(
     if unknown:
         raise TraceError(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
     names = [p for f in families for p in FAMILIES[f]]
-    policies = tuple(dict.fromkeys([*names, REFERENCE, *COMPARED]))
+    default = f"slurmless@{DEFAULT_RATE:g}"
+    # `slurmless` at its default rate is a point of its family: replayed once, reported under both names.
+    compared = [p for p in COMPARED if not (p == "slurmless" and default in names)]
+    policies = tuple(dict.fromkeys([*names, REFERENCE, *compared]))
     report: SimReport = run_traces(traces, _with_policies(config, policies), label=label)
+    if "slurmless" in COMPARED and "slurmless" not in report.summaries and default in report.summaries:
+        report.summaries["slurmless"] = report.summaries[default]
     points: dict[str, list[Point]] = {}
     for name, s in report.summaries.items():
         fam = family_of(name)
