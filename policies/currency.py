@@ -53,7 +53,7 @@ PRIOR_PSEUDO = 4.0
 """Weight of the population prior, in gaps, when a model's own distribution is formed."""
 BUCKET_PSEUDO = 16.0
 """Weight of the model's all-week distribution, in gaps, when one time-of-week bucket's is formed."""
-RATE_MIN, RATE_MAX = 1e-4, 1e3
+RATE_MIN, RATE_MAX = 1e-4, 1.0
 DEFAULT_RATE = 0.03
 """The default exchange rate (idle GPU-seconds per user-second of waiting): the largest rate of the
 frontier grid whose idle GPU-hours stay at least 10% below a 10-minute keep-alive's on both tuning halves

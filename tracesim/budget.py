@@ -26,7 +26,7 @@ UPDATE_S = 3600.0
 """How often the multiplier moves."""
 WINDOW_S = 86_400.0
 """Spending is compared with the budget over this trailing window (the budget is per day)."""
-GAIN = 0.25
+GAIN = 0.1
 
 
 def _replays(
