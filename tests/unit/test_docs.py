@@ -14,8 +14,6 @@ from slurmless.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-WRITTEN_ELSEWHERE = {"security.md", "policies.md"}
-"""Linked from here, written on other branches: checked like any other file once it exists."""
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 ENV = re.compile(r"\bSLURMLESS_[A-Z0-9_]+")
 
@@ -75,7 +73,7 @@ def test_documented_environment_variables_exist() -> None:
     unknown = {
         f"{path.relative_to(ROOT)}: {name}"
         for path in files
-        if path.is_file() and path.name not in WRITTEN_ELSEWHERE
+        if path.is_file()
         for name in ENV.findall(path.read_text())
         if name not in known and not name.endswith("__")
     }
@@ -91,8 +89,7 @@ def test_links_between_documents_resolve() -> None:
             file_part, _, anchor = target.partition("#")
             linked = (path.parent / file_part).resolve() if file_part else path
             if not linked.exists():
-                if linked.name not in WRITTEN_ELSEWHERE:
-                    broken.append(f"{path.name}: {target}")
+                broken.append(f"{path.name}: {target}")
                 continue
             if anchor and linked.suffix == ".md" and anchor not in anchors(linked):
                 broken.append(f"{path.name}: {target} (no such heading)")

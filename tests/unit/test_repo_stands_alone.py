@@ -8,7 +8,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Written in two pieces so that this file does not match itself.
 OUTSIDE = ("../" + "shared", "/work/" + "shared")
-EXCLUDED = ("tracesim/",)  # tracesim is excluded until its traces move in
 
 
 def tracked_files() -> list[Path]:
@@ -22,7 +21,7 @@ def tracked_files() -> list[Path]:
             for p in ROOT.rglob("*")
             if p.is_file() and not skip & set(p.relative_to(ROOT).parts)
         ]
-    return [ROOT / n for n in names if not n.startswith(EXCLUDED)]
+    return [ROOT / n for n in names]
 
 
 def references(path: Path, root: Path = ROOT) -> list[str]:
