@@ -45,9 +45,21 @@ from slurm.localcluster_conf import (
     NODE_NAME,
     PARTITIONS,
     LocalClusterSpec,
+    render_cgroup_conf,
     render_gres_conf,
     render_slurm_conf,
 )
+from slurm.localprocs import (
+    Proc,
+    all_pids,
+    has_fd_under,
+    is_job_process,
+    read_stat,
+    signal_all,
+    start_ticks,
+    wait_dead,
+)
+from slurm.rootfs import HOST_VERSION, SlurmRuntime
 
 __all__ = ["ClusterStatus", "LocalCluster", "LocalClusterError"]
 
@@ -81,17 +93,6 @@ class ClusterStatus:
         return all(self.daemons_alive.values()) and _node_ready(self.node_state)
 
 
-@dataclass(frozen=True)
-class _Proc:
-    """A process we started, identified by pid and kernel start time (guards against pid reuse)."""
-
-    pid: int
-    start_ticks: int
-
-    def alive(self) -> bool:
-        return _start_ticks(self.pid) == self.start_ticks
-
-
 class LocalCluster:
     """A single-node Slurm cluster (munged + slurmctld + slurmd) living in one directory.
 
@@ -108,6 +109,8 @@ class LocalCluster:
         default_time_min: partitions' `DefaultTime` for jobs that give no `--time`.
         max_time_min: partitions' `MaxTime`.
         start_timeout_s: how long `start()` waits for the node to become idle.
+        runtime: which Slurm runs the cluster (`SlurmRuntime.for_version("24.11")`); the host's by default.
+        rest: also run slurmrestd (JWT auth, `AuthAltTypes=auth/jwt`) on a free port: `rest_url`, `token()`.
     """
 
     def __init__(
@@ -123,6 +126,8 @@ class LocalCluster:
         default_time_min: int = 60,
         max_time_min: int = 8 * 60,
         start_timeout_s: float = 60.0,
+        runtime: SlurmRuntime | None = None,
+        rest: bool = False,
     ) -> None:
         if gpus < 0:
             raise ValueError("gpus must be >= 0")
@@ -137,11 +142,14 @@ class LocalCluster:
         self.default_time_min = default_time_min
         self.max_time_min = max_time_min
         self.start_timeout_s = start_timeout_s
+        self.runtime = runtime or SlurmRuntime()
+        self.rest = rest
+        self.slurmrestd_port: int | None = None
         self.node_name = NODE_NAME
         self.partitions: tuple[str, ...] = PARTITIONS
         self.slurmctld_port: int | None = None
         self.slurmd_port: int | None = None
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, Proc] = {}
         self._popens: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- public surface -------------------------------------------------------------------------------
@@ -155,6 +163,31 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """Environment for Slurm client commands: `env={**os.environ, **cluster.env}`."""
         return {"SLURM_CONF": str(self.conf_path)}
+
+    @property
+    def slurm_version(self) -> str:
+        """The Slurm release the cluster runs ("22.05", "24.11", "26.05")."""
+        return self.runtime.version
+
+    @property
+    def command_prefix(self) -> list[str]:
+        """argv to put before a Slurm client command run from the host (empty for the host's Slurm)."""
+        return self.runtime.command_prefix
+
+    @property
+    def rest_url(self) -> str:
+        """Base URL of the cluster's slurmrestd (`rest=True`)."""
+        if not self.rest or self.slurmrestd_port is None:
+            raise LocalClusterError("this cluster runs no slurmrestd (LocalCluster(rest=True))")
+        return f"http://127.0.0.1:{self.slurmrestd_port}"
+
+    def token(self, lifespan_s: int = 86400, user: str = "root") -> str:
+        """A JWT for slurmrestd from `scontrol token` (needs `rest=True`)."""
+        out = self.run(["scontrol", "token", f"username={user}", f"lifespan={lifespan_s}"])
+        for line in out.splitlines():
+            if line.startswith("SLURM_JWT="):
+                return line.removeprefix("SLURM_JWT=").strip()
+        raise LocalClusterError(f"scontrol token printed no SLURM_JWT: {out.strip()[:200]!r}")
 
     @property
     def log_dir(self) -> Path:
@@ -205,6 +238,8 @@ class LocalCluster:
             slurmd_timeout_s=self.slurmd_timeout_s,
             default_time_min=self.default_time_min,
             max_time_min=self.max_time_min,
+            slurm_version=self.runtime.version,
+            jwt_key=self.base_dir / "jwt" / "jwt.key" if self.rest else None,
         )
         self.slurmctld_port, self.slurmd_port = spec.slurmctld_port, spec.slurmd_port
         self._write_files(spec)
@@ -214,6 +249,8 @@ class LocalCluster:
         self._write_state()
         self._spawn("slurmd", self._slurmd_args())
         self._write_state()
+        if self.rest:
+            self._start_slurmrestd(deadline)
         self.wait_node_ready(timeout_s=max(1.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
@@ -234,7 +271,8 @@ class LocalCluster:
 
     def status(self) -> ClusterStatus:
         """Which daemons are alive, and the node's state as Slurm reports it (None if unreachable)."""
-        alive = {name: (name in self._procs and self._procs[name].alive()) for name in _DAEMONS}
+        names = (*_DAEMONS, "slurmrestd") if self.rest else _DAEMONS
+        alive = {name: (name in self._procs and self._procs[name].alive()) for name in names}
         state = self.node_state() if alive["slurmctld"] else None
         return ClusterStatus(daemons_alive=alive, node_state=state)
 
@@ -281,7 +319,7 @@ class LocalCluster:
         if proc is not None and proc.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
-            _wait_dead([proc], timeout_s=5.0)
+            wait_dead([proc], timeout_s=5.0)
         popen = self._popens.pop("slurmd", None)
         if popen is not None:
             popen.wait(timeout=5.0)
@@ -299,7 +337,7 @@ class LocalCluster:
     def run(self, args: Sequence[str], *, timeout_s: float = _COMMAND_TIMEOUT_S) -> str:
         """Run a Slurm client command against this cluster and return its stdout; raise on failure."""
         proc = subprocess.run(
-            list(args),
+            self.runtime.argv(args),
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
@@ -337,11 +375,17 @@ class LocalCluster:
             cpus=int(state["cpus"]),
             memory_mb=int(state["memory_mb"]),
             cluster_name=str(state["cluster_name"]),
+            runtime=SlurmRuntime(
+                version=str(state.get("slurm_version", HOST_VERSION)),
+                rootfs=Path(state["rootfs"]) if state.get("rootfs") else None,
+            ),
         )
         cluster.slurmctld_port = state.get("slurmctld_port")
         cluster.slurmd_port = state.get("slurmd_port")
+        cluster.slurmrestd_port = state.get("slurmrestd_port")
+        cluster.rest = cluster.slurmrestd_port is not None
         cluster._procs = {
-            name: _Proc(pid=int(p["pid"]), start_ticks=int(p["start_ticks"])) for name, p in state["processes"].items()
+            name: Proc(pid=int(p["pid"]), start_ticks=int(p["start_ticks"])) for name, p in state["processes"].items()
         }
         return cluster
 
@@ -408,6 +452,9 @@ class LocalCluster:
             spec.munge_socket.parent,
         ):
             sub.mkdir(mode=0o755, exist_ok=True)
+        if spec.jwt_key is not None:
+            spec.jwt_key.parent.mkdir(mode=0o700)
+            _write_secret(spec.jwt_key, secrets.token_bytes(32))
         key = spec.munge_socket.parent / "munge.key"
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
         with os.fdopen(fd, "wb") as f:
@@ -416,8 +463,7 @@ class LocalCluster:
             _make_fake_device(spec.gpu_device(i))
         spec.conf_path.write_text(render_slurm_conf(spec))
         (self.base_dir / "gres.conf").write_text(render_gres_conf(spec))
-        # An explicit cgroup.conf keeps slurmd from reading the system's; nothing here uses cgroups.
-        (self.base_dir / "cgroup.conf").write_text("CgroupAutomount=no\n")
+        (self.base_dir / "cgroup.conf").write_text(render_cgroup_conf(spec))
 
     def _start_munged(self, spec: LocalClusterSpec, deadline: float) -> None:
         mdir = spec.munge_socket.parent
@@ -440,27 +486,53 @@ class LocalCluster:
                 raise LocalClusterError("munged did not create its socket in time\n" + self.log_tails())
             time.sleep(0.05)
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _start_slurmrestd(self, deadline: float) -> None:
+        """slurmrestd on a free port, accepting JWTs; it drops root (it refuses to serve as root)."""
+        self.slurmrestd_port = _free_port()
+        # Only the controller's API: the accounting one needs slurmdbd. Numeric ids: 26.05 resolves names oddly.
+        plugins = "openapi/v0.0.38" if self.runtime.version == "22.05" else "openapi/slurmctld"
+        args = [
+            "slurmrestd",
+            "-f",
+            str(self.conf_path),
+            "-a",
+            "rest_auth/jwt",
+            "-s",
+            plugins,
+            "-u",
+            "65534",
+            "-g",
+            "65534",
+        ]
+        self._spawn("slurmrestd", [*args, f"127.0.0.1:{self.slurmrestd_port}"], env={"SLURM_JWT": "daemon"})
+        self._write_state()
+        while not _port_open(self.slurmrestd_port):
+            self._check_daemons_alive()
+            if time.monotonic() > deadline:
+                raise LocalClusterError("slurmrestd did not listen in time\n" + self.log_tails())
+            time.sleep(0.05)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         out = open(self.log_dir / f"{name}.out", "ab")  # noqa: SIM115 -- handed to the child, closed below
         try:
             # A new session: the daemons survive the caller (persistent mode) and its terminal's signals.
             popen = subprocess.Popen(
-                args,
+                self.runtime.argv(args),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.base_dir,
                 start_new_session=True,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(env or {})},
             )
         finally:
             out.close()
-        ticks = _start_ticks(popen.pid)
+        ticks = start_ticks(popen.pid)
         if ticks is None:
             popen.wait(timeout=5.0)
             raise LocalClusterError(f"{name} exited at once\n" + self.log_tails())
         self._popens[name] = popen
-        self._procs[name] = _Proc(pid=popen.pid, start_ticks=ticks)
+        self._procs[name] = Proc(pid=popen.pid, start_ticks=ticks)
 
     def _write_state(self) -> None:
         state: dict[str, Any] = {
@@ -471,6 +543,9 @@ class LocalCluster:
             "memory_mb": self.memory_mb,
             "slurmctld_port": self.slurmctld_port,
             "slurmd_port": self.slurmd_port,
+            "slurmrestd_port": self.slurmrestd_port,
+            "slurm_version": self.runtime.version,
+            "rootfs": str(self.runtime.rootfs) if self.runtime.rootfs else None,
             "processes": {n: {"pid": p.pid, "start_ticks": p.start_ticks} for n, p in self._procs.items()},
         }
         tmp = self.base_dir / f"{STATE_FILE}.tmp"
@@ -485,28 +560,28 @@ class LocalCluster:
     def _kill_everything(self) -> None:
         """Kill job steps and their descendants, then the daemons; reap children we own."""
         # slurmd first, so it starts no new steps while we sweep them.
-        order = [n for n in ("slurmd", "slurmctld") if n in self._procs]
+        order = [n for n in ("slurmrestd", "slurmd", "slurmctld") if n in self._procs]
         daemons = [self._procs[n] for n in order]
-        _signal_all(daemons, signal.SIGTERM)
-        _wait_dead(daemons, timeout_s=5.0)
-        _signal_all(daemons, signal.SIGKILL)
-        killed: list[_Proc] = [*self._procs.values()]
+        signal_all(daemons, signal.SIGTERM)
+        wait_dead(daemons, timeout_s=5.0)
+        signal_all(daemons, signal.SIGKILL)
+        killed: list[Proc] = [*self._procs.values()]
         for _ in range(5):
             victims = self._job_processes()
             if not victims:
                 break
             # Freeze first so nothing forks between listing the tree and killing it.
-            _signal_all(victims, signal.SIGSTOP)
+            signal_all(victims, signal.SIGSTOP)
             victims = self._job_processes()
-            _signal_all(victims, signal.SIGKILL)
-            _wait_dead(victims, timeout_s=5.0)
+            signal_all(victims, signal.SIGKILL)
+            wait_dead(victims, timeout_s=5.0)
             killed.extend(victims)
         # munged last: slurmd and slurmctld need it while shutting down.
         munged = [self._procs[n] for n in ("munged",) if n in self._procs]
-        _signal_all(munged, signal.SIGTERM)
-        _wait_dead(munged, timeout_s=5.0)
-        _signal_all(munged, signal.SIGKILL)
-        _wait_dead([*daemons, *munged], timeout_s=5.0)
+        signal_all(munged, signal.SIGTERM)
+        wait_dead(munged, timeout_s=5.0)
+        signal_all(munged, signal.SIGKILL)
+        wait_dead([*daemons, *munged], timeout_s=5.0)
         for popen in self._popens.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=5.0)
@@ -516,24 +591,26 @@ class LocalCluster:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(proc.pid, os.WNOHANG)
 
-    def _job_processes(self) -> list[_Proc]:
+    def _job_processes(self) -> list[Proc]:
         """This cluster's slurmstepd processes and job processes, with all their descendants."""
         base = str(self.base_dir) + os.sep
+        # A chrooted slurmstepd's files show through the root they were opened in.
+        bases = [base] + ([str(self.runtime.rootfs) + base] if self.runtime.rootfs else [])
         conf_marker = f"SLURM_CONF={self.conf_path}".encode()
         me = os.getpid()
         children: dict[int, list[int]] = {}
         roots: set[int] = set()
-        for pid in _all_pids():
+        for pid in all_pids():
             if pid == me:
                 continue
-            info = _read_stat(pid)
+            info = read_stat(pid)
             if info is None:
                 continue
             comm, state, ppid, _ = info
             if state == "Z":
                 continue
             children.setdefault(ppid, []).append(pid)
-            if (comm == "slurmstepd" and _has_fd_under(pid, base)) or _is_job_process(pid, conf_marker):
+            if (comm == "slurmstepd" and any(has_fd_under(pid, b) for b in bases)) or is_job_process(pid, conf_marker):
                 roots.add(pid)
         found: set[int] = set()
         stack = list(roots)
@@ -545,13 +622,13 @@ class LocalCluster:
             stack.extend(children.get(pid, []))
         procs = []
         for pid in found:
-            ticks = _start_ticks(pid)
+            ticks = start_ticks(pid)
             if ticks is not None:
-                procs.append(_Proc(pid, ticks))
+                procs.append(Proc(pid, ticks))
         return procs
 
 
-# -- process helpers (Linux /proc) -----------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------------------
 
 
 def _new_tempdir() -> Path:
@@ -565,6 +642,18 @@ def _free_port() -> int:
         return port
 
 
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _make_fake_device(path: Path) -> None:
     """A character device with /dev/null's numbers: slurmd wants a real device file for a gres `File=`."""
     try:
@@ -572,68 +661,6 @@ def _make_fake_device(path: Path) -> None:
     except PermissionError:
         # Without CAP_MKNOD a plain file still works; slurmd logs an error and drops the device binding.
         path.touch()
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _read_stat(pid: int) -> tuple[str, str, int, int] | None:
-    """(comm, state, ppid, start_ticks) from /proc/<pid>/stat, or None if the process is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: it runs to the last ')'.
-    lpar, rpar = raw.index("("), raw.rindex(")")
-    comm = raw[lpar + 1 : rpar]
-    rest = raw[rpar + 2 :].split()
-    return comm, rest[0], int(rest[1]), int(rest[19])
-
-
-def _start_ticks(pid: int) -> int | None:
-    """Kernel start time of a live (non-zombie) process, or None."""
-    info = _read_stat(pid)
-    if info is None or info[1] in ("Z", "X"):
-        return None
-    return info[3]
-
-
-def _has_fd_under(pid: int, prefix: str) -> bool:
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fd_dir)
-    except OSError:
-        return False
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"{fd_dir}/{fd}").startswith(prefix):
-                return True
-    return False
-
-
-def _is_job_process(pid: int, conf_marker: bytes) -> bool:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return conf_marker in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env)
-
-
-def _signal_all(procs: Iterable[_Proc], sig: signal.Signals) -> None:
-    for proc in procs:
-        if proc.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(proc.pid, sig)
-
-
-def _wait_dead(procs: Sequence[_Proc], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while any(p.alive() for p in procs):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _state_parts(state: str) -> list[str]:

@@ -34,6 +34,10 @@ class LocalClusterSpec:
     slurmd_timeout_s: int
     default_time_min: int
     max_time_min: int
+    #: The Slurm release the files are for ("22.05", "24.11", "26.05"): options come and go.
+    slurm_version: str = "22.05"
+    #: JWT signing key for slurmrestd's clients (`AuthAltTypes=auth/jwt`); None: munge only.
+    jwt_key: Path | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -82,6 +86,7 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         "CredType=cred/munge",
         # Both auth/munge and cred/munge read the socket from AuthInfo; clients find it through this file.
         f"AuthInfo=socket={spec.munge_socket}",
+        *(["AuthAltTypes=auth/jwt", f"AuthAltParameters=jwt_key={spec.jwt_key}"] if spec.jwt_key is not None else []),
         f"StateSaveLocation={spec.state_save_dir}",
         f"SlurmdSpoolDir={spec.spool_dir}",
         f"SlurmctldPidFile={d / 'slurmctld.pid'}",
@@ -98,7 +103,7 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none",
         "JobCompType=jobcomp/none",
-        "JobContainerType=job_container/none",
+        *(["JobContainerType=job_container/none"] if _older(spec, "25.05") else []),
         "MpiDefault=none",
         "SwitchType=switch/none",
         "ReturnToService=2",
@@ -137,3 +142,18 @@ def render_gres_conf(spec: LocalClusterSpec) -> str:
     last = spec.gpus - 1
     devices = spec.gpu_device(0) if last == 0 else spec.gpu_dev_dir / f"fakegpu[0-{last}]"
     return f"NodeName={NODE_NAME} Name=gpu File={devices}\n"
+
+
+def render_cgroup_conf(spec: LocalClusterSpec) -> str:
+    """cgroup.conf: explicit, so slurmd never reads the system's; nothing here uses cgroups."""
+    # 24.11 made CgroupAutomount defunct (an error in the logs); the plugin is chosen instead.
+    return "CgroupAutomount=no\n" if _older(spec, "24.11") else "CgroupPlugin=disabled\n"
+
+
+def _older(spec: LocalClusterSpec, version: str) -> bool:
+    """True when the spec's Slurm is older than `version` (both "major.minor")."""
+    return _version_tuple(spec.slurm_version) < _version_tuple(version)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2])

@@ -455,8 +455,9 @@ def partitions_from_nodes(nodes: Iterable[NodeInfo]) -> list[Partition]:
     ]
 
 
+# 26.05 prints a stray word between the time and "using" ("... at 2026-12-03T09:15:43 a using 1 processors").
 _TEST_ONLY = re.compile(
-    r"Job (?P<job>\d+) to start at (?P<start>\S+) using (?P<procs>\d+) processors?"
+    r"Job (?P<job>\d+) to start at (?P<start>\S+)(?: \S+)? using (?P<procs>\d+) processors?"
     r" on nodes? (?P<nodes>\S+) in partition (?P<partition>\S+)"
 )
 
