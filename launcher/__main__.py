@@ -9,6 +9,7 @@ import signal
 from arq import Worker
 
 from launcher.worker import worker_settings
+from slurmless.backends import BackendUnavailable, check_backend, make_backend
 from slurmless.settings import SettingsError, load_settings
 
 
@@ -18,6 +19,10 @@ async def main() -> None:
     try:
         settings = load_settings()
     except SettingsError as exc:
+        raise SystemExit(f"launcher: {exc}") from None
+    try:
+        await check_backend(make_backend(settings.slurm, job_name_prefix=settings.launcher.job_name_prefix))
+    except BackendUnavailable as exc:
         raise SystemExit(f"launcher: {exc}") from None
     worker = Worker(**worker_settings(settings), handle_signals=False)
     stop = asyncio.Event()

@@ -23,7 +23,8 @@ from launcher.callbacks import callback_app
 from launcher.controller import Launcher
 from launcher.lease import LeaderLease
 from launcher.metrics import LauncherMetrics
-from slurm.cli_backend import SlurmCLI
+from slurm.backend import SlurmBackend
+from slurmless.backends import make_backend
 from slurmless.settings import Settings
 from warmpool.keys import Keys
 from warmpool.redisio import text
@@ -31,14 +32,9 @@ from warmpool.redisio import text
 log = logging.getLogger("slurmless.launcher")
 
 
-def slurm_backend(settings: Settings, metrics: LauncherMetrics) -> SlurmCLI:
-    env = {"SLURM_CONF": str(settings.slurm.conf)} if settings.slurm.conf else {}
-    return SlurmCLI(
-        env=env,
-        bin_dir=settings.slurm.bin_dir,
-        command_timeout_s=settings.slurm.command_timeout_s,
-        job_name_prefix=settings.launcher.job_name_prefix,
-        on_command=metrics.on_slurm_command,
+def slurm_backend(settings: Settings, metrics: LauncherMetrics) -> SlurmBackend:
+    return make_backend(
+        settings.slurm, job_name_prefix=settings.launcher.job_name_prefix, on_command=metrics.on_slurm_command
     )
 
 

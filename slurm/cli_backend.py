@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,6 +76,8 @@ class SlurmCLI:
         retry_attempts: tries per call for transient controller errors.
         retry_wait_s: first back-off between tries (doubles each time, capped at 8x).
         on_command: hook called after each command, for metrics.
+        command_prefix: argv put before every command (a chroot holding another Slurm release, an
+            `ssh login-node`); the command itself is then looked up by the prefix, not on our PATH.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class SlurmCLI:
         retry_attempts: int = 3,
         retry_wait_s: float = 0.5,
         on_command: CommandHook | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.env = dict(env or {})
         self.bin_dir = bin_dir
@@ -96,6 +99,7 @@ class SlurmCLI:
         self.retry_attempts = retry_attempts
         self.retry_wait_s = retry_wait_s
         self.on_command = on_command
+        self.command_prefix = tuple(command_prefix)
         #: Commands run, by name ("sbatch", "squeue", ...), including retries.
         self.calls: Counter[str] = Counter()
         #: Commands that failed, by name.
@@ -227,6 +231,7 @@ class SlurmCLI:
         env = {**command_env(os.environ), **self.env, **(extra_env or {})}
         try:
             proc = await asyncio.create_subprocess_exec(
+                *self.command_prefix,
                 self._executable(name),
                 *args,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,

@@ -1,0 +1,216 @@
+"""The launcher's life cycle on every (Slurm version, backend) pair: the same scenarios as
+tests/integration/test_launcher_*.py, run through `slurm.backend` against each release.
+
+submit -> register -> ready; idle drain and scancel; scancel from outside and a replacement; a lost
+node; walltime renewal without a gap; a job fitted into a backfill hole by its --time-min.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from launcher.testing import RunningLauncher, active_jobs, cancel_all, records, wait_for
+from slurm.cli_backend import SlurmCLI
+from slurm.localcluster import LocalCluster
+from slurm.types import JobState, SlurmJob
+from slurmless.localredis import LocalRedis
+from tests.matrix.conftest import MatrixEnv, pair_settings, start_cluster
+from warmpool.instances import InstanceRecord, InstanceState
+from warmpool.keys import Keys
+from warmpool.models import ModelStore
+from warmpool.routing import AdmitOutcome, Routing
+from warmpool.specs import ModelSpec, Policy, Resources
+
+pytestmark = pytest.mark.slurm
+
+S = InstanceState
+
+
+def model(name: str, *, time_limit_min: int = 60, time_min_min: int | None = None, **policy: object) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        source="org/sim",
+        resources=Resources(gpus=1, cpus=1, mem_mb=256, time_limit_min=time_limit_min, time_min_min=time_min_min),
+        policy=Policy.model_validate({"max_replicas": 1, **policy}),
+    )
+
+
+async def _in(m: MatrixEnv, state: InstanceState, other_than: str | None = None) -> InstanceRecord | None:
+    return next((r for r in await records(m.client, m.settings, state) if r.id != other_than), None)
+
+
+async def _record(m: MatrixEnv, iid: str, state: InstanceState) -> InstanceRecord | None:
+    found = next((r for r in await records(m.client, m.settings) if r.id == iid), None)
+    return found if found is not None and found.state is state else None
+
+
+async def _no_jobs(m: MatrixEnv) -> bool:
+    return await active_jobs(m.settings) == []
+
+
+async def test_submit_register_ready_then_idle_drain(menv: MatrixEnv) -> None:
+    """A queued request makes one job; it registers, turns ready, the ticket is granted; once idle it
+    is drained and cancelled and squeue shows no job of ours."""
+    m = menv
+    keys = Keys(m.settings.redis.key_prefix)
+    await ModelStore(m.client, keys).put(model("cold", keepalive_min_s=1.0, keepalive_max_s=2.0))
+    routing = Routing(m.client, keys)
+    run = RunningLauncher(m.settings)
+    try:
+        await routing.heartbeat("gw1", now_s=time.time(), ttl_s=300)
+        admission = await routing.admit("cold", "gw1", "r1", now_s=time.time(), queue_max=10, global_max=100)
+        assert admission.outcome is AdmitOutcome.QUEUED
+        ready = await wait_for(lambda: _in(m, S.READY), timeout_s=120, what="a ready instance")
+        assert S.LOADING.value in ready.timestamps
+        jobs = await active_jobs(m.settings)
+        assert [j.instance_id for j in jobs] == [ready.id]
+        assert jobs[0].state is JobState.RUNNING and jobs[0].time_limit_min == 60
+        assert (await routing.ticket("r1")).get("state") == "granted"
+        assert await routing.release("gw1", "r1") == 0
+        gone = await wait_for(lambda: _record(m, ready.id, S.GONE), timeout_s=90, what="the idle instance gone")
+        assert gone.reason == "idle: scaling down"
+        await wait_for(lambda: _no_jobs(m), timeout_s=60, what="no job of ours left")
+    finally:
+        await run.close()
+
+
+async def test_scancel_from_outside_fails_the_instance_and_replaces_it(menv: MatrixEnv) -> None:
+    m = menv
+    await ModelStore(m.client, Keys(m.settings.redis.key_prefix)).put(model("steady", min_replicas=1))
+    run = RunningLauncher(m.settings)
+    try:
+        first = await wait_for(lambda: _in(m, S.READY), timeout_s=120, what="ready")
+        assert first.job_id is not None
+        await asyncio.to_thread(m.cluster.run, ["scancel", first.job_id])
+        failed = await wait_for(lambda: _record(m, first.id, S.FAILED), timeout_s=60, what="failed after scancel")
+        assert failed.reason == "job cancelled outside slurmless"
+        second = await wait_for(lambda: _in(m, S.READY, first.id), timeout_s=120, what="a replacement")
+        assert [j.instance_id for j in await active_jobs(m.settings)] == [second.id]
+    finally:
+        await run.close()
+
+
+@pytest.fixture
+async def fragile(pair: tuple[str, str]) -> AsyncIterator[LocalCluster]:
+    """A cluster of the pair's version of its own, whose slurmd this test kills (SlurmdTimeout 5 s)."""
+    cluster = await asyncio.to_thread(start_cluster, pair[0], slurmd_timeout_s=5)
+    try:
+        yield cluster
+    finally:
+        await cluster.astop()
+
+
+async def test_lost_node_fails_the_instance_and_a_replacement_starts_when_it_returns(
+    pair: tuple[str, str], fragile: LocalCluster, redis_server: LocalRedis, menv: MatrixEnv, tmp_path: Path
+) -> None:
+    settings = pair_settings(fragile, pair[1], redis_server.url, tmp_path / "fragile-jobs")
+    m = MatrixEnv(pair[0], pair[1], fragile, settings, menv.client)
+    await ModelStore(m.client, Keys(settings.redis.key_prefix)).put(model("fragile", min_replicas=1))
+    run = RunningLauncher(settings)
+    try:
+        first = await wait_for(lambda: _in(m, S.READY), timeout_s=120, what="a ready instance")
+        await asyncio.to_thread(fragile.stop_slurmd)
+        failed = await wait_for(lambda: _record(m, first.id, S.FAILED), timeout_s=120, what="failed on node loss")
+        assert (failed.reason or "").startswith("node failure"), failed.reason
+        await asyncio.to_thread(fragile.start_slurmd)
+        ready = await wait_for(lambda: _in(m, S.READY, first.id), timeout_s=120, what="the replacement ready")
+        assert ready.job_id != first.job_id
+    finally:
+        await run.close()
+        await cancel_all(settings)
+
+
+async def test_walltime_renewal_leaves_no_moment_unserved(menv: MatrixEnv) -> None:
+    """A 2-minute job gets a successor before its end; routing always has a ready instance; the old
+    one ends renewed."""
+    m = menv
+    m.settings = m.settings.model_copy(
+        update={"launcher": m.settings.launcher.model_copy(update={"renew_margin_s": 5.0, "drain_grace_s": 30.0})}
+    )
+    keys = Keys(m.settings.redis.key_prefix)
+    await ModelStore(m.client, keys).put(model("short", time_limit_min=2, min_replicas=1))
+    routing = Routing(m.client, keys)
+    run = RunningLauncher(m.settings)
+    try:
+        first = await wait_for(lambda: _in(m, S.READY), timeout_s=120, what="the first ready instance")
+        assert first.job_id is not None
+        unserved = 0
+        deadline = time.monotonic() + 240
+        while True:
+            if not await routing.inflight("short"):
+                unserved += 1
+            old = await _record(m, first.id, S.GONE)
+            if old is not None and int(first.job_id) not in {j.job_id for j in await active_jobs(m.settings)}:
+                break
+            assert time.monotonic() < deadline, "the first job was never renewed and retired"
+            await asyncio.sleep(0.2)
+        successor = next((r for r in await records(m.client, m.settings) if r.successor_of == first.id), None)
+        assert successor is not None and S.READY.value in successor.timestamps
+        assert old.reason == f"renewed by {successor.id}"
+        assert unserved == 0, f"{unserved} samples without a ready instance"
+    finally:
+        await run.close()
+
+
+BLOCKER_MIN = 3
+TIME_MIN_MIN = 2
+
+
+async def test_gap_placement_fits_a_job_into_a_backfill_hole(menv: MatrixEnv, tmp_path: Path) -> None:
+    """With a research job planned after a blocker, a 60-minute job with --time-min 2 starts at once
+    with a limit that ends by the research job's planned start."""
+    m = menv
+    research = SlurmCLI(env=m.cluster.env, job_name_prefix="research-", command_prefix=m.cluster.command_prefix)
+
+    def sbatch(name: str, gpus: int, minutes: int, sleep_s: int) -> int:
+        out = m.cluster.run(
+            [
+                "sbatch",
+                "--parsable",
+                f"--job-name=research-{name}",
+                f"--gres=gpu:{gpus}",
+                f"--time={minutes}",
+                "--cpus-per-task=1",
+                "--mem=64M",
+                f"--output={tmp_path}/{name}-%j.out",
+                "--wrap",
+                f"sleep {sleep_s}",
+            ]
+        )
+        return int(out.strip().split(";")[0])
+
+    blocker_id = sbatch("blocker", 2, BLOCKER_MIN, 60 * BLOCKER_MIN - 10)
+    big_id = sbatch("big", 4, 2, 5)
+    try:
+        big = await wait_for(lambda: _planned(research, big_id), timeout_s=60, what="the research job's planned start")
+        assert big.start_time is not None
+        planned_s = big.start_time.timestamp()
+        await ModelStore(m.client, Keys(m.settings.redis.key_prefix)).put(
+            model("gap", time_min_min=TIME_MIN_MIN, min_replicas=1)
+        )
+        run = RunningLauncher(m.settings)
+        try:
+            first = await wait_for(lambda: _running_record(m), timeout_s=90, what="the first instance to run")
+            assert first.end_time_s is not None and first.time_limit_s is not None
+            assert first.end_time_s <= planned_s + 1, (first.end_time_s, planned_s)
+            assert 60 * TIME_MIN_MIN <= first.time_limit_s < 60 * 60, first.time_limit_s
+        finally:
+            await run.close()
+    finally:
+        for job_id in (blocker_id, big_id):
+            await research.cancel(job_id)
+
+
+async def _planned(slurm: SlurmCLI, job_id: int) -> SlurmJob | None:
+    job = await slurm.job(job_id)
+    return job if job is not None and job.state is JobState.PENDING and job.start_time is not None else None
+
+
+async def _running_record(m: MatrixEnv) -> InstanceRecord | None:
+    found = await records(m.client, m.settings)
+    return found[0] if found and found[0].end_time_s is not None else None
