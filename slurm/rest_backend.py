@@ -9,8 +9,8 @@ so `slurm.parse` reads them; submissions carry the script's `#SBATCH` options as
 
 Errors are mapped once, in `_request`, to the same tree as the CLI backend:
 
-* no connection, a timeout, 401/403, 5xx without a Slurm error, a body that is not the JSON we
-  expect -> `SlurmUnavailable` (retried with backoff): never "every job is gone";
+* no connection, a timeout, 401/403, 5xx without a Slurm error, any failed listing, a body that
+  is not the JSON we expect -> `SlurmUnavailable` (retried with backoff): never "every job is gone";
 * a submission is retried only when the connection was never made (a duplicate job is worse);
 * a Slurm error naming an unknown job -> `JobNotFound`; other Slurm errors -> `SlurmCommandError`.
 
@@ -107,7 +107,9 @@ class SlurmRest:
         api = await self.api()
         job = job_description(script, api, self.job_env)
         body: dict[str, Any] = {"script": script, "job": job} if api == "v0.0.38" else {"job": job}
-        doc = await self._call("submit", "POST", self._path(api, "job/submit"), json=body, retry_on=(_NotSent,))
+        doc = await self._call(
+            "submit", "POST", self._path(api, "job/submit"), json=body, retry_on=(_NotSent,), parse=_as_is
+        )
         job_id = doc.get("job_id")
         if job_id is None and isinstance(doc.get("result"), Mapping):
             job_id = doc["result"].get("job_id")
@@ -118,8 +120,7 @@ class SlurmRest:
     async def jobs(self) -> list[SlurmJob]:
         """This user's jobs whose name starts with `job_name_prefix` (ended ones too, for `MinJobAge`)."""
         api = await self.api()
-        doc = await self._call("jobs", "GET", self._path(api, "jobs"))
-        jobs = _parsed("jobs", lambda: parse_squeue(doc))
+        jobs = await self._call("jobs", "GET", self._path(api, "jobs"), parse=parse_squeue)
         return [j for j in jobs if j.name.startswith(self.job_name_prefix) and j.user_name in ("", self.user_name)]
 
     async def job(self, job_id: int) -> SlurmJob | None:
@@ -130,7 +131,7 @@ class SlurmRest:
         """DELETE the job; one that has already ended is not an error."""
         api = await self.api()
         try:
-            await self._call("cancel", "DELETE", self._path(api, f"job/{int(job_id)}", slash=False))
+            await self._call("cancel", "DELETE", self._path(api, f"job/{int(job_id)}", slash=False), parse=_as_is)
         except JobNotFound:
             return
 
@@ -143,7 +144,9 @@ class SlurmRest:
         params = {"signal": signal}
         if batch_only and api != "v0.0.38":
             params["flags"] = "BATCH_JOB"
-        await self._call("signal", "DELETE", self._path(api, f"job/{int(job_id)}", slash=False), params=params)
+        await self._call(
+            "signal", "DELETE", self._path(api, f"job/{int(job_id)}", slash=False), params=params, parse=_as_is
+        )
 
     async def estimate_start(
         self, script: str, *, partition: str | None = None, qos: str | None = None
@@ -153,8 +156,7 @@ class SlurmRest:
 
     async def nodes(self) -> list[NodeInfo]:
         api = await self.api()
-        doc = await self._call("nodes", "GET", self._path(api, "nodes"))
-        return _parsed("nodes", lambda: parse_sinfo(doc))
+        return await self._call("nodes", "GET", self._path(api, "nodes"), parse=parse_sinfo)
 
     async def partitions(self) -> list[Partition]:
         return partitions_from_nodes(await self.nodes())
@@ -166,7 +168,7 @@ class SlurmRest:
         if self.api_version is None:
             for candidate in KNOWN_APIS:
                 try:
-                    await self._call("ping", "GET", self._path(candidate, "ping"), retry_on=())
+                    await self._call("ping", "GET", self._path(candidate, "ping"), retry_on=(), parse=_as_is)
                 except SlurmCommandError:
                     continue  # 404: the server does not speak this version
                 self.api_version = candidate
@@ -201,7 +203,10 @@ class SlurmRest:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         retry_on: tuple[type[Exception], ...] = (SlurmUnavailable,),
-    ) -> Mapping[str, Any]:
+        parse: Callable[[Mapping[str, Any]], T],
+    ) -> T:
+        """One request with retries; `parse` reads the answer inside each attempt (a shape we do not
+        know is an unusable slurmrestd, retried like one, never an empty cluster)."""
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(max(1, self.retry_attempts)),
             wait=wait_exponential(multiplier=self.retry_wait_s, max=self.retry_wait_s * 8),
@@ -209,7 +214,12 @@ class SlurmRest:
             reraise=True,
         ):
             with attempt:
-                return await self._request(what, method, path, json=json, params=params)
+                doc = await self._request(what, method, path, json=json, params=params)
+                try:
+                    return parse(doc)
+                except SlurmParseError as exc:
+                    self.failures[what] += 1
+                    raise SlurmUnavailable(f"slurmrestd {what}", f"unexpected answer: {exc}") from exc
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _request(
@@ -228,9 +238,9 @@ class SlurmRest:
                 raise _NotSent(name, f"{self.url}: {exc!r}") from exc
             except httpx.HTTPError as exc:
                 raise SlurmUnavailable(name, f"{self.url}: {exc!r}") from exc
-            doc = _classify(name, resp)
             if resp.status_code in (401, 403) and self.token_file is not None:
                 self._token = None  # read the file again on the retry: the token may have been renewed
+            doc = _classify(name, resp, listing=method == "GET")
             ok = True
             return doc
         finally:
@@ -240,8 +250,12 @@ class SlurmRest:
                 self.on_command(name, time.monotonic() - started, ok)
 
 
-def _classify(name: str, resp: httpx.Response) -> Mapping[str, Any]:
-    """The answer's JSON document, or the error it stands for."""
+def _classify(name: str, resp: httpx.Response, *, listing: bool) -> Mapping[str, Any]:
+    """The answer's JSON document, or the error it stands for.
+
+    A listing (GET) that fails says nothing about any job: whatever the error, Slurm is unavailable
+    (22.05 answers a refused token on /jobs with 500 "Failed while looking for jobs", not 401).
+    """
     try:
         doc = orjson.loads(resp.content)
     except orjson.JSONDecodeError:
@@ -261,8 +275,8 @@ def _classify(name: str, resp: httpx.Response) -> Mapping[str, Any]:
     if resp.status_code >= 500 and (not messages or any(w.lower() in text.lower() for w in _TRANSIENT_WORDS)):
         raise SlurmUnavailable(name, f"HTTP {resp.status_code}: {text or resp.text[:200]}")
     if resp.status_code >= 400:
-        if any(w.lower() in text.lower() for w in _TRANSIENT_WORDS):
-            raise SlurmUnavailable(name, text)
+        if listing or any(w.lower() in text.lower() for w in _TRANSIENT_WORDS):
+            raise SlurmUnavailable(name, f"HTTP {resp.status_code}: {text}")
         raise SlurmCommandError(name, resp.status_code, text or resp.text[:500])
     return doc
 
@@ -283,12 +297,8 @@ def _error_messages(doc: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _parsed(what: str, parse: Callable[[], T]) -> T:
-    """Parse an answer; a shape we do not know means an unusable slurmrestd, not an empty cluster."""
-    try:
-        return parse()
-    except SlurmParseError as exc:
-        raise SlurmUnavailable(f"slurmrestd {what}", f"unexpected answer: {exc}") from exc
+def _as_is(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    return doc
 
 
 def _read_token(path: Path) -> str:

@@ -57,7 +57,11 @@ def make_backend(slurm: SlurmSettings, *, job_name_prefix: str, on_command: Comm
             "slurm.backend = 'pyslurm' but pyslurm is not installed (pip install 'slurmless[pyslurm]'; "
             "it must match the cluster's Slurm release)"
         )
-    raise BackendUnavailable("slurm.backend = 'pyslurm' is not available in this build")
+    from slurm.pyslurm_backend import SlurmPyslurm
+
+    return SlurmPyslurm(
+        env=env, call_timeout_s=slurm.command_timeout_s, job_name_prefix=job_name_prefix, on_command=on_command
+    )
 
 
 async def check_backend(backend: SlurmBackend) -> None:
