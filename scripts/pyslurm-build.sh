@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build pyslurm inside the Slurm 24.11 root filesystem (scripts/slurm-rootfs.sh 24.11), once:
 #   scripts/pyslurm-build.sh [TARBALL]   (default: vendor/pyslurm/pyslurm-24.11.0.tar.gz)
-# against the root's libslurm-dev with Debian's cython3 (pip cannot reach an index from inside).
+# against the root's libslurm-dev with Debian's cython3 (nothing is fetched inside the root), then
+# the root's virtualenv for a launcher (scripts/rootfs-venv.sh).
 # Idempotent: a stamp in the root names the tarball's sha256. Prints the root's path on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ root="$(bash scripts/slurm-rootfs.sh 24.11)"
 sum="$(sha256sum "$tarball" | cut -c1-64)"
 stamp="$root/.slurmless-pyslurm"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
-  echo "$root"
+  bash scripts/rootfs-venv.sh
   exit 0
 fi
 log() { printf '[pyslurm-build] %s\n' "$*" >&2; }
@@ -27,4 +28,4 @@ chroot "$root" /bin/sh -ec '
 rm -rf "$src"
 echo "$sum" >"$stamp"
 log "built in $(($(date +%s) - started)) s"
-echo "$root"
+bash scripts/rootfs-venv.sh

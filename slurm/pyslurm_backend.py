@@ -3,8 +3,8 @@
 An optional extra (`slurmless[pyslurm]`): pyslurm is built per Slurm release and refuses any other,
 so this backend is for sites whose Slurm matches a pyslurm release (tested: pyslurm 24.11.0 on
 Slurm 24.11, `scripts/pyslurm-build.sh`). It uses pyslurm's own API: `JobSubmitDescription` with
-`load_sbatch_options()` (the script's `#SBATCH` lines), `Jobs.load()`, `Job.send_signal()`,
-`Nodes.load()`.
+the script's `#SBATCH` lines as its attributes (`submit_attributes`), `Jobs.load()`,
+`Job.send_signal()`, `Nodes.load()`.
 
 libslurm calls block, so each runs in a worker thread, one at a time, with a timeout. Errors map to
 the one tree: an RPC error naming an unknown job -> `JobNotFound`; an unreachable or busy controller
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -28,11 +29,40 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from slurm.cli_backend import CommandHook, SlurmCLI
-from slurm.errors import JobNotFound, SlurmCommandError, SlurmError, SlurmTimeout, SlurmUnavailable
+from slurm.errors import (
+    JobNotFound,
+    ScriptValidationError,
+    SlurmCommandError,
+    SlurmError,
+    SlurmTimeout,
+    SlurmUnavailable,
+)
 from slurm.parse import normalise_job_state, partitions_from_nodes
+from slurm.rest_job import sbatch_options
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
 
-__all__ = ["SlurmPyslurm", "job_from_pyslurm", "node_from_pyslurm"]
+__all__ = ["SlurmPyslurm", "job_from_pyslurm", "node_from_pyslurm", "submit_attributes"]
+
+_ATTRIBUTES = {
+    "job-name": "name",
+    "comment": "comment",
+    "output": "standard_output",
+    "error": "standard_error",
+    "chdir": "working_directory",
+    "partition": "partition",
+    "qos": "qos",
+    "account": "account",
+    "constraint": "constraints",
+    "mem": "memory_per_node",
+    "gres": "gres_per_node",
+}
+_NUMBERS = {
+    "nodes": "nodes",
+    "ntasks-per-node": "ntasks_per_node",
+    "cpus-per-task": "cpus_per_task",
+    "time": "time_limit",
+    "time-min": "time_limit_min",
+}
 
 T = TypeVar("T")
 
@@ -71,10 +101,18 @@ class SlurmPyslurm:
     # --- the SlurmBackend interface -------------------------------------------------------------
 
     async def submit(self, script: str) -> int:
+        attributes = submit_attributes(script)
+
         def run(ps: Any) -> int:
-            desc = ps.JobSubmitDescription(script=script)
-            desc.load_sbatch_options()
-            return int(desc.submit())
+            # Like sbatch's default --export=ALL: pyslurm 24.11.0's own "ALL" default reaches
+            # slurmctld empty ("batch job cannot run without an environment").
+            # pyslurm takes the script as a path (it tests `Path(script).is_file()` first, which a
+            # whole script fails with "File name too long").
+            with tempfile.NamedTemporaryFile("w", prefix="slurmless-job-", suffix=".sh") as f:
+                f.write(script)
+                f.flush()
+                desc = ps.JobSubmitDescription(script=f.name, environment=dict(os.environ), **attributes)
+                return int(desc.submit())
 
         # A submission is not retried: after a lost reply the job may exist (as for the CLI).
         return await self._call("submit", run, retry=False)
@@ -108,7 +146,18 @@ class SlurmPyslurm:
         raise SlurmCommandError("pyslurm", 0, "no start estimates through pyslurm (no will-run call)")
 
     async def nodes(self) -> list[NodeInfo]:
-        return await self._call("nodes", lambda ps: [node_from_pyslurm(n) for n in ps.Nodes.load().values()])
+        def run(ps: Any) -> list[NodeInfo]:
+            # A node's allocated GRES are empty in pyslurm unless slurmdbd tracks gres/gpu TRES:
+            # count the GPUs of the jobs running on it instead.
+            used: Counter[str] = Counter()
+            for job in ps.Jobs.load().values():
+                if _text(job.state) == "RUNNING":
+                    per_node = _gpus(job.gres_per_node)[0]
+                    for node in _node_names(ps, _text(job.allocated_nodes)):
+                        used[node] += per_node
+            return [node_from_pyslurm(n, gpus_used=used.get(_text(n.name))) for n in ps.Nodes.load().values()]
+
+        return await self._call("nodes", run)
 
     async def partitions(self) -> list[Partition]:
         return partitions_from_nodes(await self.nodes())
@@ -161,6 +210,30 @@ class SlurmPyslurm:
                 self.on_command(name, time.monotonic() - started, ok)
 
 
+def submit_attributes(script: str) -> dict[str, Any]:
+    """`JobSubmitDescription` attributes for the script's `#SBATCH` options.
+
+    Not pyslurm's `load_sbatch_options()`: in 24.11.0 it reads only a file, passes `--time` on as
+    text (TypeError in submit) and refuses signal names without "SIG".
+    """
+    out: dict[str, Any] = {}
+    for key, value in sbatch_options(script).items():
+        if key in _ATTRIBUTES and value is not None:
+            out[_ATTRIBUTES[key]] = value
+        elif key in _NUMBERS and value is not None and value.isdigit():
+            out[_NUMBERS[key]] = int(value)
+        elif key in ("no-requeue", "requeue"):
+            out["is_requeueable"] = key == "requeue"
+        elif key == "signal" and value:
+            batch, _, rest = value.rpartition(":")
+            out["signal"] = (
+                (f"{batch}:" if batch else "") + ("" if rest.startswith("SIG") or rest[:1].isdigit() else "SIG") + rest
+            )
+        else:
+            raise ScriptValidationError(f"#SBATCH --{key} has no pyslurm equivalent here; nothing was submitted")
+    return out
+
+
 def _classify(name: str, ps: Any, exc: Exception) -> SlurmError:
     message = str(getattr(exc, "msg", None) or exc) or type(exc).__name__
     rpc_error = getattr(ps, "RPCError", None)
@@ -174,6 +247,19 @@ def _classify(name: str, ps: Any, exc: Exception) -> SlurmError:
     if "Invalid job id" in message:
         return JobNotFound(name, 1, message)
     return SlurmUnavailable(name, f"{type(exc).__name__}: {message}")
+
+
+def _node_names(ps: Any, nodes: str) -> list[str]:
+    """Node names of a job's node list ("n[01-02],m3"), through pyslurm's expander when it has one."""
+    if not nodes:
+        return []
+    if "[" not in nodes:
+        return nodes.split(",")
+    expand = getattr(getattr(ps, "utils", None), "expand_range_str", None)
+    try:
+        return [str(n) for n in expand(nodes)] if callable(expand) else []
+    except Exception:
+        return []
 
 
 def _user_name() -> str:
@@ -232,18 +318,24 @@ def job_from_pyslurm(job: Any) -> SlurmJob:
 
 
 def _gpus(gres: Any) -> tuple[int, str]:
-    """(GPU count, "gpu:N" text) from pyslurm's gres dict ({"gpu": 4} or {"gpu:a100": 4})."""
+    """(GPU count, "gpu:N" text) from pyslurm's gres dict ({"gpu": 4}, {"gpu:a100": 4}, {"gres/gpu": 2})."""
     if not isinstance(gres, Mapping):
         return 0, ""
-    items = {str(k): v for k, v in gres.items() if str(k).split(":")[0] == "gpu"}
+    # Nodes key GRES as "gpu" or "gpu:a100", jobs as "gres/gpu".
+    items = {str(k).removeprefix("gres/"): v for k, v in gres.items()}
+    items = {k: v for k, v in items.items() if k.split(":")[0] == "gpu"}
     total = sum(int(v) for v in items.values() if isinstance(v, int))
     return total, ",".join(f"{k}:{v}" for k, v in items.items())
 
 
-def node_from_pyslurm(node: Any) -> NodeInfo:
-    """A `NodeInfo` from a `pyslurm.Node` (attributes only)."""
+def node_from_pyslurm(node: Any, *, gpus_used: int | None = None) -> NodeInfo:
+    """A `NodeInfo` from a `pyslurm.Node` (attributes only); `gpus_used` overrides its allocated GRES."""
     gpus_total, gres = _gpus(node.configured_gres)
-    gpus_used, gres_used = _gpus(node.allocated_gres)
+    allocated, gres_used = _gpus(node.allocated_gres)
+    if gpus_used is None:
+        gpus_used = allocated
+    elif gpus_used and not gres_used:
+        gres_used = f"gpu:{gpus_used}"
     words = [w.lower() for w in _text(node.state).replace("+", " ").split() if w]
     return NodeInfo(
         name=_text(node.name),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import typer
@@ -9,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slurm.localcluster import LocalCluster, LocalClusterError
+from slurm.rootfs import RootfsMissing, SlurmRuntime
 from slurmless.settings import load_settings
 
 app = typer.Typer(help="The throwaway single-node Slurm cluster (fake GPUs) for demos and tests.", no_args_is_help=True)
@@ -30,9 +33,14 @@ def _fail(message: str) -> None:
 def up(
     directory: Path | None = DirOption,
     gpus: int = typer.Option(4, help="Fake GPUs on the node."),
+    slurm: str | None = typer.Option(
+        None, "--slurm", help="Slurm release: 22.05 (the host's), 24.11 or 26.05 (scripts/slurm-rootfs.sh builds them)."
+    ),
+    rest: bool = typer.Option(False, "--rest", help="Also run slurmrestd (JWT auth) for the rest backend."),
 ) -> None:
     """Start the cluster in the background; it keeps running until `down`."""
     base = _dir(directory)
+    version = slurm or load_settings().dev_cluster.slurm_version
     try:
         if (base / "localcluster.json").exists():
             existing = LocalCluster.load(base)
@@ -40,12 +48,14 @@ def up(
                 console.print(f"cluster already running in {base}")
                 _print_env(existing)
                 return
-        cluster = LocalCluster(base, gpus=gpus)
+        cluster = LocalCluster(base, gpus=gpus, runtime=SlurmRuntime.for_version(version), rest=rest)
         cluster.start()
-    except (LocalClusterError, ValueError, OSError) as exc:
+    except (LocalClusterError, RootfsMissing, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0])
         return
-    console.print(f"[green]cluster up[/green] in {base}: node {cluster.node_name}, {gpus} GPUs")
+    console.print(
+        f"[green]cluster up[/green] in {base}: Slurm {cluster.slurm_version}, node {cluster.node_name}, {gpus} GPUs"
+    )
     _print_env(cluster)
 
 
@@ -78,5 +88,29 @@ def status(directory: Path | None = DirOption) -> None:
     _print_env(cluster)
 
 
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(ctx: typer.Context, directory: Path | None = DirOption) -> None:
+    """Run a Slurm command against the cluster, inside its root for 24.11/26.05: `exec -- squeue -l`."""
+    base = _dir(directory)
+    if not ctx.args:
+        _fail("name a command: slurmless dev-cluster exec -- squeue")
+    try:
+        cluster = LocalCluster.load(base)
+    except LocalClusterError as exc:
+        _fail(f"{exc}: start one with `slurmless dev-cluster up`")
+        return
+    env = {**os.environ, **cluster.env}
+    raise typer.Exit(subprocess.run(cluster.runtime.argv(ctx.args), env=env, check=False).returncode)
+
+
 def _print_env(cluster: LocalCluster) -> None:
-    console.print(f"export SLURM_CONF={cluster.conf_path}")
+    console.print(f"export SLURM_CONF={cluster.conf_path}", soft_wrap=True)
+    if cluster.command_prefix:
+        # The newer releases' commands run inside their root (slurm.command_prefix for the cli backend).
+        console.print(
+            f"# Slurm {cluster.slurm_version} commands: slurmless dev-cluster exec --dir {cluster.base_dir} -- squeue",
+            soft_wrap=True,
+            markup=False,
+        )
+    if cluster.rest:
+        console.print(f"# slurmrestd: {cluster.rest_url} (token: scontrol token)", soft_wrap=True, markup=False)

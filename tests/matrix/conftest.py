@@ -9,17 +9,21 @@ with the command that provides it. The session ends with a table of what passed 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import cancel_all, local_settings
+from launcher.testing import RunningLauncher, cancel_all, environ_with, local_settings
 from slurm.localcluster import LocalCluster
-from slurm.rootfs import RootfsMissing, SlurmRuntime
+from slurm.rootfs import HOST_MOUNT, RootfsMissing, SlurmRuntime
 from slurm.settings import SlurmRestSettings
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -28,6 +32,9 @@ from tests.fixtures.slurm_cluster import require_slurm_binaries
 VERSIONS = ("22.05", "24.11", "26.05")
 BACKENDS = ("cli", "rest", "pyslurm")
 PAIRS = (*((v, b) for v in VERSIONS for b in ("cli", "rest")), ("24.11", "pyslurm"))
+REPO = Path(__file__).resolve().parents[2]
+ROOTFS_PYTHON = "/opt/slurmless-venv/bin/python"
+"""The root's Python with slurmless's dependencies and pyslurm (scripts/pyslurm-build.sh)."""
 QUICK_PAIRS = frozenset({("22.05", "cli"), ("22.05", "rest"), ("24.11", "pyslurm")})
 """What `make test` runs: one pair per backend."""
 
@@ -40,15 +47,61 @@ def pair_id(pair: tuple[str, str]) -> str:
     return f"{pair[0]}-{pair[1]}"
 
 
+class Launcher(Protocol):
+    async def close(self) -> None: ...
+
+
 @dataclass
 class MatrixEnv:
-    """One test's launcher settings on one pair, with a Redis client and the cluster it runs on."""
+    """One test's settings on one pair, with a Redis client and the cluster it runs on.
+
+    `settings` name the pair's backend; for pyslurm (which only the root's Python can import) the
+    test itself observes through the CLI and only the launcher, run inside the root, uses pyslurm.
+    """
 
     version: str
     backend: str
     cluster: LocalCluster
     settings: Settings
     client: aioredis.Redis
+
+    def launch(self) -> Launcher:
+        """Start a launcher with `settings` through the pair's backend."""
+        if self.backend != "pyslurm":
+            return RunningLauncher(self.settings)
+        slurm = self.settings.slurm.model_copy(update={"backend": "pyslurm"})
+        return RootfsLauncher(self.settings.model_copy(update={"slurm": slurm}), self.cluster)
+
+
+class RootfsLauncher:
+    """`python -m launcher` inside the cluster's root filesystem (its Python has pyslurm), as a process."""
+
+    def __init__(self, settings: Settings, cluster: LocalCluster) -> None:
+        env = environ_with(settings)
+        for name in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"):
+            env.pop(name, None)
+        env["PYTHONPATH"] = f"{HOST_MOUNT}{REPO}"
+        log_dir = settings.launcher.job_output_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log_dir / "launcher.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cluster.runtime.argv([ROOTFS_PYTHON, "-m", "launcher"]),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 10)
 
 
 def runtime_or_skip(version: str) -> SlurmRuntime:
@@ -88,7 +141,10 @@ def pair(request: pytest.FixtureRequest) -> tuple[str, str]:
     if not full_matrix() and value not in QUICK_PAIRS:
         pytest.skip("full matrix only: SLURMLESS_MATRIX=full (make matrix)")
     if value[1] == "pyslurm":
-        pytest.skip("pyslurm runs inside the 24.11 root: tests/matrix/test_pyslurm_pair.py")
+        runtime = runtime_or_skip(value[0])
+        assert runtime.rootfs is not None
+        if not (runtime.rootfs / "opt" / "slurmless-venv" / ".ready").exists():
+            pytest.skip(f"pyslurm not built in {runtime.rootfs}: run scripts/pyslurm-build.sh")
     return value
 
 
@@ -120,7 +176,8 @@ async def menv(
     if version not in matrix_clusters:
         matrix_clusters[version] = start_cluster(version)
     cluster = matrix_clusters[version]
-    settings = pair_settings(cluster, backend, redis_server.url, tmp_path / "jobs")
+    # The test observes pyslurm's pair through the CLI (pyslurm imports only in the root).
+    settings = pair_settings(cluster, "cli" if backend == "pyslurm" else backend, redis_server.url, tmp_path / "jobs")
     client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
     try:
         yield MatrixEnv(version, backend, cluster, settings, client)
