@@ -115,7 +115,8 @@ async def one_round(
     # duration comes from its metrics instead.
     calls = slurm_calls(service)
     sbatch_s = calls.get("sbatch", (0.0, 0.0))[1] - calls_before.get("sbatch", (0.0, 0.0))[1]
-    job = await service.slurm.job(int(records[0].job_id or 0))
+    job_id = int(records[0].job_id or 0)
+    job = next((j for j in await service.slurm.jobs() if j.job_id == job_id), None)
     phases = {
         "request -> requested": ts["requested"] - sent_s,
         "requested -> sbatch done": sbatch_s,

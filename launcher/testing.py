@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import redis.asyncio as aioredis
 
-from slurm.backend import SlurmBackend
+from slurm.cli_backend import SlurmCLI
 from slurm.types import SlurmJob
-from slurmless.backends import make_backend
 from slurmless.settings import LauncherSettings, RedisSettings, Settings, SlurmSettings
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceRecord, InstanceState
@@ -96,9 +95,16 @@ async def launcher_env(
         await client.aclose()
 
 
-def slurm_for(settings: Settings) -> SlurmBackend:
-    """The backend the settings name (CLI on the host by default; the matrix picks others)."""
-    return make_backend(settings.slurm, job_name_prefix=settings.launcher.job_name_prefix)
+def slurm_for(settings: Settings) -> SlurmCLI:
+    """The command-line tools on the settings' cluster (through `slurm.command_prefix` for a chrooted
+    Slurm): how tests observe jobs whichever backend the launcher under test uses."""
+    env = {"SLURM_CONF": str(settings.slurm.conf)} if settings.slurm.conf else {}
+    return SlurmCLI(
+        env=env,
+        job_name_prefix=settings.launcher.job_name_prefix,
+        command_timeout_s=20.0,
+        command_prefix=settings.slurm.command_prefix,
+    )
 
 
 async def active_jobs(settings: Settings) -> list[SlurmJob]:

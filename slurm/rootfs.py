@@ -4,7 +4,8 @@ The host (Debian 12) carries Slurm 22.05. Newer releases come from Debian's own 
 filesystem built once by `scripts/slurm-rootfs.sh` (24.11 from Debian 13 "trixie", 26.05 from
 "sid") and cached outside the clone. Their daemons and client commands run chrooted into that root,
 each in a private mount namespace (`unshare --mount`) where the host's /dev, /proc, /sys, /tmp,
-/etc/hosts and /etc/resolv.conf are bind-mounted in (names resolve as on the host); nothing is mounted on the host, so nothing is left behind when they exit.
+/etc/hosts and /etc/resolv.conf are bind-mounted in (names resolve as on the host); nothing is
+mounted on the host, so nothing is left behind when they exit.
 The network and the hostname stay the host's: the chrooted slurmctld listens on a host port, and
 every cluster file (config, munge socket, state, logs) lives under /tmp at the same path inside
 and out. The host's root is also bind-mounted at `/host`, so a job can run the host's software
