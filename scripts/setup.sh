@@ -12,11 +12,14 @@ log() { printf '[setup] %s\n' "$*"; }
 # chromium: the status page's browser tests (driven by Playwright from PyPI, which never downloads a browser).
 declare -A want=([redis-server]=redis-server [slurmctld]=slurmctld [slurmd]=slurmd [sbatch]=slurm-client [munged]=munge
   [chromium]=chromium)
+# slurmrestd and its JWT auth plugin: the rest backend's tests (tests/matrix, tests/integration/test_slurm_rest.py).
+want[slurmrestd]=slurmrestd
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
 done
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
+[ -e /usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so ] || missing+=(slurm-wlm-jwt-plugin)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing Debian packages ${missing[*]}; run this as root or install them first" >&2
@@ -54,6 +57,16 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e '.[dev]'
   rm -f "$VENV"/.installed-*
   touch "$stamp"
+fi
+# 2b. Newer Slurm releases for tests/matrix, in debootstrapped roots cached in /var/cache/slurmless
+# (scripts/slurm-rootfs.sh; about 2 minutes each on 2 cores): SLURMLESS_ROOTFS="24.11 26.05".
+# SLURMLESS_WITH_PYSLURM=1 also builds pyslurm 24.11.0 in the 24.11 root with a launcher virtualenv
+# (scripts/pyslurm-build.sh; about 5-9 minutes on 2 cores). A second run only checks stamps.
+for version in ${SLURMLESS_ROOTFS:-}; do
+  bash scripts/slurm-rootfs.sh "$version" >/dev/null
+done
+if [ -n "${SLURMLESS_WITH_PYSLURM:-}" ]; then
+  bash scripts/pyslurm-build.sh >/dev/null
 fi
 # 3. The real engine (opt-in for `make up`, always for `make test`'s end-to-end tests).
 if [ -n "${SLURMLESS_WITH_VLLM:-}" ]; then

@@ -140,6 +140,8 @@ def pair(request: pytest.FixtureRequest) -> tuple[str, str]:
     value: tuple[str, str] = request.param
     if not full_matrix() and value not in QUICK_PAIRS:
         pytest.skip("full matrix only: SLURMLESS_MATRIX=full (make matrix)")
+    if not full_matrix() and value == ("22.05", "cli") and request.node.get_closest_marker("long"):
+        pytest.skip("full matrix only: tests/integration/test_launcher_*.py run it on 22.05 cli")
     if value[1] == "pyslurm":
         runtime = runtime_or_skip(value[0])
         assert runtime.rootfs is not None

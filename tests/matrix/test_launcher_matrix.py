@@ -130,6 +130,8 @@ async def test_lost_node_fails_the_instance_and_a_replacement_starts_when_it_ret
         await cancel_all(settings)
 
 
+@pytest.mark.long
+@pytest.mark.timeout(900)
 async def test_walltime_renewal_leaves_no_moment_unserved(menv: MatrixEnv) -> None:
     """A 2-minute job gets a successor before its end; routing always has a ready instance; the old
     one ends renewed."""
@@ -166,6 +168,8 @@ BLOCKER_MIN = 3
 TIME_MIN_MIN = 2
 
 
+@pytest.mark.long
+@pytest.mark.timeout(900)
 async def test_gap_placement_fits_a_job_into_a_backfill_hole(menv: MatrixEnv, tmp_path: Path) -> None:
     """With a research job planned after a blocker, a 60-minute job with --time-min 2 starts at once
     with a limit that ends by the research job's planned start."""
