@@ -111,6 +111,7 @@ class LocalCluster:
         start_timeout_s: how long `start()` waits for the node to become idle.
         runtime: which Slurm runs the cluster (`SlurmRuntime.for_version("24.11")`); the host's by default.
         rest: also run slurmrestd (JWT auth, `AuthAltTypes=auth/jwt`) on a free port: `rest_url`, `token()`.
+        preempt_grace_s: partition-priority preemption (`gpu` jobs cancel `preempt` jobs after this grace).
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class LocalCluster:
         start_timeout_s: float = 60.0,
         runtime: SlurmRuntime | None = None,
         rest: bool = False,
+        preempt_grace_s: int | None = None,
     ) -> None:
         if gpus < 0:
             raise ValueError("gpus must be >= 0")
@@ -144,6 +146,7 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         self.runtime = runtime or SlurmRuntime()
         self.rest = rest
+        self.preempt_grace_s = preempt_grace_s
         self.slurmrestd_port: int | None = None
         self.node_name = NODE_NAME
         self.partitions: tuple[str, ...] = PARTITIONS
@@ -240,6 +243,7 @@ class LocalCluster:
             max_time_min=self.max_time_min,
             slurm_version=self.runtime.version,
             jwt_key=self.base_dir / "jwt" / "jwt.key" if self.rest else None,
+            preempt_grace_s=self.preempt_grace_s,
         )
         self.slurmctld_port, self.slurmd_port = spec.slurmctld_port, spec.slurmd_port
         self._write_files(spec)

@@ -38,6 +38,9 @@ class LocalClusterSpec:
     slurm_version: str = "22.05"
     #: JWT signing key for slurmrestd's clients (`AuthAltTypes=auth/jwt`); None: munge only.
     jwt_key: Path | None = None
+    #: Partition-priority preemption: jobs of `gpu` (tier 2) cancel jobs of `preempt` (tier 1) after
+    #: this grace time (SIGTERM first); None: no preemption.
+    preempt_grace_s: int | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -107,6 +110,20 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         "MpiDefault=none",
         "SwitchType=switch/none",
         "ReturnToService=2",
+        # send_user_signal: a job's own --signal (slurmless: B:USR1, drain and leave) goes out when it is
+        # chosen for preemption; without it the batch shell hears of it only at the kill.
+        *(
+            [
+                "PreemptType=preempt/partition_prio",
+                "PreemptMode=CANCEL",
+                # 22.05 spells it as a SlurmctldParameters flag; 23.02 moved it.
+                "SlurmctldParameters=preempt_send_user_signal"
+                if _older(spec, "23.02")
+                else "PreemptParameters=send_user_signal",
+            ]
+            if spec.preempt_grace_s is not None
+            else []
+        ),
         "SchedulerType=sched/backfill",
         f"SchedulerParameters=bf_interval={spec.backfill_interval_s},sched_interval=2",
         "SelectType=select/cons_tres",
@@ -126,10 +143,16 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         (
             f"PartitionName={DEFAULT_PARTITION} Nodes={NODE_NAME} Default=YES "
             f"DefaultTime={spec.default_time_min} MaxTime={spec.max_time_min} State=UP"
+            + (" PriorityTier=2" if spec.preempt_grace_s is not None else "")
         ),
         (
             f"PartitionName={PREEMPT_PARTITION} Nodes={NODE_NAME} Default=NO "
             f"DefaultTime={spec.default_time_min} MaxTime={spec.max_time_min} State=UP"
+            + (
+                f" PriorityTier=1 PreemptMode=CANCEL GraceTime={spec.preempt_grace_s}"
+                if spec.preempt_grace_s is not None
+                else ""
+            )
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.testing import active_jobs, cancel_all, records, wait_for
+from launcher.testing import active_jobs, cancel_all, records, slurm_for, wait_for
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
 from slurm.types import JobState, SlurmJob
@@ -223,3 +223,93 @@ async def _planned(slurm: SlurmCLI, job_id: int) -> SlurmJob | None:
 async def _running_record(m: MatrixEnv) -> InstanceRecord | None:
     found = await records(m.client, m.settings)
     return found[0] if found and found[0].end_time_s is not None else None
+
+
+GRACE_S = 20
+
+
+@pytest.fixture
+async def preemptive(pair: tuple[str, str]) -> AsyncIterator[LocalCluster]:
+    """A cluster of the pair's version with partition-priority preemption: `gpu` jobs cancel `preempt`
+    jobs after a GraceTime of GRACE_S seconds (SIGTERM first)."""
+    cluster = await asyncio.to_thread(start_cluster, pair[0], preempt_grace_s=GRACE_S)
+    try:
+        yield cluster
+    finally:
+        await cluster.astop()
+
+
+async def test_partition_priority_preemption_drains_within_the_grace_time(
+    pair: tuple[str, str], preemptive: LocalCluster, redis_server: LocalRedis, menv: MatrixEnv, tmp_path: Path
+) -> None:
+    """A research job in the higher-tier partition preempts a slurmless instance in `preempt`: the
+    instance leaves routing within the grace time, ends as an expected end (not a failure), the research
+    job starts by the grace time's end, and a replacement waits for room."""
+    observer = "cli" if pair[1] == "pyslurm" else pair[1]
+    settings = pair_settings(preemptive, observer, redis_server.url, tmp_path / "preempt-jobs")
+    settings = settings.model_copy(
+        update={"launcher": settings.launcher.model_copy(update={"preemptible_partitions": ["preempt"]})}
+    )
+    m = MatrixEnv(pair[0], pair[1], preemptive, settings, menv.client)
+    spec = model("victim", min_replicas=1)
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"partitions": ["preempt"]})})
+    keys = Keys(settings.redis.key_prefix)
+    await ModelStore(m.client, keys).put(spec)
+    routing = Routing(m.client, keys)
+    research = SlurmCLI(env=preemptive.env, job_name_prefix="research-", command_prefix=preemptive.command_prefix)
+    run = m.launch()
+    research_id: int | None = None
+    try:
+        first = await wait_for(lambda: _in(m, S.READY), timeout_s=120, what="a ready instance")
+        assert [j.partition for j in await active_jobs(settings)] == ["preempt"]
+        out = await asyncio.to_thread(
+            preemptive.run,
+            [
+                "sbatch",
+                "--parsable",
+                "--job-name=research-big",
+                "--partition=gpu",
+                "--gres=gpu:4",
+                "--time=5",
+                "--mem=64M",
+                f"--output={tmp_path}/research-%j.out",
+                "--wrap",
+                "sleep 120",
+            ],
+        )
+        research_id = int(out.strip().split(";")[0])
+        preempted_s = time.time()
+
+        async def out_of_routing() -> bool:
+            return first.id not in await routing.inflight("victim")
+
+        await wait_for(out_of_routing, timeout_s=GRACE_S, what="the instance out of routing within the grace")
+        left_s = time.time() - preempted_s
+        started = await wait_for(
+            lambda: _running(research, research_id or 0), timeout_s=GRACE_S + 30, what="the research job to run"
+        )
+        assert started.start_time is not None
+        ended = await wait_for(lambda: _record(m, first.id, S.GONE), timeout_s=60, what="the instance gone")
+        assert S.FAILED.value not in ended.timestamps, ended.reason
+        # The job hears of its preemption through its own --signal (PreemptParameters=send_user_signal), the
+        # same USR1 as a walltime warning: the launcher cannot tell them apart and records it as such.
+        assert ended.reason in ("walltime warning from Slurm", "preempted"), ended.reason
+        victim = next(j for j in await slurm_for(settings).jobs() if j.job_id == int(first.job_id or 0))
+        assert victim.state in (JobState.PREEMPTED, JobState.CANCELLED, JobState.COMPLETED), victim
+        coming = await wait_for(
+            lambda: _in(m, S.PENDING, first.id), timeout_s=60, what="a replacement waiting for room"
+        )
+        assert coming.id != first.id
+        print(
+            f"\n{pair}: out of routing {left_s:.1f}s after the research job's submission; it started "
+            f"{started.start_time.timestamp() - preempted_s:+.0f}s; instance ended: {ended.reason}"
+        )
+    finally:
+        await run.close()
+        if research_id is not None:
+            await research.cancel(research_id)
+
+
+async def _running(slurm: SlurmCLI, job_id: int) -> SlurmJob | None:
+    job = await slurm.job(job_id)
+    return job if job is not None and job.state is JobState.RUNNING else None
