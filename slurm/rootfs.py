@@ -37,6 +37,7 @@ HOST_MOUNT = "/host"
 
 # Runs as `sh -ec ENTER slurmless-rootfs <root> <argv...>` inside a fresh mount namespace.
 _ENTER = """r=$1; shift
+PATH="$PATH:/usr/sbin:/sbin:/usr/bin:/bin"  # mount and chroot, whatever PATH the caller had
 mkdir -p "$r/host"
 mount --rbind / "$r/host"
 mount --rbind /dev "$r/dev"
