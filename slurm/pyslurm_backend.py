@@ -49,7 +49,7 @@ _ATTRIBUTES = {
     "output": "standard_output",
     "error": "standard_error",
     "chdir": "working_directory",
-    "partition": "partition",
+    "partition": "partitions",  # pyslurm's own --partition mapping names a missing attribute
     "qos": "qos",
     "account": "account",
     "constraint": "constraints",
@@ -214,7 +214,8 @@ def submit_attributes(script: str) -> dict[str, Any]:
     """`JobSubmitDescription` attributes for the script's `#SBATCH` options.
 
     Not pyslurm's `load_sbatch_options()`: in 24.11.0 it reads only a file, passes `--time` on as
-    text (TypeError in submit) and refuses signal names without "SIG".
+    text (TypeError in submit), refuses signal names without "SIG" and sets `--partition` on an
+    attribute that does not exist (it is `partitions`).
     """
     out: dict[str, Any] = {}
     for key, value in sbatch_options(script).items():

@@ -245,6 +245,10 @@ async def test_partition_priority_preemption_drains_within_the_grace_time(
     """A research job in the higher-tier partition preempts a slurmless instance in `preempt`: the
     instance leaves routing within the grace time, ends as an expected end (not a failure), the research
     job starts by the grace time's end, and a replacement waits for room."""
+    if pair == ("22.05", "rest"):
+        # 22.05's slurmrestd refuses --signal=B:... (the warning then goes to steps, not the batch shell),
+        # so the instance hears of its preemption only at the kill.
+        pytest.xfail("slurmrestd v0.0.38 cannot address the batch shell: no drain before the kill")
     observer = "cli" if pair[1] == "pyslurm" else pair[1]
     settings = pair_settings(preemptive, observer, redis_server.url, tmp_path / "preempt-jobs")
     settings = settings.model_copy(

@@ -76,6 +76,7 @@ def test_submit_attributes() -> None:
     assert attrs["name"] == "slurmless-m-i1" and attrs["time_limit"] == 60 and attrs["time_limit_min"] == 10
     assert attrs["signal"] == "B:SIGUSR1@120" and attrs["is_requeueable"] is False
     assert attrs["gres_per_node"] == "gpu:2" and attrs["memory_per_node"] == "16G"
+    assert attrs["partitions"] == "gpu" and "partition" not in attrs
     with pytest.raises(ScriptValidationError):
         submit_attributes("#!/bin/bash\n#SBATCH --exclusive\ntrue\n")
 
