@@ -40,6 +40,7 @@ from slurm.errors import (
 from slurm.parse import normalise_job_state, partitions_from_nodes
 from slurm.rest_job import sbatch_options
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
+from slurm.validate import check_slurm_word
 
 __all__ = ["SlurmPyslurm", "job_from_pyslurm", "node_from_pyslurm", "submit_attributes"]
 
@@ -158,6 +159,17 @@ class SlurmPyslurm:
             return [node_from_pyslurm(n, gpus_used=used.get(_text(n.name))) for n in ps.Nodes.load().values()]
 
         return await self._call("nodes", run)
+
+    async def node_addresses(self, node: str) -> tuple[str, ...]:
+        """The node's name, address and hostname, from `pyslurm.Node.load`."""
+        check_slurm_word(node, "node name")
+
+        def run(ps: Any) -> tuple[str, ...]:
+            record = ps.Node.load(node)
+            words = [node, _text(record.address), _text(record.hostname)]
+            return tuple(dict.fromkeys(w for w in words if w and w != "(null)"))
+
+        return await self._call("node", run)
 
     async def partitions(self) -> list[Partition]:
         return partitions_from_nodes(await self.nodes())

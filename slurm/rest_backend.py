@@ -34,6 +34,7 @@ from slurm.errors import JobNotFound, SlurmCommandError, SlurmParseError, SlurmU
 from slurm.parse import parse_sinfo, parse_squeue, partitions_from_nodes
 from slurm.rest_job import job_description
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
+from slurm.validate import check_slurm_word
 
 __all__ = ["KNOWN_APIS", "SlurmRest"]
 
@@ -157,6 +158,18 @@ class SlurmRest:
     async def nodes(self) -> list[NodeInfo]:
         api = await self.api()
         return await self._call("nodes", "GET", self._path(api, "nodes"), parse=parse_sinfo)
+
+    async def node_addresses(self, node: str) -> tuple[str, ...]:
+        """The node's name, address and hostname, from its node record."""
+        check_slurm_word(node, "node name")
+        api = await self.api()
+        path = self._path(api, f"node/{node}", slash=False)
+        doc = await self._call("node", "GET", path, parse=_as_is)
+        found = [n for n in doc.get("nodes") or [] if isinstance(n, Mapping) and n.get("name") == node]
+        if not found:
+            raise SlurmUnavailable("slurmrestd node", f"no record of node {node!r} in the answer")
+        words = [node, str(found[0].get("address") or ""), str(found[0].get("hostname") or "")]
+        return tuple(dict.fromkeys(w for w in words if w and w != "(null)"))
 
     async def partitions(self) -> list[Partition]:
         return partitions_from_nodes(await self.nodes())

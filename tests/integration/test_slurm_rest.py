@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,7 @@ async def test_submit_list_cancel_round_trip(rest_cluster: LocalCluster, tmp_pat
             await asyncio.sleep(0.2)
         assert job is not None and job.state is JobState.RUNNING, job
         assert job.instance_id == "rt-i1" and job.time_limit_min == 5 and job.node_list == "sl-node0"
+        assert await rest.node_addresses("sl-node0") == ("sl-node0", "127.0.0.1", socket.gethostname().split(".")[0])
         (gpu,) = [p for p in await rest.partitions() if p.name == "gpu"]
         assert gpu.gpus_total == 4 and gpu.gpus_free == 3
         await rest.cancel(job_id)
