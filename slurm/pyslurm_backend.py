@@ -38,7 +38,7 @@ from slurm.errors import (
     SlurmUnavailable,
 )
 from slurm.parse import normalise_job_state, partitions_from_nodes
-from slurm.rest_job import sbatch_options
+from slurm.rest_job import DEFAULT_JOB_ENV, sbatch_options
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
 from slurm.validate import check_slurm_word
 
@@ -105,14 +105,15 @@ class SlurmPyslurm:
         attributes = submit_attributes(script)
 
         def run(ps: Any) -> int:
-            # Like sbatch's default --export=ALL: pyslurm 24.11.0's own "ALL" default reaches
-            # slurmctld empty ("batch job cannot run without an environment").
+            # Like sbatch: --export=NONE starts from a minimal environment, otherwise ours is exported
+            # (pyslurm 24.11.0's own "ALL" default reaches slurmctld empty: "batch job cannot run
+            # without an environment").
             # pyslurm takes the script as a path (it tests `Path(script).is_file()` first, which a
             # whole script fails with "File name too long").
             with tempfile.NamedTemporaryFile("w", prefix="slurmless-job-", suffix=".sh") as f:
                 f.write(script)
                 f.flush()
-                desc = ps.JobSubmitDescription(script=f.name, environment=dict(os.environ), **attributes)
+                desc = ps.JobSubmitDescription(script=f.name, **{"environment": dict(os.environ), **attributes})
                 return int(desc.submit())
 
         # A submission is not retried: after a lost reply the job may exist (as for the CLI).
@@ -235,6 +236,8 @@ def submit_attributes(script: str) -> dict[str, Any]:
             out[_ATTRIBUTES[key]] = value
         elif key in _NUMBERS and value is not None and value.isdigit():
             out[_NUMBERS[key]] = int(value)
+        elif key == "export" and value == "NONE":
+            out["environment"] = dict(DEFAULT_JOB_ENV)
         elif key in ("no-requeue", "requeue"):
             out["is_requeueable"] = key == "requeue"
         elif key == "signal" and value:

@@ -111,6 +111,11 @@ def job_description(script: str, api_version: str, env: Mapping[str, str] | None
                 job["gres"] = value
         elif key == "signal":
             job.update(_signal(value, new=new))
+        elif key == "export":
+            # NONE: the job starts from DEFAULT_JOB_ENV (plus `env`), which is what a REST submission
+            # gets anyway; anything else would need the submitter's environment, which REST does not carry.
+            if value != "NONE":
+                raise ScriptValidationError(f"#SBATCH --export={value!r}: only NONE is passed to slurmrestd")
         else:
             raise ScriptValidationError(f"#SBATCH --{key} has no slurmrestd equivalent here; nothing was submitted")
     environment = {**DEFAULT_JOB_ENV, **(env or {})}

@@ -77,6 +77,7 @@ def test_submit_attributes() -> None:
     assert attrs["signal"] == "B:SIGUSR1@120" and attrs["is_requeueable"] is False
     assert attrs["gres_per_node"] == "gpu:2" and attrs["memory_per_node"] == "16G"
     assert attrs["partitions"] == "gpu" and "partition" not in attrs
+    assert attrs["environment"] == {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     with pytest.raises(ScriptValidationError):
         submit_attributes("#!/bin/bash\n#SBATCH --exclusive\ntrue\n")
 

@@ -30,6 +30,7 @@ SCRIPT = "\n".join(
         "#SBATCH --signal=B:USR1@120",
         "#SBATCH --output=/tmp/out/slurmless-m-i1-%j.out",
         "#SBATCH --chdir=/tmp/out",
+        "#SBATCH --export=NONE",
         "#SBATCH --no-requeue",
         "#SBATCH --gres=gpu:2",
         "#SBATCH --time-min=10",
@@ -69,7 +70,8 @@ def test_v0_0_38_description() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["#SBATCH --exclusive", "#SBATCH --gres=shard:2", "#SBATCH --mem=lots", "#SBATCH -p gpu"]
+    "line",
+    ["#SBATCH --exclusive", "#SBATCH --gres=shard:2", "#SBATCH --mem=lots", "#SBATCH -p gpu", "#SBATCH --export=ALL"],
 )
 def test_options_without_an_equivalent_are_refused(line: str) -> None:
     with pytest.raises(ScriptValidationError):
