@@ -81,9 +81,10 @@ class RootfsLauncher:
         for name in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"):
             env.pop(name, None)
         env["PYTHONPATH"] = f"{HOST_MOUNT}{REPO}"
-        log_dir = settings.launcher.job_output_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log_dir / "launcher.log"
+        # Beside the job directory, not in it: the launcher wants that one private and creates it itself.
+        jobs = Path(settings.launcher.job_output_dir)
+        jobs.parent.mkdir(parents=True, exist_ok=True)
+        self.log = jobs.parent / f"{jobs.name}-launcher.log"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 cluster.runtime.argv([ROOTFS_PYTHON, "-m", "launcher"]),
