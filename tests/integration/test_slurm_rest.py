@@ -12,9 +12,9 @@ import pytest
 from slurm.errors import SlurmUnavailable
 from slurm.localcluster import LocalCluster
 from slurm.rest_backend import SlurmRest
+from slurm.settings import SlurmRestSettings, SlurmSettings
 from slurm.types import JobState
 from slurmless.backends import BackendUnavailable, check_backend, make_backend
-from slurmless.settings import SlurmRestSettings, SlurmSettings
 from tests.fixtures.slurm_cluster import require_slurm_binaries
 
 pytestmark = pytest.mark.slurm
