@@ -21,7 +21,7 @@ from dataclasses import dataclass
 # Key families as suffixes of the prefix (see `Keys`).
 _REGISTRY = ("models", "models:version", "aliases")
 _ROUTING = ("ready:*", "q:*", "qmodels", "qtotal", "seq", "t:*", "gw:*", "gateways")
-_HISTORY = ("dem:*", "idle:*", "mstat:*")
+_HISTORY = ("dem:*", "idle:*", "gaps:*", "mstat:*")
 
 GATEWAY_READ = (
     *_REGISTRY,
@@ -65,9 +65,11 @@ LAUNCHER_WRITE = (
     "tgpuh:*",
     "tl:*",
     "cold:*",
+    # The launcher's arq queue lives under the prefix (`launcher.worker.queue_name`), with its health-check key.
+    "arq:*",
 )
 LAUNCHER_OTHER = ("arq:*",)
-"""Keys outside the prefix: arq's queue of launcher jobs."""
+"""Keys outside the prefix: arq's own job, result and in-progress keys."""
 COMMANDS = "+@all -@dangerous -@admin"
 """No KEYS, FLUSHALL, CONFIG, ACL, DEBUG, ... (redis-py ignores the refusal of its optional CLIENT SETINFO)."""
 
