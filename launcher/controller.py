@@ -186,7 +186,7 @@ class Launcher:
         self.settings = settings
         self.callback_url = callback_url
         self.keys = keys or Keys()
-        self.models = ModelStore(redis, self.keys)
+        self.models = ModelStore(redis, self.keys, local_only=True)
         self.instances = InstanceStore(redis, self.keys)
         self.routing = Routing(redis, self.keys)
         self.phases = PhaseBoard(redis, self.keys)

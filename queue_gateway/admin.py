@@ -37,6 +37,7 @@ from warmpool import pool_load
 from warmpool.apikeys import ApiKeyStore
 from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
 from warmpool.events import EventLog
+from warmpool.external import check_external
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
 from warmpool.phase import ModelPhase, PhaseBoard
@@ -54,7 +55,7 @@ from warmpool.registry import (
 )
 from warmpool.schedule_store import ScheduleSpec, ScheduleStore
 from warmpool.settings import TenantLimits
-from warmpool.specs import ModelKind, ModelSpec, Visibility, adapters_of
+from warmpool.specs import ModelKind, ModelSpec, Resources, Visibility, adapters_of
 from warmpool.tenant_limits import check_spec, check_warm, effective_limits
 from warmpool.tenants import TenantSpec, TenantStore
 from warmpool.timeline import LAST_COLD_START, LAST_COLD_START_AT
@@ -218,6 +219,8 @@ class AdminApi:
             spec = ModelSpec.model_validate(data)
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
+        if spec.external is not None:
+            return self._prepare_external(who, spec)
         base: ModelSpec | None = None
         if spec.kind is ModelKind.LORA and spec.base_model is not None:
             base = await self.models.get(spec.base_model)
@@ -252,6 +255,21 @@ class AdminApi:
             assert who.tenant is not None
             check_spec(spec, await self.tenant_limits(who.tenant), who.tenant)
         return spec, notes
+
+    def _prepare_external(self, who: Principal, spec: ModelSpec) -> tuple[ModelSpec, list[str]]:
+        """An external route: admins only (it sends the site's key to a URL of their choosing), no resources."""
+        assert spec.external is not None
+        if not who.admin:
+            raise Forbidden("only an admin can register an external model", param="external")
+        check_name(spec.name)
+        for tenant in spec.visibility.tenants:
+            check_tenant_name(tenant)
+        conf = self.settings.gateway.external
+        try:
+            notes = check_external(spec.external, keys_dir=conf.keys_dir, allow_http_loopback=conf.allow_http_loopback)
+        except ValueError as exc:
+            raise RegistryError(str(exc), param="external") from None
+        return spec.model_copy(update={"resources": Resources(gpus=0)}), notes
 
     async def tenant_limits(self, tenant: str) -> TenantLimits:
         return effective_limits(self.settings.registry.tenant_limits, await self.tenants.get(tenant))
@@ -328,6 +346,8 @@ class AdminApi:
         if not who.admin:
             assert who.tenant is not None
             check_warm(body.duration_s, await self.tenant_limits(who.tenant), who.tenant)
+        if spec.external is not None:
+            raise RegistryError(f"model {spec.name!r} is external: it runs no instances to warm", param="name")
         target = spec if spec.kind is ModelKind.BASE else await self.models.get(spec.instance_model)
         if target is None:
             raise Missing(f"base model {spec.instance_model!r} does not exist", param="base_model")
@@ -376,6 +396,8 @@ class AdminApi:
             schedule = ScheduleSpec(model=spec.name, created_s=self.clock(), **body.model_dump())
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
+        if spec.external is not None:
+            raise RegistryError(f"model {spec.name!r} is external: it runs no instances to schedule", param="name")
         target = spec if spec.kind is ModelKind.BASE else await self.models.get(spec.instance_model)
         if target is not None and schedule.replicas > target.policy.max_replicas:
             raise RegistryError(

@@ -54,6 +54,7 @@ from queue_gateway.errors import (
     error_response,
     json_response,
 )
+from queue_gateway.external import ExternalRoutes
 from queue_gateway.file_dir import FileDir
 from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
 from queue_gateway.limits import KeyLimits
@@ -79,6 +80,7 @@ from warmpool.models import ModelStore
 from warmpool.phase import Phase, PhaseBoard
 from warmpool.request_limits import ASYNC_HOLDER
 from warmpool.routing import Routing
+from warmpool.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,7 @@ def _wire(
         progress_interval_s=settings.progress_interval_s,
         hot=HotRouting(pipe, keys) if pipe is not None else None,
         speculative=settings.speculative_forward,
+        external=ExternalRoutes(settings.external, metrics),
     )
     catalog = Catalog(ModelStore(redis, keys), ttl_s=settings.model_cache_ttl_s, clock=clock)
     async_store = AsyncRequests(redis, keys)
@@ -438,42 +441,45 @@ async def _model_states(gw: Gateway, models: list[str]) -> dict[str, dict[str, A
     return out
 
 
+EXTERNAL_STATE = {"state": "external", "phase": "external", "ready_instances": 0, "queue_depth": 0}
+"""What /v1/models says of an external model's (absent) instances."""
+
+
+def _model_entry(spec: ModelSpec, state: dict[str, Any]) -> dict[str, Any]:
+    """One model in OpenAI's shape; external ones are `owned_by: "external:<host>"` with `slurmless.external`."""
+    extra: dict[str, Any] = {"name": spec.name, "kind": spec.kind.value, "external": spec.external is not None}
+    owner = spec.owner_tenant or "slurmless"
+    if spec.external is not None:
+        owner = f"external:{spec.external.host}"
+        extra["provider"] = spec.external.host
+    return {
+        "id": spec.client_name,
+        "object": "model",
+        "created": int(spec.created_s),
+        "owned_by": owner,
+        "slurmless": {**state, **extra},
+    }
+
+
 async def _list_models(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
     specs = await gw.catalog.listing(key)
     targets = [route_target(s) for s in specs]
-    states = await _model_states(gw, sorted({t.instance_model for t in targets}))
+    states = await _model_states(gw, sorted({t.instance_model for t in targets if t.spec.external is None}))
     data = [
-        {
-            "id": t.spec.client_name,
-            "object": "model",
-            "created": int(t.spec.created_s),
-            "owned_by": t.spec.owner_tenant or "slurmless",
-            "slurmless": {
-                **states[t.instance_model],
-                "name": t.spec.name,
-                "kind": t.spec.kind.value,
-                "base_model": t.spec.base_model,
-                "aliases": t.spec.aliases,
-            },
-        }
+        _model_entry(t.spec, EXTERNAL_STATE if t.spec.external is not None else states[t.instance_model])
         for t in targets
     ]
+    for entry, t in zip(data, targets, strict=True):
+        entry["slurmless"] |= {"base_model": t.spec.base_model, "aliases": t.spec.aliases}
     return json_response({"object": "list", "data": data})
 
 
 async def _get_model(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
     target = await gw.catalog.target(request.path_params["model"], key)
+    if target.spec.external is not None:
+        return json_response(_model_entry(target.spec, EXTERNAL_STATE))
     states = await _model_states(gw, [target.instance_model])
-    spec = target.spec
-    return json_response(
-        {
-            "id": spec.client_name,
-            "object": "model",
-            "created": int(spec.created_s),
-            "owned_by": spec.owner_tenant or "slurmless",
-            "slurmless": {**states[target.instance_model], "name": spec.name, "kind": spec.kind.value},
-        }
-    )
+    return json_response(_model_entry(target.spec, states[target.instance_model]))
 
 
 async def _get_async(gw: Gateway, key: ApiKeyRecord, request: Request) -> Response:
@@ -542,6 +548,8 @@ def build_app(
             with contextlib.suppress(RedisError, OSError):
                 await gw.routing.leave(gateway_id, now_s=clock())
             await gw.upstreams.aclose()
+            if gw.dispatcher.external is not None:
+                await gw.dispatcher.external.aclose()
             if gw.pipe is not None:
                 gw.pipe.close()
             ref.gateway = None

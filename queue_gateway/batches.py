@@ -117,9 +117,16 @@ async def create(api: BatchApi, key: ApiKeyRecord, request: Request) -> Response
         model = next(iter(prepared.models), "")
         if model:
             try:
-                await api.catalog.target(model, key)
+                target = await api.catalog.target(model, key)
             except NotFound as exc:
                 raise BadRequest(exc.message, param="input_file_id", code="model_not_found") from None
+            if target.spec.external is not None:
+                # Lines run in the idle capacity of the cluster's own instances; an external model has none.
+                raise BadRequest(
+                    f"The model `{model}` is external: batches run on the cluster's own models only.",
+                    param="input_file_id",
+                    code="model_not_supported",
+                )
         now = int(api.clock())
         doc = BatchDoc(
             id=bid,

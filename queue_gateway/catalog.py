@@ -35,6 +35,8 @@ def route_target(spec: ModelSpec) -> Target:
     The launcher starts engines with `--served-model-name <client_name>`; a LoRA adapter is
     served by its base model's instances under the adapter's client name.
     """
+    if spec.external is not None:
+        return Target(spec, spec.name, spec.external.model or spec.client_name)
     return Target(spec, spec.instance_model, spec.client_name)
 
 

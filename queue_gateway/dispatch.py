@@ -38,6 +38,7 @@ from queue_gateway.errors import (
     Unavailable,
     UpstreamFailed,
 )
+from queue_gateway.external import ExternalRoutes
 from queue_gateway.hold import GrantHub, Holder, TicketLost
 from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.progress import granted_comment, queue_comment
@@ -162,6 +163,7 @@ class Dispatcher:
         progress_interval_s: float,
         hot: SlotRouting | None = None,
         speculative: bool = True,
+        external: ExternalRoutes | None = None,
     ) -> None:
         self.routing = routing
         self.hot: SlotRouting = hot or routing
@@ -179,6 +181,7 @@ class Dispatcher:
         self.first_progress_s = first_progress_s
         self.progress_interval_s = progress_interval_s
         self.speculative = speculative
+        self.external = external
         self._hints: dict[str, _Hint] = {}
         self.timeline = Timeline(routing.redis, routing.keys)
 
@@ -191,6 +194,15 @@ class Dispatcher:
 
     async def run(self, call: Call, sink: Sink) -> None:
         """Serve `call` into `sink`; raises `GatewayError` for refusals and engine failures."""
+        external = call.target.spec.external
+        if external is not None:
+            if self.external is None:
+                raise Unavailable("External models are not served by this process.", code="external_unavailable")
+            call.first_byte_sent = await self.external.run(
+                external, call.path, call.body, call.content_type, sink, call.metrics_model,
+                call.headers(), call.arrived_perf,
+            )  # fmt: skip
+            return
         attempts = 0
         failed: Release | None = None
         spec = self._speculate(call)

@@ -4,11 +4,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
 from queue_gateway.batch_settings import BatchSettings
+
+
+class ExternalSettings(BaseModel):
+    """Models an admin routes to OpenAI-compatible endpoints outside the cluster (docs/external.md)."""
+
+    keys_dir: Path | None = None
+    """Directory of the endpoints' API keys, one file per key (`external.key_name` names it), readable by the
+    gateway's user only. Unset: external models that name a key are refused at registration."""
+    allow_http_loopback: bool = False
+    """Accept http:// endpoints on a loopback address (a local proxy, tests); otherwise https:// only."""
+    connect_timeout_s: float = Field(10.0, gt=0)
+    """Timeout of connecting to an external endpoint."""
+    max_connections: int = Field(200, ge=1)
+    """Connections to external endpoints one gateway process keeps open at most."""
 
 
 class GatewaySettings(BaseModel):
@@ -70,6 +85,8 @@ class GatewaySettings(BaseModel):
     set this false and run one internal gateway with it (docs/security.md)."""
     batch: BatchSettings = Field(default_factory=BatchSettings)
     """The Files and Batches API and the batch runner."""
+    external: ExternalSettings = Field(default_factory=ExternalSettings)
+    """Models forwarded to external OpenAI-compatible endpoints."""
 
 
 class MetricsSettings(BaseModel):

@@ -173,8 +173,8 @@ def models_register(
     **spec: Any,
 ) -> None:
     """Register a model (or, with --lora-of, a LoRA adapter on a base model)."""
-    if spec.get("source") is None:
-        fail("models register needs --source")
+    if spec.get("source") is None and spec.get("external_url") is None:
+        fail("models register needs --source (or --external-url for an external route)")
     body = {"name": name} | _spec_body(
         spec,
         engine_arg=engine_arg,
@@ -191,6 +191,8 @@ def models_register(
         if registered["kind"] == "lora"
         else f"{res['gpus']} GPU(s) x {res['nodes']} node(s)"
     )
+    if registered.get("external"):
+        what = f"external route to {registered['external']['url']}"
     console.print(f"registered {registered['name']} ({what})", markup=False, highlight=False)
     _print_notes(result)
 
@@ -259,7 +261,7 @@ def models_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = F
         table.add_row(
             spec["name"],
             kind,
-            spec["source"],
+            spec["source"] or ("external: " + spec["external"]["url"] if spec.get("external") else ""),
             names,
             gpus,
             f"{pol['min_replicas']}-{pol['max_replicas']}",
@@ -291,6 +293,7 @@ def models_show(name: str, url: Url = DEFAULT_URL, token: Token = None, as_json:
         "engine_args",
         "resources",
         "policy",
+        "external",
     ):
         value = spec.get(key)
         if value in (None, [], {}):

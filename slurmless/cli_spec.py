@@ -23,6 +23,9 @@ SKIPPED = frozenset({"name", "kind", "base_model", "engine_args", "visibility", 
 """Fields that are not options of their own: the argument, `--lora-of`, `--engine-arg`, `--tenant`/`--private`."""
 FLAGS = {"aliases": "--alias", "partitions": "--partition", "owner_tenant": "--owner"}
 """Option names that are not the field's: repeatable options are singular, and the shorter `--owner`."""
+PREFIXED = frozenset({"external"})
+"""Sections whose options carry the section's name (`external.url` -> `--external-url`): their field names
+(`url`, `model`) would be ambiguous, or clash with the commands' own options, on their own."""
 REPEATABLE = "(repeatable)"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +65,7 @@ def _options(model: type[BaseModel], prefix: tuple[str, ...]) -> list[SpecOption
         if isinstance(value_type, type) and issubclass(value_type, BaseModel):
             out += _options(value_type, (*prefix, name))
             continue
+        param = f"{prefix[-1]}_{name}" if prefix and prefix[-1] in PREFIXED else name
         if get_origin(value_type) is list and get_args(value_type) != (str,):
             raise TypeError(f"ModelSpec field {name}: only lists of strings can be options")
         if get_origin(value_type) is not list and value_type not in (int, float, str):
@@ -69,8 +73,8 @@ def _options(model: type[BaseModel], prefix: tuple[str, ...]) -> list[SpecOption
         text = " ".join((field.description or "").split())
         if get_origin(value_type) is list:
             text = f"{text} {REPEATABLE}".strip()
-        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-        out.append(SpecOption(name, flag, (*prefix, name), value_type, text))
+        flag = FLAGS.get(param, "--" + param.replace("_", "-"))
+        out.append(SpecOption(param, flag, (*prefix, name), value_type, text))
     return out
 
 

@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from launcher.settings import LauncherSettings
-from queue_gateway.settings import GatewaySettings, MetricsSettings
+from queue_gateway.settings import ExternalSettings, GatewaySettings, MetricsSettings
 from slurm.settings import DevClusterSettings, SlurmSettings
 from warmpool.settings import (
     REDIS_SCHEMES,
@@ -106,6 +106,7 @@ __all__ = [
     "REDIS_SCHEMES",
     "SITE_TENANT_LIMITS",
     "DevClusterSettings",
+    "ExternalSettings",
     "GatewaySettings",
     "LauncherSettings",
     "MetricsSettings",

@@ -15,15 +15,19 @@ from warmpool.specs import ModelSpec
 class ModelStore:
     """Read and write model specs. Writes are atomic (MULTI) so nothing is half-written."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys | None = None, *, local_only: bool = False) -> None:
+        """`local_only`: behave as if external models (forwarded elsewhere, no instances) were not
+        registered; the launcher's view, so that it never plans, submits or reports for them."""
         self.redis = redis
         self.keys = keys or Keys()
+        self.local_only = local_only
         self._parsed: dict[bytes, ModelSpec] = {}
         self._all: tuple[bytes | None, list[ModelSpec]] | None = None
 
     async def get(self, name: str) -> ModelSpec | None:
         raw = await awaited(self.redis.hget(self.keys.models, name))
-        return None if raw is None else ModelSpec.model_validate_json(raw)
+        spec = None if raw is None else ModelSpec.model_validate_json(raw)
+        return None if spec is None or (self.local_only and spec.external is not None) else spec
 
     async def resolve(self, client_name: str) -> ModelSpec | None:
         """The spec a client means by `client_name`: a registered name first, then a served name or alias.
@@ -48,7 +52,7 @@ class ModelStore:
         """
         version: bytes | None = await awaited(self.redis.get(self.keys.models_version))
         if self._all is not None and version is not None and self._all[0] == version:
-            return list(self._all[1])
+            return self._local(self._all[1])
         raw: dict[bytes, bytes] = await awaited(self.redis.hgetall(self.keys.models))
         parsed: dict[bytes, ModelSpec] = {}
         for value in raw.values():
@@ -57,7 +61,10 @@ class ModelStore:
         self._parsed = parsed
         specs = sorted(parsed.values(), key=lambda s: s.name)
         self._all = (version, specs)
-        return list(specs)
+        return self._local(specs)
+
+    def _local(self, specs: list[ModelSpec]) -> list[ModelSpec]:
+        return [s for s in specs if s.external is None] if self.local_only else list(specs)
 
     async def put(self, spec: ModelSpec, *, replace: bool = False, owner_quota: int | None = None) -> None:
         """Register (or with `replace`, update) a model and its client names in one transaction.

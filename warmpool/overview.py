@@ -53,7 +53,7 @@ class StatusBoard:
     def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
         self.redis = redis
         self.keys = keys or Keys()
-        self.models = ModelStore(redis, self.keys)
+        self.models = ModelStore(redis, self.keys, local_only=True)
         self.phases = PhaseBoard(redis, self.keys)
         self.timeline = Timeline(redis, self.keys)
         self.events = EventLog(redis, self.keys)

@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from warmpool.external import External
+
 MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 """Model names are DNS labels: they end up in job names, Redis keys and URLs."""
 SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -110,8 +112,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: ModelName
-    source: str
-    """An absolute path on the cluster's shared filesystem, or a hub id for sites whose nodes reach one."""
+    source: str = ""
+    """An absolute path on the cluster's shared filesystem, or a hub id for sites whose nodes reach one
+    (empty, and only empty, for an external model)."""
     kind: ModelKind = ModelKind.BASE
     base_model: ModelName | None = None
     """For LoRA adapters: the registered base model whose instances serve this adapter."""
@@ -126,6 +129,8 @@ class ModelSpec(BaseModel):
     owner_tenant: str | None = None
     """The tenant that owns the model (admins choose; a self-service key registers for its own)."""
     created_s: float = 0.0
+    external: External | None = None
+    """Forwarded to an OpenAI-compatible endpoint outside the cluster: no instances, no jobs."""
 
     @field_validator("served_name")
     @classmethod
@@ -145,6 +150,8 @@ class ModelSpec(BaseModel):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
+        if not value:
+            return value  # only external models have none (checked below)
         if any(ord(c) < 32 or c == "\x7f" for c in value):
             raise ValueError("source must not contain control characters")
         if value.startswith("/"):
@@ -160,7 +167,18 @@ class ModelSpec(BaseModel):
             raise ValueError("a LoRA adapter needs base_model")
         if self.kind is ModelKind.BASE and self.base_model is not None:
             raise ValueError("base_model is only for LoRA adapters (kind=lora)")
+        if self.external is None and not self.source:
+            raise ValueError("source is required (an absolute path or a hub id), unless the model is external")
+        if self.external is not None:
+            if self.source or self.kind is not ModelKind.BASE or self.engine_args:
+                raise ValueError("an external model has no source, engine arguments or base model")
+            if self.policy.min_replicas:
+                raise ValueError("an external model runs no instances: min_replicas must be 0")
         return self
+
+    @property
+    def is_external(self) -> bool:
+        return self.external is not None
 
     @property
     def client_name(self) -> str:

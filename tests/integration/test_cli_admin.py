@@ -393,3 +393,15 @@ def test_status_watch_refreshes(
     screen = cast(io.StringIO, terminal.file).getvalue()
     assert "pending, reason Priority" in screen and "ready" in screen.split("pending, reason Priority", 1)[1]
     assert screen.count("every 0.05s, Ctrl-C to stop") >= 3
+
+
+def test_external_route_from_the_cli(server: AdminServer, db: redis.Redis) -> None:
+    out = ok(server, "models", "register", "ext", "--external-url", "https://api.example.org/v1",
+             "--external-model", "gpt-x")  # fmt: skip
+    assert "external route to https://api.example.org/v1" in out
+    assert stored_spec(db, "ext")["external"]["model"] == "gpt-x"
+    assert "external: https://api.example.org/v1" in ok(server, "models", "list")
+    line = refused(server, "models", "register", "ext2", "--external-url", "https://api.example.org/v1",
+                   "--external-key-name", "prov")  # fmt: skip
+    assert "keys_dir" in line
+    assert "--source" in refused(server, "models", "register", "ext3")
