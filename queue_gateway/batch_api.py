@@ -28,7 +28,14 @@ UPLOAD_PATHS = frozenset({"/v1/files", "/v1/audio/transcriptions"})
 limit (`http_limits`) holds them to the larger upload cap instead."""
 UPLOAD_FORM_OVERHEAD = 64 * 1024
 """Room for a multipart upload's other fields and framing beyond the file's own cap."""
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+BATCH_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/slurmless/chunked",
+    "/v1/slurmless/tribunal",
+)
 """Endpoints a batch may target."""
 
 

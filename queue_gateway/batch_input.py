@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 
 from queue_gateway.endpoints import BY_PATH
+from queue_gateway.errors import BadRequest
+from queue_gateway.workflows import TRIBUNAL_PATH, WORKFLOW_PATHS, parse_tribunal, workflow_model
 
 MAX_CUSTOM_ID = 512
 ERRORS_SHOWN = 20
@@ -57,6 +59,8 @@ def check_line(raw: bytes, number: int, endpoint: str) -> Request | Invalid:
     body = data.get("body")
     if not isinstance(body, dict):
         return Invalid(number, f"Line {number}: `body` must be a JSON object.", custom_id)
+    if endpoint in WORKFLOW_PATHS:
+        return _workflow_line(body, number, endpoint, custom_id)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return Invalid(number, f"Line {number}: the body has no `model`.", custom_id)
@@ -66,6 +70,24 @@ def check_line(raw: bytes, number: int, endpoint: str) -> Request | Invalid:
         return Invalid(number, f"Line {number}: the body has no `{required}`.", custom_id)
     if body.get("stream"):
         return Invalid(number, f"Line {number}: streaming is not supported in a batch.", custom_id)
+    return Request(custom_id, model, body)
+
+
+def _workflow_line(body: dict[str, Any], number: int, endpoint: str, custom_id: str) -> Request | Invalid:
+    """A chunked or tribunal line, checked as its synchronous endpoint checks a request."""
+    try:
+        model = workflow_model(endpoint, body)
+        if endpoint == TRIBUNAL_PATH and parse_tribunal(body).critic != model:
+            # Every step of a batch line runs on the one slot its line took (idle capacity of the batch's
+            # model); a second model would need a slot of its own that nothing here reserves.
+            return Invalid(
+                number,
+                f"Line {number}: in a batch, a tribunal's `critic` must be its `generator` (the batch's one model);"
+                " two-model tribunals run through /v1/slurmless/tribunal.",
+                custom_id,
+            )
+    except BadRequest as exc:
+        return Invalid(number, f"Line {number}: {exc.message}", custom_id)
     return Request(custom_id, model, body)
 
 

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -29,9 +30,17 @@ from queue_gateway.batch_api import BatchApi
 from queue_gateway.batch_output import LineFile, PartWriter, assemble, entry
 from queue_gateway.catalog import Target
 from queue_gateway.dispatch import Call, Dispatcher, settle
-from queue_gateway.errors import EngineRejected, GatewayError, NotFound
+from queue_gateway.errors import BadRequest, EngineRejected, GatewayError, NotFound
 from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.sinks import BufferSink
+from queue_gateway.workflows import (
+    CHUNKED_PATH,
+    WORKFLOW_PATHS,
+    parse_chunked,
+    parse_tribunal,
+    run_chunked,
+    run_tribunal,
+)
 from warmpool.apikeys import ApiKeyRecord
 from warmpool.batches import BatchRecord, BatchStatus, Take, TakeOutcome
 from warmpool.files import FileRecord
@@ -212,11 +221,16 @@ class BatchRunner:
             )
             sink = BufferSink()
             try:
-                await self.dispatcher.run_on(call, sink, take.instance_id)
-                ok = sink.status < 400
-                result = entry(
-                    custom_id, status=sink.status, body=_json_or_text(sink.body), request_id=take.token, error=None
-                )
+                if rec.doc.endpoint in WORKFLOW_PATHS:
+                    status, answer = await self._workflow(rec.doc.endpoint, request["body"], target, take)
+                    ok = status < 400
+                    result = entry(custom_id, status=status, body=answer, request_id=take.token, error=None)
+                else:
+                    await self.dispatcher.run_on(call, sink, take.instance_id)
+                    ok = sink.status < 400
+                    result = entry(
+                        custom_id, status=sink.status, body=_json_or_text(sink.body), request_id=take.token, error=None
+                    )
             except EngineRejected as exc:
                 ok = False
                 result = entry(
@@ -256,6 +270,38 @@ class BatchRunner:
             if self._room():
                 # The next line of this batch at once, without waiting for the next full step.
                 asyncio.get_running_loop().create_task(self._refill(rec))
+
+    async def _workflow(self, endpoint: str, body: dict[str, Any], target: Target, take: Take) -> tuple[int, object]:
+        """A chunked or tribunal line: every step on the slot the line took, one after another, so the line
+        uses the idle capacity it was given and no more (creation made tribunal lines single-model).
+
+        Returns (status, body): 200 and the workflow's answer, or 400 and the error when the input is
+        refused (too many chunks); engine refusals raise `EngineRejected`, failures `GatewayError`.
+        """
+
+        async def step(model: str, path: str, step_body: dict[str, Any]) -> dict[str, Any]:
+            call = Call(
+                path=path,
+                body=orjson.dumps({**step_body, "model": target.upstream_name}),
+                target=target,
+                stream=False,
+                arrived_s=self.clock(),
+                arrived_perf=time.perf_counter(),
+                request_id=take.token,
+            )
+            sink = BufferSink()
+            await self.dispatcher.run_on(call, sink, take.instance_id)
+            if sink.status >= 400:
+                raise EngineRejected(sink.status, sink.body)
+            answer: dict[str, Any] = orjson.loads(sink.body)
+            return answer
+
+        try:
+            if endpoint == CHUNKED_PATH:
+                return 200, await run_chunked(step, parse_chunked(body), parallel=1)
+            return 200, await run_tribunal(step, parse_tribunal(body))
+        except BadRequest as exc:
+            return exc.status, orjson.loads(exc.body())
 
     async def _refill(self, rec: BatchRecord) -> None:
         try:

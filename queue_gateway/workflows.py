@@ -70,10 +70,6 @@ class Workflows:
         answer: dict[str, Any] = orjson.loads(sink.body)
         return answer
 
-    async def chat(self, key: ApiKeyRecord, model: str, messages: list[dict[str, Any]], extra: dict[str, Any]) -> str:
-        answer = await self.call(key, model, "/v1/chat/completions", {**extra, "messages": messages})
-        return str(answer["choices"][0]["message"]["content"] or "")
-
 
 Handler = Callable[[Workflows, ApiKeyRecord, Request], Awaitable[Response]]
 
@@ -122,8 +118,37 @@ def chunk_spans(n_tokens: int, chunk_tokens: int, overlap_tokens: int) -> list[t
         start += step
 
 
-async def chunked(wf: Workflows, key: ApiKeyRecord, request: Request) -> Response:
-    data = await _body(request)
+Step = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""One model call of a workflow: (model, path, body) -> the engine's JSON answer."""
+
+CHUNKED_PATH = "/v1/slurmless/chunked"
+TRIBUNAL_PATH = "/v1/slurmless/tribunal"
+WORKFLOW_PATHS = (CHUNKED_PATH, TRIBUNAL_PATH)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkedArgs:
+    model: str
+    text: str
+    instruction: str
+    chunk_tokens: int
+    overlap_tokens: int
+    combine: str
+    reduce_prompt: str
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TribunalArgs:
+    generator: str
+    critic: str
+    messages: list[dict[str, Any]]
+    rounds: int
+    extra: dict[str, Any]
+
+
+def parse_chunked(data: dict[str, Any]) -> ChunkedArgs:
+    """A chunked request's fields, or `BadRequest` naming the bad one (also checks batch lines)."""
     model, text, instruction = _string(data, "model"), _string(data, "input"), _string(data, "instruction")
     chunk_tokens = _int(data, "chunk_tokens", 1024, 16, 1_000_000)
     overlap = _int(data, "overlap_tokens", 0, 0, chunk_tokens - 1)
@@ -131,82 +156,106 @@ async def chunked(wf: Workflows, key: ApiKeyRecord, request: Request) -> Respons
     if combine not in ("concatenate", "reduce"):
         raise BadRequest("'combine' must be `concatenate` or `reduce`.", param="combine", code="invalid_value")
     reduce_prompt = _string(data, "reduce_prompt") if combine == "reduce" else ""
-    extra = _extra(data)
-    tokens = (await wf.call(key, model, "/tokenize", {"prompt": text, "add_special_tokens": False}))["tokens"]
-    spans = chunk_spans(len(tokens), chunk_tokens, overlap)
-    if len(spans) > MAX_CHUNKS:
-        raise BadRequest(f"The input makes {len(spans)} chunks; at most {MAX_CHUNKS}.", param="input")
-    gate = asyncio.Semaphore(MAX_PARALLEL)
-
-    async def one(span: tuple[int, int]) -> dict[str, Any]:
-        async with gate:
-            piece = (await wf.call(key, model, "/detokenize", {"tokens": tokens[span[0] : span[1]]}))["prompt"]
-            messages = [{"role": "user", "content": f"{instruction}\n\n{piece}"}]
-            output = await wf.chat(key, model, messages, extra)
-            return {"start_token": span[0], "end_token": span[1], "output": output}
-
-    chunks = [{"index": i, **c} for i, c in enumerate(await asyncio.gather(*(one(s) for s in spans)))]
-    if combine == "concatenate":
-        result = "\n\n".join(c["output"] for c in chunks)
-    else:
-        joined = "\n\n".join(f"[{c['index']}] {c['output']}" for c in chunks)
-        result = await wf.chat(key, model, [{"role": "user", "content": f"{reduce_prompt}\n\n{joined}"}], extra)
-    return Response(
-        orjson.dumps(
-            {
-                "id": f"chunked-{uuid.uuid4().hex}",
-                "object": "slurmless.chunked",
-                "model": model,
-                "input_tokens": len(tokens),
-                "combine": combine,
-                "chunks": chunks,
-                "output": result,
-            }
-        ),
-        media_type="application/json",
-    )
+    return ChunkedArgs(model, text, instruction, chunk_tokens, overlap, str(combine), reduce_prompt, _extra(data))
 
 
-async def tribunal(wf: Workflows, key: ApiKeyRecord, request: Request) -> Response:
-    data = await _body(request)
+def parse_tribunal(data: dict[str, Any]) -> TribunalArgs:
     generator, critic = _string(data, "generator"), _string(data, "critic")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise BadRequest("'messages' must be a non-empty list of messages.", param="messages")
-    rounds = _int(data, "rounds", 1, 1, MAX_ROUNDS)
-    extra = _extra(data)
-    # Both models must exist for this key before anything runs.
-    await wf.catalog.target(generator, key)
-    await wf.catalog.target(critic, key)
+    return TribunalArgs(generator, critic, messages, _int(data, "rounds", 1, 1, MAX_ROUNDS), _extra(data))
+
+
+def workflow_model(path: str, data: dict[str, Any]) -> str:
+    """The model a workflow request (or batch line) runs on first: chunked's model, tribunal's generator."""
+    return parse_chunked(data).model if path == CHUNKED_PATH else parse_tribunal(data).generator
+
+
+async def _chat(step: Step, model: str, messages: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+    answer = await step(model, "/v1/chat/completions", {**extra, "messages": messages})
+    return str(answer["choices"][0]["message"]["content"] or "")
+
+
+async def run_chunked(step: Step, args: ChunkedArgs, *, parallel: int = MAX_PARALLEL) -> dict[str, Any]:
+    """Split, process and combine; `parallel` chunks at once (a batch line runs them one by one on its slot)."""
+    model, extra = args.model, args.extra
+    tokens = (await step(model, "/tokenize", {"prompt": args.text, "add_special_tokens": False}))["tokens"]
+    spans = chunk_spans(len(tokens), args.chunk_tokens, args.overlap_tokens)
+    if len(spans) > MAX_CHUNKS:
+        raise BadRequest(f"The input makes {len(spans)} chunks; at most {MAX_CHUNKS}.", param="input")
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(span: tuple[int, int]) -> dict[str, Any]:
+        async with gate:
+            piece = (await step(model, "/detokenize", {"tokens": tokens[span[0] : span[1]]}))["prompt"]
+            messages = [{"role": "user", "content": f"{args.instruction}\n\n{piece}"}]
+            output = await _chat(step, model, messages, extra)
+            return {"start_token": span[0], "end_token": span[1], "output": output}
+
+    chunks = [{"index": i, **c} for i, c in enumerate(await asyncio.gather(*(one(s) for s in spans)))]
+    if args.combine == "concatenate":
+        result = "\n\n".join(c["output"] for c in chunks)
+    else:
+        joined = "\n\n".join(f"[{c['index']}] {c['output']}" for c in chunks)
+        result = await _chat(step, model, [{"role": "user", "content": f"{args.reduce_prompt}\n\n{joined}"}], extra)
+    return {
+        "id": f"chunked-{uuid.uuid4().hex}",
+        "object": "slurmless.chunked",
+        "model": model,
+        "input_tokens": len(tokens),
+        "combine": args.combine,
+        "chunks": chunks,
+        "output": result,
+    }
+
+
+async def run_tribunal(step: Step, args: TribunalArgs) -> dict[str, Any]:
+    generator, critic, messages, extra = args.generator, args.critic, args.messages, args.extra
     steps: list[dict[str, Any]] = []
-    answer = await wf.chat(key, generator, messages, extra)
+    answer = await _chat(step, generator, messages, extra)
     steps.append({"round": 0, "role": "generate", "model": generator, "content": answer})
     question = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
-    for rnd in range(1, rounds + 1):
+    for rnd in range(1, args.rounds + 1):
         review = [{"role": "user", "content": f"Question:\n{question}\n\nAnswer:\n{answer}\n\n{CRITIQUE_PROMPT}"}]
-        critique = await wf.chat(key, critic, review, extra)
+        critique = await _chat(step, critic, review, extra)
         steps.append({"round": rnd, "role": "critique", "model": critic, "content": critique})
         revise = [
             *messages,
             {"role": "assistant", "content": answer},
             {"role": "user", "content": f"{REVISE_PROMPT}\n\nCritique:\n{critique}"},
         ]
-        answer = await wf.chat(key, generator, revise, extra)
+        answer = await _chat(step, generator, revise, extra)
         steps.append({"round": rnd, "role": "revise", "model": generator, "content": answer})
-    return Response(
-        orjson.dumps(
-            {
-                "id": f"tribunal-{uuid.uuid4().hex}",
-                "object": "slurmless.tribunal",
-                "generator": generator,
-                "critic": critic,
-                "rounds": rounds,
-                "steps": steps,
-                "output": answer,
-            }
-        ),
-        media_type="application/json",
-    )
+    return {
+        "id": f"tribunal-{uuid.uuid4().hex}",
+        "object": "slurmless.tribunal",
+        "generator": generator,
+        "critic": critic,
+        "rounds": args.rounds,
+        "steps": steps,
+        "output": answer,
+    }
+
+
+def _key_step(wf: Workflows, key: ApiKeyRecord) -> Step:
+    async def step(model: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await wf.call(key, model, path, body)
+
+    return step
+
+
+async def chunked(wf: Workflows, key: ApiKeyRecord, request: Request) -> Response:
+    args = parse_chunked(await _body(request))
+    return Response(orjson.dumps(await run_chunked(_key_step(wf, key), args)), media_type="application/json")
+
+
+async def tribunal(wf: Workflows, key: ApiKeyRecord, request: Request) -> Response:
+    args = parse_tribunal(await _body(request))
+    # Both models must exist for this key before anything runs.
+    await wf.catalog.target(args.generator, key)
+    await wf.catalog.target(args.critic, key)
+    return Response(orjson.dumps(await run_tribunal(_key_step(wf, key), args)), media_type="application/json")
 
 
 def limited(handler: Handler) -> Handler:
@@ -226,6 +275,6 @@ def limited(handler: Handler) -> Handler:
 
 def routes(wrap: Callable[[Handler], Callable[[Request], Awaitable[Response]]]) -> list[Route]:
     return [
-        Route("/v1/slurmless/chunked", wrap(limited(chunked)), methods=["POST"]),
-        Route("/v1/slurmless/tribunal", wrap(limited(tribunal)), methods=["POST"]),
+        Route(CHUNKED_PATH, wrap(limited(chunked)), methods=["POST"]),
+        Route(TRIBUNAL_PATH, wrap(limited(tribunal)), methods=["POST"]),
     ]
