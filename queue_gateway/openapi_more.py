@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from queue_gateway.batch_api import BATCH_ENDPOINTS
+
 _OBJECT = {"type": "object"}
 _MODEL_FIELD = {"type": "string", "minLength": 1, "examples": ["m"]}
 _ERROR_REF = {
@@ -103,7 +105,7 @@ def more_paths() -> dict[str, Any]:
         "required": ["input_file_id", "endpoint", "completion_window"],
         "properties": {
             "input_file_id": {"type": "string"},
-            "endpoint": {"enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]},
+            "endpoint": {"enum": list(BATCH_ENDPOINTS)},
             "completion_window": {"enum": ["24h"]},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         },
