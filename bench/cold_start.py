@@ -38,10 +38,10 @@ from bench.procs import python, start, wait_http, wait_line
 from bench.rawclient import Connection, build_request
 from bench.report import median, table, write_json
 from launcher.service import LauncherService
-from launcher.testing import cancel_all, local_settings
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import cancel_all, local_settings
 from warmpool.apikeys import ApiKeyStore
 from warmpool.instance_store import InstanceStore
 from warmpool.keys import Keys

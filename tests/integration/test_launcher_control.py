@@ -13,10 +13,10 @@ import redis.asyncio as aioredis
 from launcher.controller import Launcher
 from launcher.lease import LeaderLease
 from launcher.service import LauncherService
-from launcher.testing import active_jobs, launcher_env, slurm_for, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import active_jobs, launcher_env, slurm_for, wait_for
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceState
 from warmpool.keys import Keys

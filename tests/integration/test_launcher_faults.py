@@ -23,7 +23,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from launcher.history import backoff_delay_s
-from launcher.testing import (
+from slurm.localcluster import LocalCluster
+from slurm.types import JobState
+from slurmless.localredis import LocalRedis
+from slurmless.settings import Settings
+from testing.launcher import (
     RunningLauncher,
     active_jobs,
     cancel_all,
@@ -33,10 +37,6 @@ from launcher.testing import (
     records,
     wait_for,
 )
-from slurm.localcluster import LocalCluster
-from slurm.types import JobState
-from slurmless.localredis import LocalRedis
-from slurmless.settings import Settings
 from tests.fixtures.slurm_cluster import require_slurm_binaries
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, launcher_env, records, wait_for
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
 from slurm.types import JobState, SlurmJob
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, launcher_env, records, wait_for
 from tests.fixtures.slurm_cluster import require_slurm_binaries
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys

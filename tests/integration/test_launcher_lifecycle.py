@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 
 from launcher.controller import JOB_START
 from launcher.service import LauncherService
-from launcher.testing import active_jobs, engine_pid, launcher_env, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import active_jobs, engine_pid, launcher_env, wait_for
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys

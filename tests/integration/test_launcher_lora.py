@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 
 from launcher.jobs import job_spec
 from launcher.lora import LORA_JOB_ENV
-from launcher.testing import RunningLauncher, launcher_env, local_settings, records, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, launcher_env, local_settings, records, wait_for
 from tests.fixtures.gateway_stack import gateway
 from warmpool.apikeys import ApiKeyStore
 from warmpool.instances import InstanceState

@@ -11,10 +11,10 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from launcher.testing import RunningLauncher, launcher_env, records, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, launcher_env, records, wait_for
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore

@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.desired import FORECAST_HISTORY_SLOTS, PolicyInputs
-from launcher.testing import RunningLauncher, active_jobs, cancel_all, local_settings, records, slurm_for, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, active_jobs, cancel_all, local_settings, records, slurm_for, wait_for
 from warmpool.events import Event, EventLog
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import DEMAND_SLOT_S, Keys

@@ -21,10 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from launcher.lease import LeaderLease
-from launcher.testing import active_jobs, cancel_all, environ_with, local_settings, records, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import active_jobs, cancel_all, environ_with, local_settings, records, wait_for
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore

@@ -18,7 +18,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import (
+from slurm.localcluster import LocalCluster
+from slurmless.localredis import LocalRedis
+from slurmless.settings import Settings
+from testing.launcher import (
     RunningLauncher,
     active_jobs,
     launcher_env,
@@ -26,9 +29,6 @@ from launcher.testing import (
     records,
     wait_for,
 )
-from slurm.localcluster import LocalCluster
-from slurmless.localredis import LocalRedis
-from slurmless.settings import Settings
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
