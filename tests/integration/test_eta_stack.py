@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, launcher_env, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, launcher_env, wait_for
 from tests.fixtures.gateway_stack import gateway
 from warmpool.apikeys import ApiKeyStore
 from warmpool.keys import Keys

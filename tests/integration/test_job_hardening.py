@@ -20,13 +20,13 @@ import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.jobs import sha256_hex
-from launcher.testing import cancel_all, local_settings, slurm_for
 from slurm.cli_backend import SlurmCLI
 from slurm.jobscript import JobSpec, render_job_script
 from slurm.localcluster import LocalCluster
 from slurm.types import JobState, SlurmJob
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import cancel_all, local_settings, slurm_for
 from tests.fixtures.callback_receiver import Callback, CallbackReceiver
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceRecord, InstanceState

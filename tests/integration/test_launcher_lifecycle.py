@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.controller import JOB_START
+from launcher.lifecycle import JOB_START
 from launcher.service import LauncherService
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, launcher_env, records, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import MetricsSettings, Settings
+from testing.launcher import RunningLauncher, launcher_env, records, wait_for
 from tests.fixtures.gateway_stack import gateway, gateway_settings
 from tests.fixtures.prometheus_server import Prometheus, dashboard_exprs, deploy_config, prometheus_server, substitute
 from warmpool.instances import InstanceRecord, InstanceState

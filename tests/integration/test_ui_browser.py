@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import BrowserContext, Page
 
-from launcher.testing import RunningLauncher, launcher_env, slurm_for, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, launcher_env, slurm_for, wait_for
 from tests.fixtures.browser import screenshot_dir
 from tests.fixtures.gateway_stack import gateway
 from warmpool.apikeys import ApiKeyStore

@@ -1,0 +1,315 @@
+"""The scaling plan as a returned value: each model's desired replicas, its submissions and its drains.
+
+`Planner.plan` turns what the tick observed (specs, snapshots, histories, instance records,
+forecasts, schedule windows, warm requests) into one `ScalePlan` per base model: the policies'
+decision (`launcher.desired.desired_replicas`) and the instances it is measured against. After
+`launcher.desired.fit_to_budget` has fitted all decisions into the GPU budget, `model_actions`
+says what each model needs: how many jobs to submit (and why), which instances to drain, which
+ready instances need a successor before their walltime ends. Nothing here does I/O; the
+controller applies the actions (`Launcher._apply_actions`).
+
+The planner remembers decisions whose inputs have not changed (`DecisionMemo`) and the whole plan of
+a model without instances while its inputs are the very objects of the last tick: with 1,000
+registered models most are cold and quiet, and recomputing them cost more than the rest of the tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from launcher.desired import (
+    BudgetAsk,
+    DecisionMemo,
+    DemandForecast,
+    ModelLoad,
+    decision_expires_s,
+    demand_rate_per_s,
+    desired_replicas,
+    with_cap,
+)
+from launcher.history import ModelHistory
+from launcher.jobs import signal_timing
+from launcher.settings import LauncherSettings
+from policies.types import Decision, Occurrence
+from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
+from warmpool.keys import DEMAND_SLOT_S
+from warmpool.snapshot import ModelSnapshot
+from warmpool.specs import ModelSpec
+from warmpool.warm import WarmRequest
+
+S = InstanceState
+
+SIGNAL_EARLY_S = 60.0
+"""`--signal=B:USR1@N` may come up to 60 s before N (sbatch(1): Slurm checks time limits
+periodically; 22.05 sent it up to 30 s early on the local cluster). The successor must be ready by
+then, or the warned instance deregisters and leaves a gap."""
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """One model's instances and its ask, between the policies' decision and the GPU budget."""
+
+    spec: ModelSpec
+    hist: ModelHistory
+    active: list[InstanceRecord]
+    capacity: list[InstanceRecord]
+    inflight: dict[str, int]
+    ask: BudgetAsk
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One job to submit: why, and the ready instance it renews (None: more capacity)."""
+
+    why: str
+    successor_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOrder:
+    """An instance to drain: cancelled at once (`cancel`, it has not served yet) or once idle."""
+
+    record: InstanceRecord
+    reason: str
+    cancel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelActions:
+    """What one model needs this tick, after the GPU budget."""
+
+    model: str
+    decision: Decision
+    submissions: tuple[Submission, ...] = ()
+    drains: tuple[DrainOrder, ...] = ()
+    renewal_lead_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInputs:
+    """What the tick observed for one base model, as read for all models at once."""
+
+    spec: ModelSpec
+    snap: ModelSnapshot
+    hist: ModelHistory
+    demand: DemandForecast | None
+    occurrences: tuple[Occurrence, ...]
+    warm: WarmRequest | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """A model without instances: the inputs of its last plan (compared by identity), and until when it stands."""
+
+    inputs: ModelInputs
+    plan: ScalePlan
+    until_s: float
+
+
+def expected_cold_start_s(hist: ModelHistory, settings: LauncherSettings) -> float:
+    """Queue wait plus load time, as observed (p95) or by default."""
+    queue_s = hist.queue_wait_p95_s or settings.default_queue_wait_s
+    load_s = hist.load_p95_s or settings.default_load_s
+    return queue_s + load_s
+
+
+def renewal_lead_s(spec: ModelSpec, hist: ModelHistory, settings: LauncherSettings) -> float:
+    """How long before a ready instance's end its successor is submitted, so that it is ready in time."""
+    res = spec.resources
+    lead, *_ = signal_timing(settings.signal_lead_s, 60 * (res.time_min_min or res.time_limit_min))
+    return expected_cold_start_s(hist, settings) + lead + SIGNAL_EARLY_S + settings.renew_margin_s
+
+
+def live_by_model(records: Sequence[InstanceRecord]) -> dict[str, list[InstanceRecord]]:
+    """Each model's instances that hold or will hold a job."""
+    live: dict[str, list[InstanceRecord]] = {}
+    for record in records:
+        if record.state in LIVE_STATES:
+            live.setdefault(record.model, []).append(record)
+    return live
+
+
+class HistoryCache:
+    """Each model's history decoded from its snapshot, decoded again only when the snapshot changed."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
+
+    def histories(self, snaps: Mapping[str, ModelSnapshot]) -> dict[str, ModelHistory]:
+        hists: dict[str, ModelHistory] = {}
+        seen: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
+        for name, snap in snaps.items():
+            last = self._seen.get(name)
+            hist = last[1] if last is not None and last[0] is snap else ModelHistory.from_fields(snap.stats)
+            hists[name] = hist
+            seen[name] = (snap, hist)
+        self._seen = seen
+        return hists
+
+
+class Planner:
+    """Each base model's `ScalePlan`, remembering decisions and quiet models' plans between ticks."""
+
+    def __init__(self, settings: LauncherSettings) -> None:
+        self.settings = settings
+        self.decisions = DecisionMemo()
+        self._quiet: dict[str, _Quiet] = {}
+
+    def forget(self, keep: Sequence[str]) -> None:
+        self.decisions.forget(keep)
+
+    def plan(
+        self, inputs: Sequence[ModelInputs], live: Mapping[str, list[InstanceRecord]], now_s: float
+    ) -> list[ScalePlan]:
+        """One plan per model in `inputs`, given each model's live instances."""
+        plans: list[ScalePlan] = []
+        quiet: dict[str, _Quiet] = {}
+        for got in inputs:
+            name = got.spec.name
+            model_live = live.get(name)
+            if model_live:
+                plans.append(self._plan(got, model_live, now_s))
+                continue
+            # A model with no instance whose inputs are the very objects of the last tick: the same plan.
+            seen = self._quiet.get(name)
+            if seen is not None and now_s < seen.until_s and _same_inputs(seen.inputs, got):
+                quiet[name] = seen
+                plans.append(seen.plan)
+                continue
+            plan = self._plan(got, [], now_s)
+            quiet[name] = _Quiet(got, plan, self._quiet_until_s(plan, now_s))
+            plans.append(plan)
+        self._quiet = quiet
+        return plans
+
+    def _quiet_until_s(self, plan: ScalePlan, now_s: float) -> float:
+        """Until when a model without instances keeps `plan` if its inputs do not change.
+
+        The decision's own expiry (`DecisionMemo`), the instant the no-waiters cut starts to apply,
+        and the end of the current demand slot (the budget prices a replica by the slot's rate).
+        """
+        until_s = self.decisions.expires_s(plan.spec.name)
+        last_s = plan.hist.last_activity_s
+        grace_s = self.settings.pending_cancel_grace_s
+        if last_s is not None and now_s <= last_s + grace_s:
+            until_s = min(until_s, last_s + grace_s)
+        return min(until_s, (now_s // DEMAND_SLOT_S + 1) * DEMAND_SLOT_S)
+
+    def _plan(self, got: ModelInputs, live: list[InstanceRecord], now_s: float) -> ScalePlan:
+        """What one model has and what the policies want for it, before the GPU budget."""
+        spec, hist, snap, demand = got.spec, got.hist, got.snap, got.demand
+        model = spec.name
+        active = [r for r in live if r.state is not S.DRAINING]
+        active_ids = {r.id for r in active}
+        # A ready instance whose successor is on its way counts once, as its successor.
+        capacity = [r for r in active if not (r.successor and r.successor in active_ids)]
+        ready = [r for r in active if r.state is S.READY]
+        inflight = snap.inflight
+        queue_depth = snap.queue_depth
+        last_s = hist.last_activity_s
+        load = ModelLoad(
+            queue_depth=queue_depth,
+            oldest_wait_s=snap.oldest_wait_s(now_s),
+            in_flight=sum(inflight.values()),
+            ready=len(ready),
+            held=len(capacity),
+            last_request_s=last_s,
+            idle_counts=snap.idle_counts,
+            gaps=snap.gaps,
+        )
+        cold_start_s = expected_cold_start_s(hist, self.settings)
+        forecast = demand.forecast if demand is not None else None
+        key = (spec, load, cold_start_s, forecast, got.occurrences, got.warm)
+        decision = self.decisions.get(model, key, now_s)
+        if decision is None:
+            decision = desired_replicas(
+                spec,
+                load,
+                now_s,
+                expected_cold_start_s=cold_start_s,
+                default_keepalive_s=self.settings.default_keepalive_s,
+                exchange_rate=self.settings.exchange_rate,
+                forecast=forecast,
+                occurrences=got.occurrences,
+                warm=got.warm,
+            )
+            self.decisions.put(model, key, decision, now_s, decision_expires_s(decision, last_s))
+        nobody_waits = queue_depth == 0 and load.in_flight == 0
+        idle_s = now_s - last_s if last_s is not None else float("inf")
+        if not ready and nobody_waits and idle_s > self.settings.pending_cancel_grace_s:
+            # Demand vanished before anything became ready: keep only what a standing policy asks for.
+            standing = max(
+                (r.replicas for r in decision.reasons if r.policy not in ("reactive", "idle-to-zero")), default=0
+            )
+            decision = with_cap(
+                decision, standing, "no-waiters", f"nobody waited for {idle_s:.0f}s and nothing is ready"
+            )
+        ask = BudgetAsk(
+            spec=spec,
+            decision=decision,
+            waiting=queue_depth,
+            rate_per_s=demand_rate_per_s(demand, now_s),
+            cold_start_s=cold_start_s,
+            floor=max(spec.policy.min_replicas, got.warm.replicas if got.warm is not None else 0),
+        )
+        return ScalePlan(spec, hist, active, capacity, inflight, ask)
+
+
+def _same_inputs(a: ModelInputs, b: ModelInputs) -> bool:
+    return (
+        a.spec is b.spec
+        and a.snap is b.snap
+        and a.hist is b.hist
+        and a.demand is b.demand
+        and a.warm is b.warm
+        and a.occurrences == b.occurrences
+    )
+
+
+def model_actions(plan: ScalePlan, decision: Decision, now_s: float, settings: LauncherSettings) -> ModelActions:
+    """What `plan`'s model needs once its decision is fitted into the budget: submissions, drains, renewals.
+
+    A model that is broken or backing off gets no submission (neither more capacity nor renewals).
+    """
+    desired, capacity, hist = decision.replicas, plan.capacity, plan.hist
+    may_start = not hist.broken_reason and now_s >= hist.retry_at_s
+    submissions: list[Submission] = []
+    drains: tuple[DrainOrder, ...] = ()
+    if desired > len(capacity):
+        if not may_start:
+            return ModelActions(plan.spec.name, decision)
+        submissions = [Submission(decision.explain()[:300])] * (desired - len(capacity))
+    elif desired < len(capacity):
+        drains = scale_down(capacity, plan.inflight, len(capacity) - desired)
+    lead_s = renewal_lead_s(plan.spec, hist, settings)
+    if may_start:
+        submissions += [
+            Submission(f"renewal of {r.id}", successor_of=r.id) for r in due_renewals(plan.active, lead_s, now_s)
+        ]
+    return ModelActions(plan.spec.name, decision, tuple(submissions), drains, lead_s)
+
+
+def scale_down(capacity: Sequence[InstanceRecord], inflight: Mapping[str, int], excess: int) -> tuple[DrainOrder, ...]:
+    """The `excess` instances to let go: the newest still coming first (cancelled), then the idlest ready ones."""
+    coming = sorted((r for r in capacity if r.state in COMING_STATES), key=lambda r: -r.created_s)
+    ready = sorted((r for r in capacity if r.state is S.READY), key=lambda r: inflight.get(r.id, 0))
+    return tuple(
+        DrainOrder(r, "no demand: cancelling before it serves", cancel=True)
+        if r.state in COMING_STATES
+        else DrainOrder(r, "idle: scaling down", cancel=False)
+        for r in [*coming, *ready][:excess]
+    )
+
+
+def due_renewals(active: Sequence[InstanceRecord], lead_s: float, now_s: float) -> list[InstanceRecord]:
+    """Ready instances whose walltime ends within `lead_s` and that have no successor on its way yet."""
+    ids = {r.id for r in active}
+    return [
+        r
+        for r in active
+        if r.state is S.READY
+        and r.end_time_s is not None
+        and not (r.successor and r.successor in ids)
+        and r.end_time_s - now_s <= lead_s
+    ]

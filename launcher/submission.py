@@ -1,0 +1,76 @@
+"""A new instance's job: its record, its script, and where it should run.
+
+The script is rendered for every (partition, QOS) the model allows and the placement whose
+`sbatch --test-only` estimate starts soonest is chosen (`policies.placement.pick_placement`),
+preferring preemptible capacity on a tie. `Launcher._submit` writes the record and runs `sbatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from launcher.jobs import sha256_hex
+from launcher.lifecycle import S
+from launcher.settings import LauncherSettings
+from policies.placement import PlacementOption, pick_placement
+from slurm.backend import SlurmBackend
+from slurm.errors import SlurmError
+from warmpool.instances import InstanceRecord
+from warmpool.specs import ModelSpec
+
+Placement = tuple[str | None, str | None]
+"""(partition, QOS); None leaves it to the cluster's default."""
+
+
+def new_record(
+    spec: ModelSpec, iid: str, *, token: str, api_key: str, now_s: float, successor_of: str | None
+) -> InstanceRecord:
+    """The `requested` record written before `sbatch` runs (a launcher that dies in between leaves a trace)."""
+    return InstanceRecord(
+        id=iid,
+        model=spec.name,
+        state=S.REQUESTED,
+        api_key=api_key,
+        token_sha256=sha256_hex(token),
+        created_s=now_s,
+        state_since_s=now_s,
+        timestamps={S.REQUESTED.value: now_s},
+        successor_of=successor_of,
+    )
+
+
+async def place(
+    slurm: SlurmBackend, spec: ModelSpec, render: Callable[[str | None, str | None], str], settings: LauncherSettings
+) -> tuple[Placement, float | None]:
+    """The (partition, QOS) whose `sbatch --test-only` estimate starts soonest, and that estimate.
+
+    `render(partition, qos)` is the job script in that placement; a placement Slurm refuses to
+    estimate is skipped; with none estimated, the first allowed placement and no estimate.
+    """
+    res = spec.resources
+    preempt_p, preempt_q = set(settings.preemptible_partitions), set(settings.preemptible_qos)
+    partitions: list[str | None] = sorted(res.partitions, key=lambda p: p not in preempt_p) or [None]
+    qoses: list[str | None] = sorted(res.qos, key=lambda q: q not in preempt_q) or [None]
+    choices = [(p, q) for p in partitions for q in qoses]
+    if len(choices) == 1:
+        return choices[0], None
+    script = render(None, None)
+    options: list[PlacementOption] = []
+    for partition, qos in choices:
+        try:
+            est = await slurm.estimate_start(script, partition=partition, qos=qos)
+        except SlurmError:
+            continue
+        options.append(
+            PlacementOption(
+                partition=partition or "",
+                qos=qos,
+                estimated_start_s=est.start_time.timestamp(),
+                preemptible=partition in preempt_p or qos in preempt_q,
+                time_limit_s=60.0 * res.time_limit_min,
+            )
+        )
+    best = pick_placement(options)
+    if best is None:
+        return choices[0], None
+    return (best.partition or None, best.qos), best.estimated_start_s

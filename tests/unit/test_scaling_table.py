@@ -1,0 +1,205 @@
+"""The scaling plan as a table: (a model's instances and load) -> desired replicas, submissions, drains.
+
+Instances are real job records of `FakeSlurm` (submitted, started, given their walltime), the
+inputs are what the tick reads from Redis, and `launcher.scaling` answers with a value; nothing is
+applied. The whole table runs in milliseconds beside the real-Slurm tests of the same behaviour
+(tests/integration/test_launcher_policies.py, test_launcher_walltime.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from launcher.desired import fit_to_budget
+from launcher.history import ModelHistory
+from launcher.scaling import DrainOrder, ModelInputs, Planner, Submission, live_by_model, model_actions
+from launcher.settings import LauncherSettings
+from slurm.fake import FakeSlurm
+from warmpool.instances import InstanceRecord, InstanceState
+from warmpool.snapshot import ModelSnapshot
+from warmpool.specs import ModelSpec, Policy, Resources
+
+S = InstanceState
+T0 = 1_800_000_000.0
+SETTINGS = LauncherSettings(default_keepalive_s=600.0, pending_cancel_grace_s=5.0, signal_lead_s=30)
+
+
+SHORT_KEEPALIVE: dict[str, object] = {"keepalive_min_s": 10, "keepalive_max_s": 20}
+
+
+def spec(name: str = "m", policy: dict[str, object] | None = None) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        source=f"/models/{name}",
+        resources=Resources(gpus=1, time_limit_min=120),
+        policy=Policy.model_validate({"max_replicas": 3, **(policy or {})}),
+    )
+
+
+def instance(fake: FakeSlurm, iid: str, state: InstanceState, *, runs_for_min: int | None = None) -> InstanceRecord:
+    """A record in `state` whose job FakeSlurm holds; a ready one runs, ending at its walltime."""
+    script = (
+        f"#!/bin/bash\n#SBATCH --job-name=slurmless-m-{iid}\n#SBATCH --comment=slurmless:{iid}\n#SBATCH --time=120\n"
+    )
+    job_id = asyncio.run(fake.submit(script))
+    end_s = None
+    if state in (S.STARTING, S.LOADING, S.READY):
+        fake.start(job_id, limit_min=runs_for_min)
+        end_time = fake.job(job_id).end_time
+        end_s = end_time.timestamp() if end_time else None
+    return InstanceRecord(
+        id=iid,
+        model="m",
+        state=state,
+        job_id=str(job_id),
+        created_s=fake.now_s,
+        state_since_s=fake.now_s,
+        end_time_s=end_s,
+    )
+
+
+@dataclass
+class Row:
+    name: str
+    states: tuple[InstanceState, ...] = ()
+    queue_depth: int = 0
+    inflight: dict[str, int] = field(default_factory=dict)
+    idle_for_s: float | None = None
+    """Since the last request (None: never had one)."""
+    policy: dict[str, object] = field(default_factory=dict)
+    stats: dict[str, str] = field(default_factory=dict)
+    runs_for_min: int | None = None
+    successor: bool = False
+    desired: int = 0
+    submissions: tuple[str | None, ...] = ()
+    """Each submission's instance to renew (None: more capacity)."""
+    drains: tuple[tuple[str, bool], ...] = ()
+    """(instance id, cancelled at once)."""
+
+
+ROWS = [
+    Row("cold and unused: nothing", desired=0),
+    Row("cold with a waiting request: one submission", queue_depth=1, idle_for_s=0.0, desired=1, submissions=(None,)),
+    Row(
+        "min_replicas 2 with one ready: one more",
+        states=(S.READY,),
+        policy={"min_replicas": 2},
+        desired=2,
+        submissions=(None,),
+    ),
+    Row("busy ready instance: held", states=(S.READY,), inflight={"i0": 2}, idle_for_s=1.0, desired=1),
+    Row(
+        "idle past the keep-alive: both drained once idle",
+        states=(S.READY, S.READY),
+        idle_for_s=5000.0,
+        policy=SHORT_KEEPALIVE,
+        desired=0,
+        drains=(("i0", False), ("i1", False)),
+    ),
+    Row(
+        "one of two busy: the idle one drains",
+        states=(S.READY, S.READY),
+        inflight={"i0": 1},
+        idle_for_s=5000.0,
+        policy=SHORT_KEEPALIVE,
+        desired=1,
+        drains=(("i1", False),),
+    ),
+    Row(
+        "demand vanished before anything was ready: the coming one is cancelled",
+        states=(S.PENDING,),
+        idle_for_s=60.0,
+        desired=0,
+        drains=(("i0", True),),
+    ),
+    Row(
+        "broken model: no submission", queue_depth=1, idle_for_s=0.0, stats={"broken_reason": "invalid job"}, desired=1
+    ),
+    Row("backing off: no submission", queue_depth=1, idle_for_s=0.0, stats={"retry_at_s": str(T0 + 30)}, desired=1),
+    Row(
+        "walltime ends within the renewal lead: a successor",
+        states=(S.READY,),
+        policy={"min_replicas": 1},
+        runs_for_min=5,
+        desired=1,
+        submissions=("i0",),
+    ),
+    Row(
+        "successor already coming: no second one",
+        states=(S.READY, S.PENDING),
+        policy={"min_replicas": 1},
+        runs_for_min=5,
+        successor=True,
+        desired=1,
+    ),
+]
+
+
+def run_row(row: Row) -> tuple[int, tuple[Submission, ...], tuple[DrainOrder, ...]]:
+    fake = FakeSlurm(now_s=T0)
+    records = [instance(fake, f"i{n}", state, runs_for_min=row.runs_for_min) for n, state in enumerate(row.states)]
+    if row.successor:
+        records[0].successor, records[1].successor_of = records[1].id, records[0].id
+    now_s = fake.now_s
+    stats = dict(row.stats)
+    if row.idle_for_s is not None:
+        stats["last_request_s"] = str(now_s - row.idle_for_s)
+    snap = ModelSnapshot(
+        stats=stats,
+        inflight={r.id: row.inflight.get(r.id, 0) for r in records if r.state is S.READY},
+        queue_depth=row.queue_depth,
+        oldest_created_s=now_s if row.queue_depth else None,
+    )
+    model = spec(policy=row.policy)
+    inputs = ModelInputs(model, snap, ModelHistory.from_fields(stats), None, (), None)
+    [plan] = Planner(SETTINGS).plan([inputs], live_by_model(records), now_s)
+    decision = fit_to_budget([plan.ask], SETTINGS.gpu_budget)["m"]
+    actions = model_actions(plan, decision, now_s, SETTINGS)
+    return decision.replicas, actions.submissions, actions.drains
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_plan(row: Row) -> None:
+    desired, submissions, drains = run_row(row)
+    assert desired == row.desired
+    assert [s.successor_of for s in submissions] == list(row.submissions)
+    for sub in submissions:
+        assert sub.why.startswith(f"renewal of {sub.successor_of}" if sub.successor_of else f"desired={desired}:")
+    assert [(d.record.id, d.cancel) for d in drains] == list(row.drains)
+
+
+def test_quiet_models_keep_their_plan_while_inputs_are_the_same_objects() -> None:
+    planner = Planner(SETTINGS)
+    inputs = ModelInputs(spec(), ModelSnapshot(), ModelHistory.from_fields({}), None, (), None)
+    [first] = planner.plan([inputs], {}, T0)
+    [again] = planner.plan([inputs], {}, T0 + 1)
+    [changed] = planner.plan([ModelInputs(spec(), ModelSnapshot(), inputs.hist, None, (), None)], {}, T0 + 2)
+    assert again is first
+    assert changed is not first
+
+
+def test_the_budget_cut_model_gets_no_submission() -> None:
+    settings = SETTINGS.model_copy(update={"gpu_budget": 1})
+    stats = {"last_request_s": str(T0)}
+    asks = [
+        ModelInputs(
+            spec(name),
+            ModelSnapshot(stats=stats, queue_depth=q, oldest_created_s=T0),
+            ModelHistory.from_fields(stats),
+            None,
+            (),
+            None,
+        )
+        for name, q in (("a", 1), ("b", 5))
+    ]
+    plans = Planner(settings).plan(asks, {}, T0)
+    fitted = fit_to_budget([p.ask for p in plans], settings.gpu_budget)
+    assert sorted(d.replicas for d in fitted.values()) == [0, 1]
+    for plan in plans:
+        decision = fitted[plan.spec.name]
+        submissions = model_actions(plan, decision, T0, settings).submissions
+        assert len(submissions) == decision.replicas
+        assert (decision.replicas == 0) == any(r.policy == "budget" for r in decision.reasons)
