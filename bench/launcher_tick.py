@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.launcher_tick                       # 100/20, then 1,000 models / 200 instances
     .venv/bin/python -m bench.launcher_tick --models 1000 --instances 200 --ticks 30 --no-small
+    .venv/bin/python -m bench.launcher_tick --models 10000 --no-small --baseline main   # ratios against main
 
 Each size gets its own real Redis (`LocalRedis`) and real local Slurm cluster (`LocalCluster`,
 declared with enough CPUs and memory for every job at once: 1 CPU, 256 MB and no GPU per job).
@@ -13,8 +14,12 @@ health probes are real HTTP round trips at a fraction of an engine simulator's m
 register through the launcher's real callback app (uvicorn in this process); ticks run until
 every instance is `ready`.
 
-Then N ticks are measured back to back (`Launcher.tick(now_s=...)`, nothing else running):
-wall time per tick, Slurm commands per tick by name (`SlurmCLI.calls`), Redis commands per tick
+Then N ticks are measured back to back (`Launcher.tick(now_s=...)`); before each, `--busy` models
+with an instance get one request (admitted on their instance and released, as a gateway does), so
+their demand, last request and load change and the tick has to look at them again. With
+`--baseline REF`, REF's launcher/controller.py (run against this tree's other modules) ticks in
+turn with this tree's, on the same cluster and Redis, and the table gives the ratios. Per tick:
+wall time, Slurm commands by name (`SlurmCLI.calls`), Redis commands per tick
 (`INFO stats` total_commands_processed, less the INFO calls themselves; commands run inside the
 snapshot's Lua count one by one), HTTP probes per tick, and the wall time of each step of the tick
 (`TickReport.steps_ms`). Then the health check of every ready instance (`Launcher.check_ready`, its
@@ -34,10 +39,13 @@ import os
 import pstats
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +64,7 @@ from slurmless.localredis import LocalRedis
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import InstanceState
 from warmpool.models import ModelStore
+from warmpool.routing import AdmitOutcome, Routing
 from warmpool.specs import ModelSpec, Policy, Resources
 
 JOB_MEM_MB = 256
@@ -103,8 +112,81 @@ async def _redis_commands(client: aioredis.Redis) -> int:
     return int(info["total_commands_processed"])
 
 
+@dataclass
+class Variant:
+    """One launcher under measurement and what each of its ticks cost."""
+
+    name: str
+    launcher: Any
+    slurm: SlurmCLI
+    prober: CountingProber
+    walls_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    slurm_per_tick: list[Counter[str]] = field(default_factory=list)
+    redis_per_tick: list[int] = field(default_factory=list)
+    probes_per_tick: list[int] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+
+    async def measure(self, redis: aioredis.Redis, profiler: cProfile.Profile | None) -> None:
+        calls0, probes0 = Counter(self.slurm.calls), self.prober.probes
+        cmds0 = await _redis_commands(redis)
+        started, cpu0 = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        report = await self.launcher.tick(now_s=time.time())
+        if profiler is not None:
+            profiler.disable()
+        self.walls_ms.append((time.perf_counter() - started) * 1000)
+        self.cpu_ms.append((time.process_time() - cpu0) * 1000)
+        for name, ms in report.steps_ms.items():
+            self.steps.setdefault(name, []).append(ms)
+        # Less the INFO that read cmds0 (counted once it ran): one command.
+        self.redis_per_tick.append(await _redis_commands(redis) - cmds0 - 1)
+        self.slurm_per_tick.append(Counter(self.slurm.calls) - calls0)
+        self.probes_per_tick.append(self.prober.probes - probes0)
+        if report.submitted or report.failed or report.draining or report.cancelled or report.slurm_error:
+            self.anomalies.append(
+                f"submitted={len(report.submitted)} failed={len(report.failed)} "
+                f"draining={len(report.draining)} slurm_error={report.slurm_error}"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tick_ms_p50": median(self.walls_ms),
+            "tick_ms_p95": percentile(self.walls_ms, 95),
+            "tick_ms_max": max(self.walls_ms),
+            "tick_cpu_ms_p50": median(self.cpu_ms),
+            "tick_cpu_ms_p95": percentile(self.cpu_ms, 95),
+            "redis_commands_per_tick_p50": median([float(x) for x in self.redis_per_tick]),
+            "steps_ms_p50": {name: median(v) for name, v in self.steps.items()},
+            "tick_ms": self.walls_ms,
+            "anomalies": self.anomalies,
+        }
+
+
+def load_baseline(ref: str) -> Any:
+    """The `Launcher` class of `ref`'s launcher/controller.py, run against this tree's other modules."""
+    repo = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{ref}:launcher/controller.py"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    module = types.ModuleType("bench_baseline_controller")
+    module.__file__ = f"<{ref}:launcher/controller.py>"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module.Launcher
+
+
 async def run_size(
-    n_models: int, n_instances: int, n_ticks: int, workdir: Path, *, profile: bool = False
+    n_models: int,
+    n_instances: int,
+    n_ticks: int,
+    workdir: Path,
+    *,
+    profile: bool = False,
+    baseline: Any = None,
+    busy: int = 0,
 ) -> dict[str, Any]:
     """One size: set up, bring `n_instances` to ready, measure `n_ticks` ticks, tear down."""
     stub = workdir / "stub_engine.py"
@@ -169,38 +251,30 @@ async def run_size(
         await asyncio.sleep(1.0)  # let the last callbacks and probes settle
 
         # Measure: ticks back to back, counting what each one asked of Slurm, Redis and the engines.
-        walls_ms: list[float] = []
-        slurm_per_tick: list[Counter[str]] = []
-        redis_per_tick: list[int] = []
-        probes_per_tick: list[int] = []
-        anomalies: list[str] = []
+        # With a baseline, its launcher and this one tick in turn on the same cluster and Redis.
+        variants = [Variant("new", launcher, slurm, prober)]
+        if baseline is not None:
+            base_slurm = SlurmCLI(env=cluster.env, job_name_prefix="bt-", command_timeout_s=60.0)
+            base_prober = CountingProber(timeout_s=settings.health_timeout_s)
+            base = baseline(redis, base_slurm, settings, callback_url=callback_url, prober=base_prober)
+            variants.insert(0, Variant("baseline", base, base_slurm, base_prober))
+        for variant in variants:  # first sight of every model, excluded
+            for _ in range(2):
+                await variant.launcher.tick(now_s=time.time())
         profiler = cProfile.Profile() if profile else None
-        steps: dict[str, list[float]] = {}
-        cpu_ms: list[float] = []
         busy0 = _cpu_busy()
-        for _ in range(n_ticks):
-            calls0, probes0 = Counter(slurm.calls), prober.probes
-            cmds0 = await _redis_commands(redis)
-            started, cpu0 = time.perf_counter(), time.process_time()
-            if profiler is not None:
-                profiler.enable()
-            report = await launcher.tick(now_s=time.time())
-            if profiler is not None:
-                profiler.disable()
-            walls_ms.append((time.perf_counter() - started) * 1000)
-            cpu_ms.append((time.process_time() - cpu0) * 1000)
-            for name, ms in report.steps_ms.items():
-                steps.setdefault(name, []).append(ms)
-            # Less the INFO that read cmds0 (counted once it ran): one command.
-            redis_per_tick.append(await _redis_commands(redis) - cmds0 - 1)
-            slurm_per_tick.append(Counter(slurm.calls) - calls0)
-            probes_per_tick.append(prober.probes - probes0)
-            if report.submitted or report.failed or report.draining or report.cancelled or report.slurm_error:
-                anomalies.append(
-                    f"submitted={len(report.submitted)} failed={len(report.failed)} "
-                    f"draining={len(report.draining)} slurm_error={report.slurm_error}"
-                )
+        routing = Routing(redis)
+        served = [f"m{i:04d}" for i in range(n_instances)]
+        for i in range(n_ticks):
+            for variant in variants if i % 2 == 0 else variants[::-1]:
+                await _traffic(routing, served[(i * busy) % len(served) :][:busy], i)
+                await variant.measure(redis, profiler if variant.name == "new" else None)
         machine_busy = _cpu_busy_since(busy0)
+        for variant in variants[:-1]:
+            await variant.launcher.aclose()
+        walls_ms, cpu_ms, steps = variants[-1].walls_ms, variants[-1].cpu_ms, variants[-1].steps
+        slurm_per_tick, redis_per_tick = variants[-1].slurm_per_tick, variants[-1].redis_per_tick
+        probes_per_tick, anomalies = variants[-1].probes_per_tick, variants[-1].anomalies
         if profiler is not None:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
@@ -235,6 +309,7 @@ async def run_size(
         other = sum(sum(v) for k, v in per_cmd.items() if k != "squeue")
         total_calls = sum(sum(v) for v in per_cmd.values())
         return {
+            "variants": {v.name: v.summary() for v in variants},
             "models": n_models,
             "instances": n_instances,
             "ready": ready,
@@ -282,6 +357,17 @@ async def run_size(
         await asyncio.to_thread(cluster.stop)
 
 
+async def _traffic(routing: Routing, models: list[str], round_no: int) -> None:
+    """One request through each of `models` (admitted on its ready instance, then released), as a gateway
+    would: their demand, last request and load change, so the next tick has to look at them again."""
+    for model in models:
+        rid = f"bench-{round_no}-{model}"
+        got = await routing.admit(model, "bench-gw", rid, now_s=time.time(), queue_max=100, global_max=10_000)
+        if got.outcome is not AdmitOutcome.SLOT:
+            raise RuntimeError(f"{model}: {got.outcome} instead of a slot on its ready instance")
+        await routing.release("bench-gw", rid)
+
+
 def _cpu_busy() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -311,6 +397,28 @@ async def _cancel_all(slurm: SlurmCLI) -> None:
             await slurm.cancel(job.job_id)
 
 
+def compare_table(rows: list[dict[str, Any]], ref: str) -> str:
+    """Baseline against this tree, ticking in turn in the same run: p50, p95, CPU and their ratios."""
+    headers = ["models", "instances", "variant", "tick ms p50", "p95", "max", "CPU ms p50", "CPU p95", "Redis cmds"]
+    body: list[list[object]] = []
+    for r in rows:
+        got = r["variants"]
+        for name, v in got.items():
+            label = f"{ref} (baseline)" if name == "baseline" else "this tree"
+            body.append(
+                [r["models"], r["instances"], label, v["tick_ms_p50"], v["tick_ms_p95"], v["tick_ms_max"],
+                 v["tick_cpu_ms_p50"], v["tick_cpu_ms_p95"], int(v["redis_commands_per_tick_p50"])]
+            )  # fmt: skip
+        if "baseline" in got:
+            b, n = got["baseline"], got["new"]
+            body.append(
+                [r["models"], r["instances"], "ratio new/baseline", n["tick_ms_p50"] / b["tick_ms_p50"],
+                 n["tick_ms_p95"] / b["tick_ms_p95"], n["tick_ms_max"] / b["tick_ms_max"],
+                 n["tick_cpu_ms_p50"] / b["tick_cpu_ms_p50"], n["tick_cpu_ms_p95"] / b["tick_cpu_ms_p95"], ""]
+            )  # fmt: skip
+    return "Ticking in turn in the same run\n\n" + table(headers, body)
+
+
 def main() -> None:
     """Measure each size, print the table and write JSON."""
     p = argparse.ArgumentParser(
@@ -321,6 +429,14 @@ def main() -> None:
     p.add_argument("--ticks", type=int, default=30)
     p.add_argument("--no-small", action="store_true", help="skip the 1/10 size (100 models / 20 instances)")
     p.add_argument("--profile", action="store_true", help="cProfile the measured ticks and print the top functions")
+    p.add_argument(
+        "--busy", type=int, default=20, help="models that get a request before every tick (of those with an instance)"
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also tick REF's launcher/controller.py (e.g. main), in turn with this one, and give the ratios",
+    )
     args = p.parse_args()
     sizes = [(args.models, args.instances)]
     if not args.no_small:
@@ -330,7 +446,20 @@ def main() -> None:
         print(f"{n_models} models, {n_instances} instances:", flush=True)
         workdir = Path(tempfile.mkdtemp(prefix="bench-launcher-tick-"))
         try:
-            rows.append(asyncio.run(run_size(n_models, n_instances, args.ticks, workdir, profile=args.profile)))
+            baseline = load_baseline(args.baseline) if args.baseline else None
+            rows.append(
+                asyncio.run(
+                    run_size(
+                        n_models,
+                        n_instances,
+                        args.ticks,
+                        workdir,
+                        profile=args.profile,
+                        baseline=baseline,
+                        busy=min(args.busy, n_instances),
+                    )
+                )
+            )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     headers = [
@@ -382,6 +511,8 @@ def main() -> None:
             f"; jobs() {r['squeue_lines_ms_p50']:.1f} ms vs squeue --json {r['squeue_json_ms_p50']:.1f} ms"
             f" ({r['squeue_json_bytes'] / 1000:.0f} kB) for {r['instances']} jobs"
         )
+    if args.baseline:
+        text += "\n\n" + compare_table(rows, args.baseline)
     print("\n" + text + "\n", flush=True)
     for r in rows:
         if r["anomalies"]:

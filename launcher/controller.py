@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from launcher import lifecycle as lc
 from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
 from launcher.health import Health, Prober, loading_probe_delay_s, probe_all
-from launcher.history import LAST_DEMAND, HistoryStore, ModelHistory
+from launcher.history import HistoryStore, ModelHistory
 from launcher.jobhost import HostCheck
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex
 from launcher.lifecycle import CANCEL_SENT, JOB_DRAIN, Step
@@ -54,10 +54,9 @@ from warmpool.instances import LIVE_STATES, InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.learnt import LOAD_TIMES, START_TIMES, LearntTimes
 from warmpool.models import ModelStore
-from warmpool.redisio import awaited
 from warmpool.routing import Routing
 from warmpool.settings import SITE_TENANT_LIMITS, TenantLimits
-from warmpool.snapshot import ModelSnapshot, SnapshotReader
+from warmpool.snapshot import ModelSnapshot, SnapshotCache, SnapshotReader
 from warmpool.specs import ModelKind, ModelSpec
 from warmpool.tenant_limits import TenantBudget
 from warmpool.timeline import Timeline
@@ -147,7 +146,7 @@ class Actuator:
                     await self.fail(record, now_s, reason, cancel_job=cancel_job)
                     report.failed[record.id] = reason
                 case lc.Broken(reason):
-                    await awaited(self.redis.hset(self.keys.model_stats(record.model), "broken_reason", reason))
+                    await self.history.mark_broken(record.model, reason)
                     await self.events.record("model.broken", now_s=now_s, model=record.model, reason=reason)
 
     async def apply_actions(self, plan: ScalePlan, actions: ModelActions, now_s: float, report: TickReport) -> bool:
@@ -216,7 +215,7 @@ class Actuator:
         except ScriptValidationError as exc:
             # A spec that cannot be rendered will never start: say so instead of retrying.
             reason = f"invalid job: {exc}"[:500]
-            await awaited(self.redis.hset(self.keys.model_stats(spec.name), "broken_reason", reason))
+            await self.history.mark_broken(spec.name, reason)
             await self.events.record("model.broken", now_s=now_s, model=spec.name, reason=reason)
             return None
         record.partition, record.qos, record.est_start_s = placement[0], placement[1], est_s
@@ -412,7 +411,7 @@ class Launcher:
         self.timeline, self.tenant_budget = self.act.timeline, self.act.tenant_budget
         self.learnt = LearntTimes(redis, self.keys)
         self.inputs = PolicyInputs(redis, self.keys)
-        self.snapshots = SnapshotReader(redis, self.keys)
+        self.snapshots = SnapshotCache(SnapshotReader(redis, self.keys))
         self.planner = Planner(settings)
         self.decisions = self.planner.decisions
         self.hist_cache = HistoryCache()
@@ -421,6 +420,8 @@ class Launcher:
         self.watch_loading = watch_loading and clock is not None
         self.lock = asyncio.Lock()
         self.host_check = HostCheck(slurm, allow_loopback=settings.allow_loopback_engines)
+        self._bases: list[str] = []
+        """The base models of the registry as the last tick read it."""
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
     async def aclose(self) -> None:
@@ -445,7 +446,7 @@ class Launcher:
             spec = await self.models.get(spec.base_model)
         if spec is None:
             return None
-        await awaited(self.redis.hset(self.keys.model_stats(spec.name), LAST_DEMAND, repr(now_s)))
+        await self.history.demanded(spec.name, now_s)
         async with self.lock:
             live = [r for r in await self.instances.all(spec.name) if r.state in LIVE_STATES]
             if any(r.state is not S.DRAINING for r in live):
@@ -544,10 +545,11 @@ class Launcher:
         step = Stopwatch(report.steps_ms)
         async with self.lock:
             # squeue runs while the registry, the instance records and the models' snapshots are read
-            # (those of the models known at the last tick; the steps below re-read what they change).
-            known = [s.name for s in self.act.specs.values() if s.kind is ModelKind.BASE]
+            # (of the models known at the last tick, those marked changed since and a rolling share of the
+            # rest; the steps below re-read what they change).
+            known = self._bases
             jobs_or_error, spec_list, records, snaps = await asyncio.gather(
-                self._jobs(), self.models.all(), self.instances.all(), self.snapshots.read(known)
+                self._jobs(), self.models.all(), self.instances.all(), self.snapshots.refresh(known)
             )
             step("slurm+read")
             jobs: list[SlurmJob] | None = None
@@ -564,20 +566,21 @@ class Launcher:
                 await self._probe_loading(records, specs, now_s, report)
                 await self._progress_drains(records, now_s, report)
             step("reconcile")
-            bases = [s.name for s in specs.values() if s.kind is ModelKind.BASE]
+            bases = [s.name for s in spec_list if s.kind is ModelKind.BASE]
+            self._bases = bases
             self.snapshots.forget(set(bases))
             stale = [m for m in bases if m in report.touched or m not in snaps]
             if stale:
-                snaps.update(await self.snapshots.read(stale))
+                snaps.update(await self.snapshots.reread(stale))
             snaps = {m: snaps[m] for m in bases}
             hists = self.hist_cache.histories(snaps)
             step("snapshot")
             scaled: set[str] = set()
             if jobs is not None:
-                scaled = await self._scale_all(specs, snaps, hists, records, now_s, report)
+                scaled = await self._scale_all(specs, bases, snaps, hists, records, now_s, report)
             if scaled:
                 # What scaling changed (a submission, a model found broken) is published as it is now.
-                snaps.update(await self.snapshots.read(sorted(scaled & set(bases))))
+                snaps.update(await self.snapshots.reread(sorted(scaled & set(bases))))
                 hists = self.hist_cache.histories(snaps)
             step("scale")
             if report.changed():
@@ -706,6 +709,7 @@ class Launcher:
     async def _scale_all(
         self,
         specs: dict[str, ModelSpec],
+        names: list[str],
         snaps: dict[str, ModelSnapshot],
         hists: dict[str, ModelHistory],
         records: list[InstanceRecord],
@@ -714,7 +718,6 @@ class Launcher:
     ) -> set[str]:
         """Read the policies' inputs for every base model at once, plan, fit the budget, apply; returns the
         models whose instances or history scaling changed."""
-        names = [s.name for s in specs.values() if s.kind is ModelKind.BASE]
         self.inputs.forget(names)
         self.planner.forget(names)
         leads_s = {name: cold_start_s_of(hists[name], self.settings) for name in names}
@@ -737,6 +740,9 @@ class Launcher:
                 report.desired[plan.spec.name] = 0
                 continue
             actions = model_actions(plan, decision, now_s, self.settings)
+            if not (actions.submissions or actions.drains) and self.act.board.recorded(plan.spec.name, decision):
+                report.desired[plan.spec.name] = decision.replicas  # as it was: nothing to do or record
+                continue
             if await self.act.apply_actions(plan, actions, now_s, report):
                 touched.add(plan.spec.name)
         report.touched |= touched

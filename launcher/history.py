@@ -97,7 +97,7 @@ class HistoryStore:
         key = self.keys.model_stats(model)
         samples = _floats(text(await awaited(self.redis.hget(key, field))))
         samples = [*samples, round(value_s, 3)][-SAMPLES_KEPT:]
-        await awaited(self.redis.hset(key, field, orjson.dumps(samples).decode()))
+        await self._write(model, {field: orjson.dumps(samples).decode()})
 
     async def start_failed(
         self, model: str, *, now_s: float, backoff_s: float, max_backoff_s: float, max_failures: int, reason: str
@@ -109,15 +109,33 @@ class HistoryStore:
         mapping: dict[str, str] = {RETRY_AT: repr(now_s + delay_s)}
         if failures >= max_failures:
             mapping[BROKEN] = f"{failures} failed starts in a row, last: {reason}"
-        await awaited(self.redis.hset(key, mapping=mapping))
+        await self._write(model, mapping)
         return failures
 
+    async def mark_broken(self, model: str, reason: str) -> None:
+        """The model cannot start at all (its job cannot be rendered): no retry until an admin resets it."""
+        await self._write(model, {BROKEN: reason})
+
+    async def demanded(self, model: str, now_s: float) -> None:
+        """A gateway signalled demand for the model (its queue got a first ticket)."""
+        await self._write(model, {LAST_DEMAND: repr(now_s)})
+
     async def start_succeeded(self, model: str) -> None:
-        await awaited(self.redis.hdel(self.keys.model_stats(model), FAILURES, RETRY_AT, BROKEN))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.model_stats(model), FAILURES, RETRY_AT, BROKEN)
+            pipe.sadd(self.keys.dirty_models, model)
+            await pipe.execute()
 
     async def reset(self, model: str) -> None:
         """An admin's "try again": forget failed starts and the broken mark."""
         await self.start_succeeded(model)
+
+    async def _write(self, model: str, mapping: dict[str, str]) -> None:
+        """Set fields of the model's stats and mark it changed for the launcher's next tick, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.model_stats(model), mapping=mapping)
+            pipe.sadd(self.keys.dirty_models, model)
+            await pipe.execute()
 
 
 def _floats(raw: str | None) -> list[float]:

@@ -8,15 +8,17 @@ says what each model needs: how many jobs to submit (and why), which instances t
 ready instances need a successor before their walltime ends. Nothing here does I/O; the
 controller applies the actions (`Launcher._apply_actions`).
 
-The planner remembers decisions whose inputs have not changed (`DecisionMemo`) and the whole plan of
-a model without instances while its inputs are the very objects of the last tick: with 1,000
-registered models most are cold and quiet, and recomputing them cost more than the rest of the tick.
+The planner remembers decisions whose inputs have not changed (`DecisionMemo`) and a model's whole
+plan while its inputs are the very objects of the last tick and its instances are as they were:
+with 1,000 registered models most are cold and quiet, and recomputing them cost more than the rest
+of the tick.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from launcher.desired import (
     BudgetAsk,
@@ -86,9 +88,12 @@ class ModelActions:
     renewal_lead_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class ModelInputs:
-    """What the tick observed for one base model, as read for all models at once."""
+class ModelInputs(NamedTuple):
+    """What the tick observed for one base model, as read for all models at once.
+
+    A tuple rather than a frozen dataclass: the tick builds one per registered model (10,000 of
+    them in 15 ms instead of 120 ms on the 2-core VM).
+    """
 
     spec: ModelSpec
     snap: ModelSnapshot
@@ -99,10 +104,12 @@ class ModelInputs:
 
 
 @dataclass(frozen=True, slots=True)
-class _Quiet:
-    """A model without instances: the inputs of its last plan (compared by identity), and until when it stands."""
+class _Seen:
+    """A model's last plan: its inputs (compared by identity), its instances' ids, states and successor
+    links, and until when the plan stands if none of them change."""
 
     inputs: ModelInputs
+    instances: tuple[tuple[str, InstanceState, str | None], ...]
     plan: ScalePlan
     until_s: float
 
@@ -149,12 +156,14 @@ class HistoryCache:
 
 
 class Planner:
-    """Each base model's `ScalePlan`, remembering decisions and quiet models' plans between ticks."""
+    """Each base model's `ScalePlan`, remembering decisions and plans whose inputs did not change."""
 
     def __init__(self, settings: LauncherSettings) -> None:
         self.settings = settings
         self.decisions = DecisionMemo()
-        self._quiet: dict[str, _Quiet] = {}
+        self.reused = 0
+        """Plans reused so far (for the benchmark and tests)."""
+        self._seen: dict[str, _Seen] = {}
 
     def forget(self, keep: Sequence[str]) -> None:
         self.decisions.forget(keep)
@@ -162,29 +171,41 @@ class Planner:
     def plan(
         self, inputs: Sequence[ModelInputs], live: Mapping[str, list[InstanceRecord]], now_s: float
     ) -> list[ScalePlan]:
-        """One plan per model in `inputs`, given each model's live instances."""
+        """One plan per model in `inputs`, given each model's live instances.
+
+        A model whose inputs are the very objects of the last tick and whose instances have the same
+        states and successor links keeps its plan (with this tick's records in it) until the plan's
+        decision may change by itself (`_until_s`).
+        """
         plans: list[ScalePlan] = []
-        quiet: dict[str, _Quiet] = {}
+        seen_now: dict[str, _Seen] = {}
         for got in inputs:
             name = got.spec.name
-            model_live = live.get(name)
-            if model_live:
-                plans.append(self._plan(got, model_live, now_s))
+            model_live = live.get(name) or []
+            shape = tuple((r.id, r.state, r.successor) for r in model_live)
+            seen = self._seen.get(name)
+            # A queue behind ready instances grows older by itself (the reactive policy's saturation test).
+            steady = not (model_live and got.snap.queue_depth)
+            if (
+                steady
+                and seen is not None
+                and now_s < seen.until_s
+                and seen.instances == shape
+                and _same_inputs(seen.inputs, got)
+            ):
+                self.reused += 1
+                plan = seen.plan if not model_live else _with_records(seen.plan, model_live)
+                seen_now[name] = seen
+                plans.append(plan)
                 continue
-            # A model with no instance whose inputs are the very objects of the last tick: the same plan.
-            seen = self._quiet.get(name)
-            if seen is not None and now_s < seen.until_s and _same_inputs(seen.inputs, got):
-                quiet[name] = seen
-                plans.append(seen.plan)
-                continue
-            plan = self._plan(got, [], now_s)
-            quiet[name] = _Quiet(got, plan, self._quiet_until_s(plan, now_s))
+            plan = self._plan(got, model_live, now_s)
+            seen_now[name] = _Seen(got, shape, plan, self._until_s(plan, now_s))
             plans.append(plan)
-        self._quiet = quiet
+        self._seen = seen_now
         return plans
 
-    def _quiet_until_s(self, plan: ScalePlan, now_s: float) -> float:
-        """Until when a model without instances keeps `plan` if its inputs do not change.
+    def _until_s(self, plan: ScalePlan, now_s: float) -> float:
+        """Until when a model keeps `plan` if its inputs and instances do not change.
 
         The decision's own expiry (`DecisionMemo`), the instant the no-waiters cut starts to apply,
         and the end of the current demand slot (the budget prices a replica by the slot's rate).
@@ -200,10 +221,7 @@ class Planner:
         """What one model has and what the policies want for it, before the GPU budget."""
         spec, hist, snap, demand = got.spec, got.hist, got.snap, got.demand
         model = spec.name
-        active = [r for r in live if r.state is not S.DRAINING]
-        active_ids = {r.id for r in active}
-        # A ready instance whose successor is on its way counts once, as its successor.
-        capacity = [r for r in active if not (r.successor and r.successor in active_ids)]
+        active, capacity = _held(live)
         ready = [r for r in active if r.state is S.READY]
         inflight = snap.inflight
         queue_depth = snap.queue_depth
@@ -254,6 +272,20 @@ class Planner:
             floor=max(spec.policy.min_replicas, got.warm.replicas if got.warm is not None else 0),
         )
         return ScalePlan(spec, hist, active, capacity, inflight, ask)
+
+
+def _held(live: Sequence[InstanceRecord]) -> tuple[list[InstanceRecord], list[InstanceRecord]]:
+    """A model's active instances (not draining) and its capacity: a ready instance whose successor is on
+    its way counts once, as its successor."""
+    active = [r for r in live if r.state is not S.DRAINING]
+    active_ids = {r.id for r in active}
+    return active, [r for r in active if not (r.successor and r.successor in active_ids)]
+
+
+def _with_records(plan: ScalePlan, live: Sequence[InstanceRecord]) -> ScalePlan:
+    """`plan` holding this tick's copies of its instance records (acting on it changes them)."""
+    active, capacity = _held(live)
+    return ScalePlan(plan.spec, plan.hist, active, capacity, plan.inflight, plan.ask)
 
 
 def _same_inputs(a: ModelInputs, b: ModelInputs) -> bool:

@@ -3,9 +3,10 @@
 Built from the key schema (`warmpool.keys`): every pattern is a key family of one prefix.
 
 - `gateway`: reads the registry, keys, tenants, instance addresses and (for the status page) the
-  launcher's decisions; writes queues, tickets, slots, leases, demand, per-key limits, async
-  requests, status-page sessions, files and batches. It cannot write instance records,
-  the registry, API keys or tenants: a compromised gateway cannot redirect traffic or mint keys.
+  launcher's decisions; writes queues, tickets, slots, leases, demand (and the set of models it
+  changed, `dirty`), per-key limits, async requests, status-page sessions, files and batches. It
+  cannot write instance records, the registry, API keys or tenants: a compromised gateway cannot
+  redirect traffic or mint keys.
 - `launcher`: reads the registry and tenants; writes instances, routing, phases, history and its
   lease (plus arq's own keys). It never reads `async:*` (async prompts and answers) nor API keys.
 - `admin`: the admin API and `slurmless up`'s bootstrap: every key of the deployment.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 # Key families as suffixes of the prefix (see `Keys`).
 _REGISTRY = ("models", "models:version", "aliases")
-_ROUTING = ("ready:*", "q:*", "qmodels", "qtotal", "seq", "t:*", "gw:*", "gateways")
+_ROUTING = ("ready:*", "q:*", "qmodels", "qtotal", "seq", "t:*", "gw:*", "gateways", "dirty")
 _HISTORY = ("dem:*", "idle:*", "gaps:*", "mstat:*")
 
 GATEWAY_READ = (

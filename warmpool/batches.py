@@ -200,6 +200,7 @@ redis.call('ZADD', pend, now + tonumber(ARGV[6]), line)
 redis.call('HSET', own, line, token)
 redis.call('HSET', flight, token, best[1])
 redis.call('HSET', key, 'imodel', model)
+touch(prefix, model)
 return {'line', line, best[1], token}
 """
 )
@@ -224,7 +225,9 @@ if status ~= 'in_progress' and status ~= 'cancelling' then return 0 end
 local own = prefix .. 'bown:' .. bid
 if redis.call('HGET', own, line) ~= token then return 0 end
 redis.call('HDEL', own, line)
-redis.call('HDEL', prefix .. 'bflight:' .. redis.call('HGET', key, 'imodel'), token)
+local imodel = redis.call('HGET', key, 'imodel')
+redis.call('HDEL', prefix .. 'bflight:' .. imodel, token)
+touch(prefix, imodel)
 redis.call('ZREM', prefix .. 'bpend:' .. bid, line)
 redis.call('HSET', prefix .. 'bdone:' .. bid, line, token)
 redis.call('HINCRBY', key, ARGV[5], 1)
@@ -237,7 +240,9 @@ _UNCLAIM = """
 local own = ARGV[1] .. 'bown:' .. ARGV[2]
 if redis.call('HGET', own, ARGV[3]) ~= ARGV[4] then return 0 end
 redis.call('HDEL', own, ARGV[3])
-redis.call('HDEL', ARGV[1] .. 'bflight:' .. redis.call('HGET', ARGV[1] .. 'batch:' .. ARGV[2], 'imodel'), ARGV[4])
+local imodel = redis.call('HGET', ARGV[1] .. 'batch:' .. ARGV[2], 'imodel')
+redis.call('HDEL', ARGV[1] .. 'bflight:' .. imodel, ARGV[4])
+redis.call('SADD', ARGV[1] .. 'dirty', imodel)
 redis.call('ZADD', ARGV[1] .. 'bpend:' .. ARGV[2], 'XX', 0, ARGV[3])
 return 1
 """
@@ -310,6 +315,7 @@ if imodel then
   for _, token in ipairs(redis.call('HVALS', prefix .. 'bown:' .. bid)) do
     redis.call('HDEL', prefix .. 'bflight:' .. imodel, token)
   end
+  redis.call('SADD', prefix .. 'dirty', imodel)
 end
 local tenant = cjson.decode(redis.call('HGET', key, 'doc'))['tenant']
 redis.call('ZREM', prefix .. 'bactive', bid)

@@ -9,6 +9,7 @@
 {p}ready:{model}           zset   ready instance id -> requests in flight (routing)
 {p}q:{model}               zset   ticket id -> arrival sequence (FIFO queue)
 {p}qmodels                 set    models whose queue is not empty
+{p}dirty                   set    models whose queue, load, demand or history changed since the launcher's last tick
 {p}qtotal                  string tickets queued over all models
 {p}seq                     string global ticket sequence
 {p}t:{tid}                 hash   ticket: model, gw, state, iid, created_s
@@ -103,6 +104,11 @@ class Keys:
     @property
     def queued_models(self) -> str:
         return f"{self.prefix}qmodels"
+
+    @property
+    def dirty_models(self) -> str:
+        """Written with every change the launcher's snapshot reads; read and cleared by its tick."""
+        return f"{self.prefix}dirty"
 
     @property
     def queue_total(self) -> str:

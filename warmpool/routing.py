@@ -12,6 +12,9 @@ launcher can share one Redis without a ticket ever being lost or granted twice:
   stops routing to one.
 - `reap`: slots and tickets of gateway processes whose lease lapsed are reclaimed.
 
+Every step that changes a model's queue, its instances' load or its demand adds the model to
+`Keys.dirty_models` in the same script, so the launcher's tick re-reads only those models.
+
 The time is always passed in (`now_s`) so that tests drive these steps on a synthetic clock.
 """
 
@@ -34,6 +37,9 @@ DEFAULT_CAP = 64
 # The slot of a granted ticket is booked under the gateway that holds its client, and that
 # gateway is told on its channel.
 _PUMP = """
+local function touch(prefix, model)
+  redis.call('SADD', prefix .. 'dirty', model)
+end
 local function cap_of(prefix, model)
   local c = redis.call('HGET', prefix .. 'caps', model)
   if c then return tonumber(c) end
@@ -67,12 +73,14 @@ local function pump(prefix, model)
       granted = granted + 1
     end
   end
+  if granted > 0 then touch(prefix, model) end
   return granted
 end
 local function unload(prefix, model, iid)
   local ready = prefix .. 'ready:' .. model
   local score = redis.call('ZSCORE', ready, iid)
   if score and tonumber(score) > 0 then redis.call('ZINCRBY', ready, -1, iid) end
+  touch(prefix, model)
 end
 """.replace("%(default_cap)d", str(DEFAULT_CAP))
 
@@ -87,6 +95,7 @@ local queue_max, global_max, now = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumbe
 local ready = prefix .. 'ready:' .. model
 local queue = prefix .. 'q:' .. model
 local mstat = prefix .. 'mstat:' .. model
+touch(prefix, model)
 local dem = prefix .. 'dem:' .. model
 if redis.call('HINCRBY', dem, ARGV[8], 1) == 1 and redis.call('HLEN', dem) > %(retention)d + 144 then
   -- The first request of a new slot trims slots older than the retention (rarely: a day's slack).
@@ -167,6 +176,7 @@ local prefix, model, gw, tid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local queue = prefix .. 'q:' .. model
 local tkey = prefix .. 't:' .. tid
 if redis.call('ZREM', queue, tid) == 1 then
+  touch(prefix, model)
   redis.call('DECR', prefix .. 'qtotal')
   redis.call('SREM', prefix .. 'gw:' .. gw .. ':tickets', tid)
   redis.call('DEL', tkey)
@@ -194,6 +204,7 @@ _ACTIVATE = (
 local prefix, model, iid = ARGV[1], ARGV[2], ARGV[3]
 redis.call('HSET', prefix .. 'caps', model, ARGV[4])
 redis.call('ZADD', prefix .. 'ready:' .. model, 'NX', 0, iid)
+touch(prefix, model)
 return pump(prefix, model)
 """
 )
@@ -203,7 +214,10 @@ _DEACTIVATE = """
 local ready = ARGV[1] .. 'ready:' .. ARGV[2]
 local score = redis.call('ZSCORE', ready, ARGV[3])
 redis.call('ZREM', ready, ARGV[3])
-if score then return tonumber(score) end
+if score then
+  redis.call('SADD', ARGV[1] .. 'dirty', ARGV[2])
+  return tonumber(score)
+end
 return -1
 """
 
@@ -232,6 +246,7 @@ for _, gw in ipairs(dead) do
     local model = redis.call('HGET', tkey, 'model')
     if model and redis.call('ZREM', prefix .. 'q:' .. model, tid) == 1 then
       redis.call('DECR', prefix .. 'qtotal')
+      touch(prefix, model)
     end
     redis.call('DEL', tkey)
   end

@@ -63,6 +63,7 @@ class WarmBoard:
                     ttl_s = max(1, math.ceil(merged.until_s - warm.requested_s))
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, merged.model_dump_json(), ex=ttl_s)
+                    pipe.sadd(self.keys.dirty_models, warm.model)
                     pipe.publish(self.keys.demand_channel, warm.model)
                     await pipe.execute()
                     return merged
@@ -78,4 +79,8 @@ class WarmBoard:
         return warm if warm.until_s > now_s else None
 
     async def cancel(self, model: str) -> bool:
-        return bool(await awaited(self.redis.delete(self.keys.warm(model))))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.warm(model))
+            pipe.sadd(self.keys.dirty_models, model)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import redis.asyncio as aioredis
 
 from launcher.history import HistoryStore, ModelHistory
 from warmpool.keys import Keys
 from warmpool.learnt import LOAD_TIMES
 from warmpool.routing import Routing
-from warmpool.snapshot import CHUNK, SnapshotReader
+from warmpool.snapshot import CHUNK, SnapshotCache, SnapshotReader
 from warmpool.warm import WarmBoard, WarmRequest
 
 NOW_S = 1_800_000_000.0
@@ -54,3 +56,54 @@ async def test_snapshot_matches_the_stores_and_reuses_unchanged_models(redis_cli
     third = await reader.read(models)
     assert third["cold3"] is not snaps["cold3"] and third["cold3"].stats[LOAD_TIMES] == "[3.0]"
     assert third["busy"] is snaps["busy"]
+
+
+async def test_every_step_that_changes_a_snapshot_marks_its_model(redis_client: aioredis.Redis) -> None:
+    """Routing, demand, history and warm requests each mark the model they change in `Keys.dirty_models`."""
+    keys = Keys("dirty:")
+    reader = SnapshotReader(redis_client, keys)
+    routing = Routing(redis_client, keys)
+    history = HistoryStore(redis_client, keys)
+    warm = WarmBoard(redis_client, keys)
+
+    async def marked_by(step: Awaitable[object]) -> set[str]:
+        await reader.take_changed()
+        await step
+        return await reader.take_changed()
+
+    assert await marked_by(routing.activate("a", "i1", cap=1)) == {"a"}
+    assert await marked_by(routing.admit("a", "gw", "r1", now_s=NOW_S, queue_max=9, global_max=99)) == {"a"}
+    assert await marked_by(routing.admit("a", "gw", "r2", now_s=NOW_S, queue_max=9, global_max=99)) == {"a"}
+    assert await marked_by(routing.cancel("a", "gw", "r2")) == {"a"}
+    assert await marked_by(routing.release("gw", "r1")) == {"a"}
+    assert await marked_by(routing.deactivate("a", "i1")) == {"a"}
+    assert await marked_by(routing.admit("b", "gw2", "r3", now_s=NOW_S, queue_max=9, global_max=99)) == {"b"}
+    await redis_client.zadd(keys.gateways, {"gw2": NOW_S - 1})
+    assert await marked_by(routing.reap(now_s=NOW_S)) == {"b"}
+    assert await marked_by(history.observe("c", LOAD_TIMES, 1.0)) == {"c"}
+    assert await marked_by(history.demanded("d", NOW_S)) == {"d"}
+    assert await marked_by(history.mark_broken("e", "invalid job")) == {"e"}
+    assert await marked_by(history.reset("e")) == {"e"}
+    request = WarmRequest(model="f", replicas=1, until_s=NOW_S + 60, requested_s=NOW_S, requested_by="t")
+    assert await marked_by(warm.request(request)) == {"f"}
+    assert await marked_by(warm.cancel("f")) == {"f"}
+    # Reading what did not change marks nothing.
+    assert await marked_by(reader.read(["a", "b"])) == set()
+
+
+async def test_the_cache_rereads_marked_models_and_a_rolling_share(redis_client: aioredis.Redis) -> None:
+    keys = Keys("roll:")
+    models = [f"m{i:02d}" for i in range(40)]
+    cache = SnapshotCache(SnapshotReader(redis_client, keys), refresh_ticks=4)
+    first = await cache.refresh(models)
+    assert cache.reads == 40  # first sight: everything
+    routing = Routing(redis_client, keys)
+    await routing.admit("m33", "gw", "r1", now_s=NOW_S, queue_max=9, global_max=99)
+    second = await cache.refresh(models)
+    # A quarter of the models in turn, and the one a gateway changed, read at once wherever the turn is.
+    assert cache.reads == 40 + 10 + 1
+    assert second["m33"].queue_depth == 1 and second["m33"] is not first["m33"]
+    assert all(second[m] is first[m] for m in models if m != "m33")
+    for _ in range(3):
+        await cache.refresh(models)
+    assert cache.reads == 40 + 11 + 30  # every model re-read within `refresh_ticks` refreshes

@@ -203,3 +203,25 @@ def test_the_budget_cut_model_gets_no_submission() -> None:
         submissions = model_actions(plan, decision, T0, settings).submissions
         assert len(submissions) == decision.replicas
         assert (decision.replicas == 0) == any(r.policy == "budget" for r in decision.reasons)
+
+
+def test_a_plan_with_instances_is_reused_only_while_they_and_its_inputs_stand_still() -> None:
+    fake = FakeSlurm(now_s=T0)
+    stats = {"last_request_s": str(T0)}
+    records = [instance(fake, "i0", S.READY)]
+    inputs = ModelInputs(
+        spec(), ModelSnapshot(stats=stats, inflight={"i0": 1}), ModelHistory.from_fields(stats), None, (), None
+    )
+    planner = Planner(SETTINGS)
+    [first] = planner.plan([inputs], live_by_model(records), T0)
+    fresh_copy = records[0].model_copy()
+    [again] = planner.plan([inputs], {"m": [fresh_copy]}, T0 + 1)
+    assert planner.reused == 1 and again.ask is first.ask
+    assert again.active == [fresh_copy] and again.active[0] is fresh_copy  # acting on it changes this tick's record
+    draining = fresh_copy.model_copy(update={"state": S.DRAINING})
+    [changed] = planner.plan([inputs], {"m": [draining]}, T0 + 2)
+    assert planner.reused == 1 and changed.active == []
+    queued = inputs._replace(snap=ModelSnapshot(stats=stats, inflight={"i0": 1}, queue_depth=3, oldest_created_s=T0))
+    planner.plan([queued], live_by_model(records), T0 + 3)
+    planner.plan([queued], live_by_model(records), T0 + 60)
+    assert planner.reused == 1  # a queue behind a ready instance ages by itself: decided afresh
