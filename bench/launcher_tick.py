@@ -335,6 +335,7 @@ async def run_size(
             "squeue_json_bytes": json_bytes,
             "decision_memo_hits": launcher.decisions.hits,
             "decision_memo_misses": launcher.decisions.misses,
+            "plans_reused": launcher.planner.reused,
             "health_check_ms_p50": median(health_ms),
             "health_check_cpu_ms_p50": median(health_cpu_ms),
             "health_check_probes_p50": median([float(x) for x in health_probes]),
@@ -504,7 +505,8 @@ def main() -> None:
     text = "The launcher's tick in steady state (every instance ready)\n\n" + table(headers, body)
     for r in rows:
         text += (
-            f"\n{r['models']} models: decisions reused {r['decision_memo_hits']}, computed {r['decision_memo_misses']}"
+            f"\n{r['models']} models: plans reused {r['plans_reused']}, decisions reused {r['decision_memo_hits']}, "
+            f"computed {r['decision_memo_misses']}"
         )
         text += "; step ms p50: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_ms_p50"].items())
         text += (

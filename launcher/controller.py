@@ -153,11 +153,6 @@ class Actuator:
         """Carry out a model's plan: record the decision, submit, drain, renew. True when it changed an instance."""
         model, decision = actions.model, actions.decision
         report.desired[model] = decision.replicas
-        if not plan.active and decision.replicas == 0:
-            # Nothing held and nothing wanted (most models, most ticks): only record a changed decision.
-            if not self.board.recorded(model, decision):
-                await self.board.record(model, decision, now_s)
-            return False
         await self.board.record(model, decision, now_s)
         active = {r.id: r for r in plan.active}
         for sub in [s for s in actions.submissions if s.successor_of is None]:
@@ -701,10 +696,6 @@ class Launcher:
             if score is None and record.model in specs:
                 await self.routing.activate(record.model, record.id, cap=specs[record.model].policy.max_concurrency)
                 await self.events.record("instance.rerouted", now_s=now_s, model=record.model, instance=record.id)
-
-    async def load_budget_s(self, model: str) -> float:
-        """How long an instance of `model` may load: generous until load times were observed."""
-        return lc.load_budget_s(await self.history.get(model), self.settings)
 
     async def _scale_all(
         self,
