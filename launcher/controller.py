@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from launcher import lifecycle as lc
 from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
 from launcher.health import Health, Prober, loading_probe_delay_s, probe_all
+from launcher.healthcheck import HealthCheck
 from launcher.history import HistoryStore, ModelHistory
 from launcher.jobhost import HostCheck
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex
@@ -300,6 +301,11 @@ class Actuator:
             if old is not None and old.state is S.READY:
                 await self.drain(old, now_s, f"renewed by {record.id}", cancel=False)
 
+    async def reroute(self, record: InstanceRecord, spec: ModelSpec, now_s: float) -> None:
+        """Route again to a healthy ready instance a gateway took out of routing (it could not connect once)."""
+        await self.routing.activate(record.model, record.id, cap=spec.policy.max_concurrency)
+        await self.events.record("instance.rerouted", now_s=now_s, model=record.model, instance=record.id)
+
     async def drain(
         self, record: InstanceRecord, now_s: float, reason: str, *, cancel: bool, by_job: bool = False
     ) -> None:
@@ -415,6 +421,7 @@ class Launcher:
         self.watch_loading = watch_loading and clock is not None
         self.lock = asyncio.Lock()
         self.host_check = HostCheck(slurm, allow_loopback=settings.allow_loopback_engines)
+        self.health = HealthCheck(self.act, self.lock)
         self._bases: list[str] = []
         """The base models of the registry as the last tick read it."""
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -645,57 +652,8 @@ class Launcher:
             await self.act.apply(record, lc.drain_step(record, busy, now_s, self.settings), now_s, report)
 
     async def check_ready(self, *, now_s: float) -> dict[str, str]:
-        """Probe every ready instance's `/health`; fail those that missed `unhealthy_after` probes in a row.
-
-        Runs in its own loop (`health_check_s`), not in the tick: 200 ready instances cost ~0.5 s of
-        probing, which held the tick (and the lock on-demand submissions wait for) for as long. The
-        probes run without the lock; their answers are acted on under it, for instances still ready
-        at the same address. Healthy instances also get adapters registered since they started, and
-        are routed again if a gateway took them out of routing. Returns the instances failed.
-        """
-        targets = [r for r in await self.instances.all() if r.state is S.READY and r.url is not None]
-        await self.prober.forget({r.url for r in targets if r.url is not None})
-        probes = await probe_all(targets, lambda r: self.prober.alive(r.url or "", r.api_key))
-        report = TickReport()
-        async with self.lock:
-            specs = self.act.specs or {s.name: s for s in await self.models.all()}
-            current = {r.id: r for r in await self.instances.all() if r.state is S.READY}
-            adapters: dict[str, list[ModelSpec]] = {}
-            for spec in specs.values():
-                if spec.kind is ModelKind.LORA and spec.base_model:
-                    adapters.setdefault(spec.base_model, []).append(spec)
-            healthy: list[InstanceRecord] = []
-            for probed, probe in zip(targets, probes, strict=True):
-                record = current.get(probed.id)
-                if record is None or record.url != probed.url:
-                    continue
-                if probe.health is Health.READY:
-                    self.act.unhealthy.pop(record.id, None)
-                    healthy.append(record)
-                    if record.model in adapters:
-                        await self.act.sync_adapters(record, adapters[record.model], now_s)
-                    continue
-                misses = self.act.unhealthy.get(record.id, 0) + 1
-                self.act.unhealthy[record.id] = misses
-                if misses >= self.settings.unhealthy_after:
-                    await self.act.apply(record, Step((lc.Fail(f"engine unhealthy: {probe.detail}"),)), now_s, report)
-            await self._reroute(healthy, specs, now_s)
-        return report.failed
-
-    async def _reroute(self, healthy: list[InstanceRecord], specs: dict[str, ModelSpec], now_s: float) -> None:
-        """Route again to healthy ready instances that left routing: a gateway stops routing to an
-        instance it cannot connect to, and a passing connect error must cost at most one tick."""
-        current = [r for r in healthy if r.state is S.READY]
-        if not current:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for r in current:
-                pipe.zscore(self.keys.ready(r.model), r.id)
-            scores = await pipe.execute()
-        for record, score in zip(current, scores, strict=True):
-            if score is None and record.model in specs:
-                await self.routing.activate(record.model, record.id, cap=specs[record.model].policy.max_concurrency)
-                await self.events.record("instance.rerouted", now_s=now_s, model=record.model, instance=record.id)
+        """Probe every ready instance and act on the answers (`HealthCheck.run`); the instances failed."""
+        return await self.health.run(now_s=now_s)
 
     async def _scale_all(
         self,
