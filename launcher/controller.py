@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 
 from launcher import lifecycle as lc
 from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
-from launcher.health import Health, Prober, loading_probe_delay_s, probe_all
+from launcher.health import Health, Prober, probe_all
 from launcher.healthcheck import HealthCheck
 from launcher.history import HistoryStore, ModelHistory
 from launcher.jobhost import HostCheck
@@ -424,15 +424,9 @@ class Launcher:
         self.health = HealthCheck(self.act, self.lock)
         self._bases: list[str] = []
         """The base models of the registry as the last tick read it."""
-        self._watchers: dict[str, asyncio.Task[None]] = {}
 
     async def aclose(self) -> None:
-        for task in self._watchers.values():
-            task.cancel()
-        for task in list(self._watchers.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._watchers.clear()
+        await self.health.aclose()
         await self.prober.aclose()
 
     # --- demand: the fast path from zero ------------------------------------------------------
@@ -493,8 +487,8 @@ class Launcher:
                 # The job called back before a tick saw it running.
                 record.timestamps[S.STARTING.value] = now_s
             await self.act.transition(record, S.LOADING, now_s, host=host, port=port, job_id=record.job_id)
-        if self.watch_loading:
-            self._watchers[iid] = asyncio.create_task(self._watch(iid))
+        if self.watch_loading and self.clock is not None:
+            self.health.watch(iid, self.clock)
         return None
 
     async def on_deregister(self, iid: str, *, reason: str, token: str, now_s: float) -> bool:
@@ -505,38 +499,6 @@ class Launcher:
                 return False
             await self.act.apply(record, lc.deregister_step(record, reason), now_s, TickReport())
             return True
-
-    async def _watch(self, iid: str) -> None:
-        """Probe a loading instance until it is ready, so it is routed to the moment it is.
-
-        Probes come fast around the model's shortest observed load time and slow down to one per
-        `health_poll_s` for a slow loader (`loading_probe_delay_s`).
-        """
-        assert self.clock is not None
-        try:
-            first = await self.instances.get(iid)
-            if first is None:
-                return
-            earliest_s = min((await self.history.get(first.model)).load_times_s, default=0.0)
-            while True:
-                since_s = first.timestamps.get(S.LOADING.value, first.state_since_s)
-                loading_s = self.clock() - since_s
-                await asyncio.sleep(loading_probe_delay_s(loading_s, earliest_s, self.settings.health_poll_s))
-                record = await self.instances.get(iid)
-                if record is None or record.state is not S.LOADING or record.url is None:
-                    return
-                spec = await self.models.get(record.model)
-                if spec is None:
-                    return
-                probe = await self.prober.probe(record.url, record.api_key, spec.client_name)
-                if probe.health is Health.READY:
-                    async with self.lock:
-                        current = await self.instances.get(iid)
-                        if current is not None and current.state is S.LOADING:
-                            await self.act.mark_ready(current, spec, self.clock())
-                    return
-        finally:
-            self._watchers.pop(iid, None)
 
     # --- the tick -----------------------------------------------------------------------------
 
