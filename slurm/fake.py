@@ -12,7 +12,8 @@ lines (name, comment, time limit, time-min, partition, QOS) like `sbatch` does; 
 - `preempt(job_id)`: it ends in `PREEMPTED` (or is queued again with `requeue=True`);
 - `cancel(job_id)` (the interface's scancel): `CANCELLED`; cancelling an ended job is not an error;
 - `fail_submissions(n, error)`: the next n `submit` calls raise `error` (default: Slurm unreachable);
-- `estimates[(partition, qos)] = start_s`: what `estimate_start` (`sbatch --test-only`) answers.
+- `estimates[(partition, qos)] = start_s`: what `estimate_start` (`sbatch --test-only`) answers;
+- `addresses[node] = (...)`: what `node_addresses` adds to the node's name.
 
 Ended jobs stay listed for `min_job_age_s`, as squeue lists them for `MinJobAge`. Times are the
 clock's seconds since the epoch; `calls` counts each method like `SlurmCLI.calls` counts commands.
@@ -76,6 +77,8 @@ class FakeSlurm:
         self.gpus_per_node = gpus_per_node
         self.min_job_age_s = min_job_age_s
         self.estimates: dict[tuple[str | None, str | None], float] = {}
+        self.addresses: dict[str, tuple[str, ...]] = {}
+        """Other names and addresses of a node (`NodeAddr`, `NodeHostname`), for `node_addresses`."""
         self.scripts: dict[int, str] = {}
         self.calls: Counter[str] = Counter()
         self._jobs: dict[int, _Job] = {}
@@ -112,6 +115,16 @@ class FakeSlurm:
         self.calls["jobs"] += 1
         self._settle()
         return [j.job for j in self._jobs.values() if j.job.name.startswith(self.job_name_prefix)]
+
+    async def job(self, job_id: int) -> SlurmJob | None:
+        self.calls["job"] += 1
+        self._settle()
+        held = self._jobs.get(job_id)
+        return held.job if held is not None else None
+
+    async def node_addresses(self, node: str) -> tuple[str, ...]:
+        self.calls["node_addresses"] += 1
+        return (node, *self.addresses.get(node, ()))
 
     async def cancel(self, job_id: int) -> None:
         self.calls["cancel"] += 1
@@ -165,7 +178,7 @@ class FakeSlurm:
 
     def hold(self, job_id: int, reason: str, *, est_start_s: float | None = None) -> None:
         """A pending job waits for `reason` ("Resources", "Priority", "QOSMaxGRESPerUser"...)."""
-        job = self.job(job_id)
+        job = self.peek(job_id)
         self._set(job_id, reason=reason, start_time=_at(est_start_s) if est_start_s is not None else None)
         assert job.state is JobState.PENDING, f"job {job_id} is {job.state}, not pending"
 
@@ -176,7 +189,7 @@ class FakeSlurm:
         its `--time`)."""
         if at_s is not None:
             self.advance(at_s - self.now_s)
-        job = self.job(job_id)
+        job = self.peek(job_id)
         limit = limit_min if limit_min is not None else job.time_limit_min
         host = node or self.node_names[0]
         self._set(
@@ -214,8 +227,8 @@ class FakeSlurm:
         for _ in range(count):
             self._refusals.append(error or SlurmUnavailable("sbatch", "Socket timed out on send/recv operation"))
 
-    def job(self, job_id: int) -> SlurmJob:
-        """The job as the next `jobs()` lists it (KeyError once it was forgotten)."""
+    def peek(self, job_id: int) -> SlurmJob:
+        """The job as the next `jobs()` lists it, without counting a call (KeyError once it was forgotten)."""
         return self._jobs[job_id].job
 
     def by_instance(self, instance_id: str) -> SlurmJob:

@@ -27,6 +27,7 @@ S = InstanceState
 T0 = 1_800_000_000.0
 SETTINGS = LauncherSettings(register_timeout_s=30.0, drain_grace_s=5.0, signal_lead_s=30)
 TERMINATED = "terminated by Slurm (scancel or preemption)"
+REFUSED = "job refused to start: model path (see the job's log)"
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=slurmless-m-i1
 #SBATCH --comment=slurmless:i1
@@ -221,7 +222,7 @@ def test_ended_jobs_leave_squeue_after_min_job_age() -> None:
     fake, job_id = submitted()
     fake.start(job_id)
     fake.advance(121 * 60)
-    assert fake.job(job_id).state is JobState.TIMEOUT
+    assert fake.peek(job_id).state is JobState.TIMEOUT
     fake.advance(fake.min_job_age_s + 1)
     assert observed(fake, job_id) is None
 
@@ -282,6 +283,7 @@ def test_drain_step(
     ("state", "reason", "expect"),
     [
         (S.READY, "engine-exited:137", (lc.Fail("engine exited with code 137"),)),
+        (S.STARTING, "refused:model path", (lc.Fail(REFUSED), lc.Broken(REFUSED))),
         (S.READY, "walltime-warning", (lc.Drain("walltime warning from Slurm", cancel=False, by_job=True),)),
         (
             S.LOADING,

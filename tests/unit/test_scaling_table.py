@@ -48,7 +48,7 @@ def instance(fake: FakeSlurm, iid: str, state: InstanceState, *, runs_for_min: i
     end_s = None
     if state in (S.STARTING, S.LOADING, S.READY):
         fake.start(job_id, limit_min=runs_for_min)
-        end_time = fake.job(job_id).end_time
+        end_time = fake.peek(job_id).end_time
         end_s = end_time.timestamp() if end_time else None
     return InstanceRecord(
         id=iid,

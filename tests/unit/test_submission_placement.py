@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from launcher.submission import place
+from slurm.backend import SlurmBackend
 from slurm.errors import SlurmCommandError
 from slurm.fake import FakeSlurm
 from slurm.types import StartEstimate
@@ -64,3 +65,8 @@ def test_placements_slurm_refuses_to_estimate_are_skipped() -> None:
     fake = Refusing(now_s=T0)
     fake.estimates[("b", None)] = T0 + 5
     assert asyncio.run(place(fake, spec(["a", "b"]), render, LauncherSettings())) == (("b", None), T0 + 5)
+
+
+def test_fake_slurm_is_a_slurm_backend() -> None:
+    backend: SlurmBackend = FakeSlurm()
+    assert isinstance(backend, SlurmBackend)
