@@ -154,6 +154,10 @@ class DecisionBoard:
         self._seen: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._recorded: dict[str, Decision] = {}
 
+    def last(self, model: str) -> Decision:
+        """The decision last recorded for `model` (KeyError before the first)."""
+        return self._recorded[model]
+
     def recorded(self, model: str, decision: Decision) -> bool:
         """Whether this very decision was the last one recorded for `model` (nothing new to write)."""
         return self._recorded.get(model) is decision

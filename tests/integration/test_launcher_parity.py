@@ -19,13 +19,13 @@ import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.desired import MIX, policy_spec
-from launcher.testing import launcher_env, records, slurm_for
 from policies import currency
 from policies.combine import decide
 from policies.types import LoadSnapshot, ModelState, Reason
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import launcher_env, records, slurm_for
 from tracesim.arrivals import generate_arrivals, load_service_times
 from tracesim.parity import forecast_at, gap_history_at
 from tracesim.run import DEFAULT_AZURE_CSV, TRACES_DIR
@@ -123,7 +123,7 @@ async def test_the_launcher_tick_decides_what_the_simulator_decides(env: tuple[S
             snap = (await reader.read([spec.name]))[spec.name]
             report = await launcher.tick(now_s=now_s)
             # The decision the tick acted on (`Keys.desired` is rewritten only when its drivers change).
-            launched = launcher._recorded[spec.name]
+            launched = launcher.act.board.last(spec.name)
 
             shifted = times[:k] + BASE_S
             sim_gaps = gap_history_at(shifted, now_s, COLD_S)
