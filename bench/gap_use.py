@@ -36,11 +36,11 @@ import redis.asyncio as aioredis
 from bench.procs import python, start, wait_http, wait_line
 from bench.report import table, write_json
 from launcher.service import LauncherService
-from launcher.testing import cancel_all, local_settings, records
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
 from slurm.types import JobState, SlurmJob
 from slurmless.localredis import LocalRedis
+from testing.launcher import cancel_all, local_settings, records
 from warmpool.apikeys import ApiKeyStore
 from warmpool.events import EventLog
 from warmpool.instances import InstanceRecord, InstanceState

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, cancel_all, local_settings, wait_for
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
+from testing.launcher import RunningLauncher, cancel_all, local_settings, wait_for
 from warmpool.external import External
 from warmpool.keys import Keys
 from warmpool.models import ModelStore

@@ -21,12 +21,12 @@ from typing import Protocol
 import pytest
 import redis.asyncio as aioredis
 
-from launcher.testing import RunningLauncher, cancel_all, environ_with, local_settings
 from slurm.localcluster import LocalCluster
 from slurm.rootfs import HOST_MOUNT, RootfsMissing, SlurmRuntime
 from slurm.settings import SlurmRestSettings
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
+from testing.launcher import RunningLauncher, cancel_all, environ_with, local_settings
 from tests.fixtures.slurm_cluster import require_slurm_binaries
 
 VERSIONS = ("22.05", "24.11", "26.05")

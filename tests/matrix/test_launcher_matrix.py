@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.testing import active_jobs, cancel_all, records, slurm_for, wait_for
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
 from slurm.types import JobState, SlurmJob
 from slurmless.localredis import LocalRedis
+from testing.launcher import active_jobs, cancel_all, records, slurm_for, wait_for
 from tests.matrix.conftest import MatrixEnv, pair_settings, start_cluster
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
