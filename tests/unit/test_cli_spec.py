@@ -9,15 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 from slurmless.cli import app
-from slurmless.cli_spec import SKIPPED, SPEC_OPTIONS, _options, spec_fields
+from slurmless.cli_spec import PREFIXED, SKIPPED, SPEC_OPTIONS, _options, spec_fields
+from warmpool.external import External
 from warmpool.specs import ModelSpec, Policy, Resources
 
 
 def test_every_spec_field_is_an_option_with_its_docstring_as_help() -> None:
     fields = {
-        *(f for f in ModelSpec.model_fields if f not in SKIPPED | {"resources", "policy"}),
+        *(f for f in ModelSpec.model_fields if f not in SKIPPED | {"resources", "policy", *PREFIXED}),
         *Resources.model_fields,
         *Policy.model_fields,
+        *(f"external_{f}" for f in External.model_fields),
     }
     assert {o.param for o in SPEC_OPTIONS} == fields
     assert all(o.help for o in SPEC_OPTIONS), [o.flag for o in SPEC_OPTIONS if not o.help]
