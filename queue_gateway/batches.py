@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,6 +20,7 @@ from queue_gateway.batch_input import prepare
 from queue_gateway.errors import BadRequest, NotFound, RateLimited
 from queue_gateway.file_dir import checked, new_id
 from queue_gateway.files import find
+from queue_gateway.request_body import json_object
 from warmpool.apikeys import ApiKeyRecord
 from warmpool.batches import BatchDoc, BatchRecord
 
@@ -30,13 +30,7 @@ MAX_METADATA_VALUE = 512
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return data
+    return json_object(await request.body())
 
 
 def _metadata(value: object) -> dict[str, str] | None:

@@ -66,14 +66,20 @@ def _stream_flag(value: object, *, allowed: bool) -> bool:
     return value and allowed
 
 
-def parse_json(body: bytes, endpoint: Endpoint) -> Parsed:
-    """The payload, its model and whether it streams; `BadRequest` for anything malformed."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; `BadRequest` (OpenAI's wording) otherwise."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object.")
+    return payload
+
+
+def parse_json(body: bytes, endpoint: Endpoint) -> Parsed:
+    """The payload, its model and whether it streams; `BadRequest` for anything malformed."""
+    payload = json_object(body)
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")

@@ -29,6 +29,7 @@ from queue_gateway.catalog import Catalog, Target
 from queue_gateway.dispatch import Call, Dispatcher, settle
 from queue_gateway.errors import BadRequest, EngineRejected
 from queue_gateway.limits import KeyLimits
+from queue_gateway.request_body import json_object
 from queue_gateway.sinks import BufferSink
 from warmpool.apikeys import ApiKeyRecord
 
@@ -75,13 +76,7 @@ Handler = Callable[[Workflows, ApiKeyRecord, Request], Awaitable[Response]]
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return data
+    return json_object(await request.body())
 
 
 def _string(data: dict[str, Any], name: str) -> str:
