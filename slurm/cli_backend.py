@@ -29,8 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from slurm.errors import JobNotFound, SlurmCommandError, SlurmTimeout, SlurmUnavailable
 from slurm.parse import (
     SQUEUE_ENV,
@@ -40,6 +38,7 @@ from slurm.parse import (
     parse_test_only,
     partitions_from_nodes,
 )
+from slurm.retry import slurm_retrying
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
 from slurm.validate import check_slurm_word
 
@@ -190,12 +189,7 @@ class SlurmCLI:
         env: Mapping[str, str] | None = None,
     ) -> T:
         """Run one command (with retries) and parse its (stdout, stderr) inside each attempt."""
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.retry_attempts)),
-            wait=wait_exponential(multiplier=self.retry_wait_s, max=self.retry_wait_s * 8),
-            retry=retry_if_exception_type(retry_on),
-            reraise=True,
-        ):
+        async for attempt in slurm_retrying(self.retry_attempts, self.retry_wait_s, retry_on):
             with attempt:
                 return await self._run(name, args, parse, stdin=stdin, env=env)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover

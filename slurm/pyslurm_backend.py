@@ -26,8 +26,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from slurm.cli_backend import CommandHook, SlurmCLI
 from slurm.errors import (
     JobNotFound,
@@ -39,6 +37,7 @@ from slurm.errors import (
 )
 from slurm.parse import normalise_job_state, partitions_from_nodes
 from slurm.rest_job import DEFAULT_JOB_ENV, sbatch_options
+from slurm.retry import slurm_retrying
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
 from slurm.validate import check_slurm_word
 
@@ -188,11 +187,8 @@ class SlurmPyslurm:
         return self._pyslurm
 
     async def _call(self, what: str, fn: Callable[[Any], T], *, retry: bool = True) -> T:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.retry_attempts) if retry else 1),
-            wait=wait_exponential(multiplier=self.retry_wait_s, max=self.retry_wait_s * 8),
-            retry=retry_if_exception_type((SlurmUnavailable, SlurmTimeout)),
-            reraise=True,
+        async for attempt in slurm_retrying(
+            self.retry_attempts if retry else 1, self.retry_wait_s, (SlurmUnavailable, SlurmTimeout)
         ):
             with attempt:
                 return await self._once(what, fn)

@@ -27,12 +27,12 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from slurm.cli_backend import CommandHook
 from slurm.errors import JobNotFound, SlurmCommandError, SlurmParseError, SlurmUnavailable
 from slurm.parse import parse_sinfo, parse_squeue, partitions_from_nodes
 from slurm.rest_job import job_description
+from slurm.retry import slurm_retrying
 from slurm.types import NodeInfo, Partition, SlurmJob, StartEstimate
 from slurm.validate import check_slurm_word
 
@@ -220,12 +220,7 @@ class SlurmRest:
     ) -> T:
         """One request with retries; `parse` reads the answer inside each attempt (a shape we do not
         know is an unusable slurmrestd, retried like one, never an empty cluster)."""
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.retry_attempts)),
-            wait=wait_exponential(multiplier=self.retry_wait_s, max=self.retry_wait_s * 8),
-            retry=retry_if_exception_type(retry_on),
-            reraise=True,
-        ):
+        async for attempt in slurm_retrying(self.retry_attempts, self.retry_wait_s, retry_on):
             with attempt:
                 doc = await self._request(what, method, path, json=json, params=params)
                 try:
