@@ -24,16 +24,12 @@ directory, every process below them, and any process whose environment names thi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
-import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,43 +37,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from slurm.localcluster_conf import (
-    NODE_NAME,
-    PARTITIONS,
-    LocalClusterSpec,
-    render_cgroup_conf,
-    render_gres_conf,
-    render_slurm_conf,
+from slurm.localcluster_conf import NODE_NAME, PARTITIONS, LocalClusterSpec
+from slurm.localcluster_files import (
+    STATE_FILE,
+    free_port,
+    is_ours,
+    new_tempdir,
+    port_open,
+    prepare_dir,
+    write_files,
 )
-from slurm.localprocs import (
-    Proc,
-    all_pids,
-    has_fd_under,
-    is_job_process,
-    read_stat,
-    signal_all,
-    start_ticks,
-    wait_dead,
-)
+from slurm.localdaemons import Daemons, LocalClusterError, find_job_processes
+from slurm.localprocs import Proc
 from slurm.rootfs import HOST_VERSION, SlurmRuntime
 
 __all__ = ["ClusterStatus", "LocalCluster", "LocalClusterError"]
 
-STATE_FILE = "localcluster.json"
-MARKER_FILE = ".slurmless-localcluster"
 _STATE_VERSION = 1
 _DAEMONS = ("munged", "slurmctld", "slurmd")
-# Linux limit for a unix socket path (sun_path), including the terminating NUL.
-_MAX_SOCKET_PATH = 107
 _COMMAND_TIMEOUT_S = 15.0
 _POLL_INTERVAL_S = 0.2
 _START_ATTEMPTS = 3
 _READY_BASE_STATES = frozenset({"IDLE", "MIXED", "ALLOCATED", "COMPLETING"})
 _UNREADY_FLAGS = frozenset({"NOT_RESPONDING", "DOWN", "DRAIN", "FAIL", "INVALID_REG", "POWERED_DOWN"})
-
-
-class LocalClusterError(RuntimeError):
-    """The local cluster could not be started, queried or stopped; the message carries the log tails."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +116,7 @@ class LocalCluster:
         if gpus < 0:
             raise ValueError("gpus must be >= 0")
         self._owns_tempdir = base_dir is None
-        self.base_dir = Path(base_dir).resolve() if base_dir is not None else _new_tempdir()
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else new_tempdir()
         self.gpus = gpus
         self.cpus = cpus if cpus is not None else max(8, os.cpu_count() or 1)
         self.memory_mb = memory_mb
@@ -152,8 +134,7 @@ class LocalCluster:
         self.partitions: tuple[str, ...] = PARTITIONS
         self.slurmctld_port: int | None = None
         self.slurmd_port: int | None = None
-        self._procs: dict[str, Proc] = {}
-        self._popens: dict[str, subprocess.Popen[bytes]] = {}
+        self._daemons = Daemons(self.log_tails)
 
     # -- public surface -------------------------------------------------------------------------------
 
@@ -199,7 +180,7 @@ class LocalCluster:
     @property
     def pids(self) -> dict[str, int]:
         """Pids of the daemons this object started or loaded."""
-        return {name: proc.pid for name, proc in self._procs.items()}
+        return {name: proc.pid for name, proc in self._daemons.procs.items()}
 
     def start(self) -> None:
         """Start munged, slurmctld and slurmd and wait until the node is idle.
@@ -207,7 +188,7 @@ class LocalCluster:
         Raises LocalClusterError (with log tails) if a daemon dies or the node is not idle within
         `start_timeout_s`; whatever was started is stopped again first.
         """
-        if self._procs:
+        if self._daemons.procs:
             raise LocalClusterError(f"cluster in {self.base_dir} already started")
         for attempt in range(_START_ATTEMPTS):
             try:
@@ -219,21 +200,19 @@ class LocalCluster:
                     self.stop()
                 else:
                     self._kill_everything()
-                    self._procs.clear()
-                    self._popens.clear()
                 # The free ports were picked before the daemons bound them; another process may have won.
                 port_lost = isinstance(exc, LocalClusterError) and "Address already in use" in str(exc)
                 if not port_lost or attempt == _START_ATTEMPTS - 1:
                     raise
 
     def _start_once(self) -> None:
-        self._prepare_dir()
+        prepare_dir(self.base_dir, self.node_name, _stop_previous)
         spec = LocalClusterSpec(
             base_dir=self.base_dir,
             cluster_name=self.cluster_name,
             hostname=socket.gethostname().split(".")[0],
-            slurmctld_port=_free_port(),
-            slurmd_port=_free_port(),
+            slurmctld_port=free_port(),
+            slurmd_port=free_port(),
             gpus=self.gpus,
             cpus=self.cpus,
             memory_mb=self.memory_mb,
@@ -246,13 +225,11 @@ class LocalCluster:
             preempt_grace_s=self.preempt_grace_s,
         )
         self.slurmctld_port, self.slurmd_port = spec.slurmctld_port, spec.slurmd_port
-        self._write_files(spec)
+        write_files(spec)
         deadline = time.monotonic() + self.start_timeout_s
         self._start_munged(spec, deadline)
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(spec.conf_path)])
-        self._write_state()
         self._spawn("slurmd", self._slurmd_args())
-        self._write_state()
         if self.rest:
             self._start_slurmrestd(deadline)
         self.wait_node_ready(timeout_s=max(1.0, deadline - time.monotonic()))
@@ -260,10 +237,8 @@ class LocalCluster:
     def stop(self) -> None:
         """Kill every process of the cluster (daemons, job steps, their jobs), then remove its directory."""
         self._kill_everything()
-        if self.base_dir.exists() and self._is_ours(self.base_dir):
+        if self.base_dir.exists() and is_ours(self.base_dir):
             shutil.rmtree(self.base_dir, ignore_errors=True)
-        self._procs.clear()
-        self._popens.clear()
 
     async def astart(self) -> None:
         """`start()` in a worker thread."""
@@ -276,7 +251,7 @@ class LocalCluster:
     def status(self) -> ClusterStatus:
         """Which daemons are alive, and the node's state as Slurm reports it (None if unreachable)."""
         names = (*_DAEMONS, "slurmrestd") if self.rest else _DAEMONS
-        alive = {name: (name in self._procs and self._procs[name].alive()) for name in names}
+        alive = {name: self._daemons.alive(name) for name in names}
         state = self.node_state() if alive["slurmctld"] else None
         return ClusterStatus(daemons_alive=alive, node_state=state)
 
@@ -296,7 +271,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         state: str | None = None
         while time.monotonic() < deadline:
-            self._check_daemons_alive()
+            self._daemons.check_alive()
             state = self.node_state()
             if _node_ready(state):
                 return state or ""
@@ -319,22 +294,14 @@ class LocalCluster:
 
     def stop_slurmd(self) -> None:
         """Kill slurmd with SIGKILL, like a crashed node daemon; running job steps are left alone."""
-        proc = self._procs.pop("slurmd", None)
-        if proc is not None and proc.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            wait_dead([proc], timeout_s=5.0)
-        popen = self._popens.pop("slurmd", None)
-        if popen is not None:
-            popen.wait(timeout=5.0)
+        self._daemons.kill("slurmd")
         self._write_state()
 
     def start_slurmd(self, *, wait_ready: bool = True, timeout_s: float = 60.0) -> None:
         """Start slurmd again after `stop_slurmd()`; by default wait until the node accepts jobs."""
-        if "slurmd" in self._procs and self._procs["slurmd"].alive():
+        if self._daemons.alive("slurmd"):
             raise LocalClusterError("slurmd is already running")
         self._spawn("slurmd", self._slurmd_args())
-        self._write_state()
         if wait_ready:
             self.wait_node_ready(timeout_s=timeout_s)
 
@@ -388,7 +355,7 @@ class LocalCluster:
         cluster.slurmd_port = state.get("slurmd_port")
         cluster.slurmrestd_port = state.get("slurmrestd_port")
         cluster.rest = cluster.slurmrestd_port is not None
-        cluster._procs = {
+        cluster._daemons.procs = {
             name: Proc(pid=int(p["pid"]), start_ticks=int(p["start_ticks"])) for name, p in state["processes"].items()
         }
         return cluster
@@ -416,59 +383,6 @@ class LocalCluster:
     def _slurmd_args(self) -> list[str]:
         return ["slurmd", "-D", "-N", self.node_name, "-f", str(self.conf_path)]
 
-    def _prepare_dir(self) -> None:
-        d = self.base_dir
-        longest = d / "spool" / f"{self.node_name}_4294967295.4294967295"
-        if len(str(longest)) > _MAX_SOCKET_PATH:
-            raise LocalClusterError(f"{d} is too long for unix socket paths; use a shorter base_dir")
-        # munged refuses a socket whose ancestors not everyone may traverse (pytest's tmp_path, for one).
-        closed = [p for p in d.parents if p.exists() and not p.stat().st_mode & stat.S_IXOTH]
-        if closed:
-            raise LocalClusterError(
-                f"{closed[0]} is not world-traversable (o+x), which munged requires; use another base_dir"
-            )
-        if d.exists():
-            if (d / STATE_FILE).exists():
-                with contextlib.suppress(LocalClusterError):
-                    LocalCluster.load(d)._kill_everything()
-            if not self._is_ours(d):
-                raise LocalClusterError(f"{d} exists and is not a local cluster directory; refusing to use it")
-            for child in d.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        d.mkdir(parents=True, exist_ok=True)
-        (d / MARKER_FILE).write_text("slurmless local Slurm cluster; removed by LocalCluster.stop()\n")
-        # munged insists that everyone may traverse its socket's directory and nobody else may write it.
-        d.chmod(0o755)
-
-    @staticmethod
-    def _is_ours(d: Path) -> bool:
-        return (d / MARKER_FILE).exists() or (d / STATE_FILE).exists() or not any(d.iterdir())
-
-    def _write_files(self, spec: LocalClusterSpec) -> None:
-        for sub in (
-            spec.log_dir,
-            spec.state_save_dir,
-            spec.spool_dir,
-            spec.gpu_dev_dir,
-            spec.munge_socket.parent,
-        ):
-            sub.mkdir(mode=0o755, exist_ok=True)
-        if spec.jwt_key is not None:
-            spec.jwt_key.parent.mkdir(mode=0o700)
-            _write_secret(spec.jwt_key, secrets.token_bytes(32))
-        key = spec.munge_socket.parent / "munge.key"
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(1024))
-        for i in range(spec.gpus):
-            _make_fake_device(spec.gpu_device(i))
-        spec.conf_path.write_text(render_slurm_conf(spec))
-        (self.base_dir / "gres.conf").write_text(render_gres_conf(spec))
-        (self.base_dir / "cgroup.conf").write_text(render_cgroup_conf(spec))
-
     def _start_munged(self, spec: LocalClusterSpec, deadline: float) -> None:
         mdir = spec.munge_socket.parent
         self._spawn(
@@ -483,60 +397,28 @@ class LocalCluster:
                 f"--seed-file={mdir / 'munged.seed'}",
             ],
         )
-        self._write_state()
-        while not spec.munge_socket.exists():
-            self._check_daemons_alive()
-            if time.monotonic() > deadline:
-                raise LocalClusterError("munged did not create its socket in time\n" + self.log_tails())
-            time.sleep(0.05)
+        self._daemons.wait_for(spec.munge_socket.exists, deadline, "munged did not create its socket")
 
     def _start_slurmrestd(self, deadline: float) -> None:
         """slurmrestd on a free port, accepting JWTs; it drops root (it refuses to serve as root)."""
-        self.slurmrestd_port = _free_port()
+        port = self.slurmrestd_port = free_port()
         # Only the controller's API: the accounting one needs slurmdbd. Numeric ids: 26.05 resolves names oddly.
         plugins = "openapi/v0.0.38" if self.runtime.version == "22.05" else "openapi/slurmctld"
-        args = [
-            "slurmrestd",
-            "-f",
-            str(self.conf_path),
-            "-a",
-            "rest_auth/jwt",
-            "-s",
-            plugins,
-            "-u",
-            "65534",
-            "-g",
-            "65534",
-        ]
-        self._spawn("slurmrestd", [*args, f"127.0.0.1:{self.slurmrestd_port}"], env={"SLURM_JWT": "daemon"})
-        self._write_state()
-        while not _port_open(self.slurmrestd_port):
-            self._check_daemons_alive()
-            if time.monotonic() > deadline:
-                raise LocalClusterError("slurmrestd did not listen in time\n" + self.log_tails())
-            time.sleep(0.05)
+        auth = ["-a", "rest_auth/jwt", "-s", plugins, "-u", "65534", "-g", "65534"]
+        args = ["slurmrestd", "-f", str(self.conf_path), *auth]
+        self._spawn("slurmrestd", [*args, f"127.0.0.1:{port}"], env={"SLURM_JWT": "daemon"})
+        self._daemons.wait_for(lambda: port_open(port), deadline, "slurmrestd did not listen")
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        out = open(self.log_dir / f"{name}.out", "ab")  # noqa: SIM115 -- handed to the child, closed below
-        try:
-            # A new session: the daemons survive the caller (persistent mode) and its terminal's signals.
-            popen = subprocess.Popen(
-                self.runtime.argv(args),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                start_new_session=True,
-                env={**os.environ, **self.env, **(env or {})},
-            )
-        finally:
-            out.close()
-        ticks = start_ticks(popen.pid)
-        if ticks is None:
-            popen.wait(timeout=5.0)
-            raise LocalClusterError(f"{name} exited at once\n" + self.log_tails())
-        self._popens[name] = popen
-        self._procs[name] = Proc(pid=popen.pid, start_ticks=ticks)
+        """Start a daemon in this cluster's runtime and record it in the state file at once."""
+        self._daemons.spawn(
+            name,
+            self.runtime.argv(args),
+            cwd=self.base_dir,
+            log_path=self.log_dir / f"{name}.out",
+            env={**os.environ, **self.env, **(env or {})},
+        )
+        self._write_state()
 
     def _write_state(self) -> None:
         state: dict[str, Any] = {
@@ -550,121 +432,27 @@ class LocalCluster:
             "slurmrestd_port": self.slurmrestd_port,
             "slurm_version": self.runtime.version,
             "rootfs": str(self.runtime.rootfs) if self.runtime.rootfs else None,
-            "processes": {n: {"pid": p.pid, "start_ticks": p.start_ticks} for n, p in self._procs.items()},
+            "processes": {n: {"pid": p.pid, "start_ticks": p.start_ticks} for n, p in self._daemons.procs.items()},
         }
         tmp = self.base_dir / f"{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.base_dir / STATE_FILE)
 
-    def _check_daemons_alive(self) -> None:
-        for name, proc in self._procs.items():
-            if not proc.alive():
-                raise LocalClusterError(f"{name} (pid {proc.pid}) died\n" + self.log_tails())
-
     def _kill_everything(self) -> None:
         """Kill job steps and their descendants, then the daemons; reap children we own."""
-        # slurmd first, so it starts no new steps while we sweep them.
-        order = [n for n in ("slurmrestd", "slurmd", "slurmctld") if n in self._procs]
-        daemons = [self._procs[n] for n in order]
-        signal_all(daemons, signal.SIGTERM)
-        wait_dead(daemons, timeout_s=5.0)
-        signal_all(daemons, signal.SIGKILL)
-        killed: list[Proc] = [*self._procs.values()]
-        for _ in range(5):
-            victims = self._job_processes()
-            if not victims:
-                break
-            # Freeze first so nothing forks between listing the tree and killing it.
-            signal_all(victims, signal.SIGSTOP)
-            victims = self._job_processes()
-            signal_all(victims, signal.SIGKILL)
-            wait_dead(victims, timeout_s=5.0)
-            killed.extend(victims)
-        # munged last: slurmd and slurmctld need it while shutting down.
-        munged = [self._procs[n] for n in ("munged",) if n in self._procs]
-        signal_all(munged, signal.SIGTERM)
-        wait_dead(munged, timeout_s=5.0)
-        signal_all(munged, signal.SIGKILL)
-        wait_dead([*daemons, *munged], timeout_s=5.0)
-        for popen in self._popens.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=5.0)
-        # Reap by pid whatever of this is our child (daemons loaded from a state file may be).
-        # Never waitpid(-1): that would steal other children's exit statuses.
-        for proc in killed:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(proc.pid, os.WNOHANG)
-
-    def _job_processes(self) -> list[Proc]:
-        """This cluster's slurmstepd processes and job processes, with all their descendants."""
-        base = str(self.base_dir) + os.sep
-        # A chrooted slurmstepd's files show through the root they were opened in.
-        bases = [base] + ([str(self.runtime.rootfs) + base] if self.runtime.rootfs else [])
-        conf_marker = f"SLURM_CONF={self.conf_path}".encode()
-        me = os.getpid()
-        children: dict[int, list[int]] = {}
-        roots: set[int] = set()
-        for pid in all_pids():
-            if pid == me:
-                continue
-            info = read_stat(pid)
-            if info is None:
-                continue
-            comm, state, ppid, _ = info
-            if state == "Z":
-                continue
-            children.setdefault(ppid, []).append(pid)
-            if (comm == "slurmstepd" and any(has_fd_under(pid, b) for b in bases)) or is_job_process(pid, conf_marker):
-                roots.add(pid)
-        found: set[int] = set()
-        stack = list(roots)
-        while stack:
-            pid = stack.pop()
-            if pid in found or pid == me:
-                continue
-            found.add(pid)
-            stack.extend(children.get(pid, []))
-        procs = []
-        for pid in found:
-            ticks = start_ticks(pid)
-            if ticks is not None:
-                procs.append(Proc(pid, ticks))
-        return procs
+        self._daemons.stop_all(lambda: find_job_processes(self.base_dir, self.conf_path, self.runtime.rootfs))
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def _new_tempdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="slurmless-cluster-")).resolve()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _make_fake_device(path: Path) -> None:
-    """A character device with /dev/null's numbers: slurmd wants a real device file for a gres `File=`."""
+def _stop_previous(base_dir: Path) -> None:
+    """Stop the processes of a cluster that ran earlier in `base_dir` (it may have been another process's)."""
     try:
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    except PermissionError:
-        # Without CAP_MKNOD a plain file still works; slurmd logs an error and drops the device binding.
-        path.touch()
+        previous = LocalCluster.load(base_dir)
+    except LocalClusterError:
+        return
+    previous._kill_everything()
 
 
 def _state_parts(state: str) -> list[str]:
