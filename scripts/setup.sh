@@ -14,6 +14,9 @@ declare -A want=([redis-server]=redis-server [slurmctld]=slurmctld [slurmd]=slur
   [chromium]=chromium)
 # slurmrestd and its JWT auth plugin: the rest backend's tests (tests/matrix, tests/integration/test_slurm_rest.py).
 want[slurmrestd]=slurmrestd
+# slurmdbd and MariaDB: the local cluster's accounting (LocalCluster(accounting=True)).
+want[slurmdbd]=slurmdbd
+want[mariadbd]=mariadb-server
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
@@ -29,7 +32,12 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
-  # The packages may start system daemons; slurmless never uses them (own ports, own dirs).
+  # The packages may start system daemons; slurmless never uses them (own ports, own dirs). The system
+  # MariaDB we just installed only holds memory: stop it (the local cluster runs a private one).
+  if [[ " ${missing[*]} " == *" mariadb-server "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && systemctl is-active --quiet mariadb 2>/dev/null; then
+    systemctl disable --now mariadb >/dev/null 2>&1 || true
+  fi
 fi
 # Prometheus and promtool, for the tests of deploy/prometheus and deploy/grafana (a real server
 # scrapes a running stack); without the recommended node exporter.

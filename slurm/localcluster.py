@@ -48,6 +48,7 @@ from slurm.localcluster_files import (
     write_files,
 )
 from slurm.localdaemons import Daemons, LocalClusterError, find_job_processes
+from slurm.localdbd import AccountingSpec, start_accounting
 from slurm.localprocs import Proc
 from slurm.rootfs import HOST_VERSION, SlurmRuntime
 
@@ -55,6 +56,7 @@ __all__ = ["ClusterStatus", "LocalCluster", "LocalClusterError"]
 
 _STATE_VERSION = 1
 _DAEMONS = ("munged", "slurmctld", "slurmd")
+_DBD_DAEMONS = ("mariadb", "slurmdbd")
 _COMMAND_TIMEOUT_S = 15.0
 _POLL_INTERVAL_S = 0.2
 _START_ATTEMPTS = 3
@@ -94,6 +96,8 @@ class LocalCluster:
         runtime: which Slurm runs the cluster (`SlurmRuntime.for_version("24.11")`); the host's by default.
         rest: also run slurmrestd (JWT auth, `AuthAltTypes=auth/jwt`) on a free port: `rest_url`, `token()`.
         preempt_grace_s: partition-priority preemption (`gpu` jobs cancel `preempt` jobs after this grace).
+        accounting: also run a private MariaDB and slurmdbd (`slurm.localdbd`) and enforce associations,
+            QOS and limits; set accounts and QOS up with `sacctmgr()`. The host's Slurm only.
     """
 
     def __init__(
@@ -112,9 +116,12 @@ class LocalCluster:
         runtime: SlurmRuntime | None = None,
         rest: bool = False,
         preempt_grace_s: int | None = None,
+        accounting: bool = False,
     ) -> None:
         if gpus < 0:
             raise ValueError("gpus must be >= 0")
+        if accounting and runtime is not None and runtime.chrooted:
+            raise ValueError(f"accounting runs with the host's Slurm only, not {runtime.describe()}")
         self._owns_tempdir = base_dir is None
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else new_tempdir()
         self.gpus = gpus
@@ -129,6 +136,8 @@ class LocalCluster:
         self.runtime = runtime or SlurmRuntime()
         self.rest = rest
         self.preempt_grace_s = preempt_grace_s
+        self.accounting = accounting
+        self.slurmdbd_port: int | None = None
         self.slurmrestd_port: int | None = None
         self.node_name = NODE_NAME
         self.partitions: tuple[str, ...] = PARTITIONS
@@ -223,11 +232,18 @@ class LocalCluster:
             slurm_version=self.runtime.version,
             jwt_key=self.base_dir / "jwt" / "jwt.key" if self.rest else None,
             preempt_grace_s=self.preempt_grace_s,
+            slurmdbd_port=free_port() if self.accounting else None,
         )
         self.slurmctld_port, self.slurmd_port = spec.slurmctld_port, spec.slurmd_port
+        self.slurmdbd_port = spec.slurmdbd_port
         write_files(spec)
         deadline = time.monotonic() + self.start_timeout_s
         self._start_munged(spec, deadline)
+        if spec.slurmdbd_port is not None:
+            dbd = AccountingSpec.new(spec.base_dir, spec.hostname, free_port(), spec.slurmdbd_port, spec.munge_socket)
+            start_accounting(dbd, self._daemons, self._spawn, deadline)
+            # slurmctld registers with slurmdbd under its ClusterName, which must exist by then.
+            self.sacctmgr("add", "cluster", self.cluster_name)
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(spec.conf_path)])
         self._spawn("slurmd", self._slurmd_args())
         if self.rest:
@@ -250,7 +266,11 @@ class LocalCluster:
 
     def status(self) -> ClusterStatus:
         """Which daemons are alive, and the node's state as Slurm reports it (None if unreachable)."""
-        names = (*_DAEMONS, "slurmrestd") if self.rest else _DAEMONS
+        names = (
+            *_DAEMONS,
+            *(("slurmrestd",) if self.rest else ()),
+            *(_DBD_DAEMONS if self.accounting else ()),
+        )
         alive = {name: self._daemons.alive(name) for name in names}
         state = self.node_state() if alive["slurmctld"] else None
         return ClusterStatus(daemons_alive=alive, node_state=state)
@@ -319,6 +339,16 @@ class LocalCluster:
             raise LocalClusterError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc.stdout
 
+    def sacctmgr(self, *args: str) -> str:
+        """Run `sacctmgr --immediate <args>` against the cluster's slurmdbd (`accounting=True`).
+
+        For example `sacctmgr("add", "account", "team-a")`, `sacctmgr("add", "qos", "small",
+        "MaxJobsPerUser=1")`, `sacctmgr("add", "user", "root", "account=team-a", "qos=normal,small")`.
+        """
+        if not self.accounting:
+            raise LocalClusterError("this cluster has no accounting (LocalCluster(accounting=True))")
+        return self.run(["sacctmgr", "--immediate", *args])
+
     def log_tails(self, lines: int = 20) -> str:
         """The last `lines` lines of every log in the cluster's log directory, for error messages."""
         parts: list[str] = []
@@ -355,6 +385,8 @@ class LocalCluster:
         cluster.slurmd_port = state.get("slurmd_port")
         cluster.slurmrestd_port = state.get("slurmrestd_port")
         cluster.rest = cluster.slurmrestd_port is not None
+        cluster.slurmdbd_port = state.get("slurmdbd_port")
+        cluster.accounting = cluster.slurmdbd_port is not None
         cluster._daemons.procs = {
             name: Proc(pid=int(p["pid"]), start_ticks=int(p["start_ticks"])) for name, p in state["processes"].items()
         }
@@ -430,6 +462,7 @@ class LocalCluster:
             "slurmctld_port": self.slurmctld_port,
             "slurmd_port": self.slurmd_port,
             "slurmrestd_port": self.slurmrestd_port,
+            "slurmdbd_port": self.slurmdbd_port,
             "slurm_version": self.runtime.version,
             "rootfs": str(self.runtime.rootfs) if self.runtime.rootfs else None,
             "processes": {n: {"pid": p.pid, "start_ticks": p.start_ticks} for n, p in self._daemons.procs.items()},

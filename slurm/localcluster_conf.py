@@ -41,6 +41,9 @@ class LocalClusterSpec:
     #: Partition-priority preemption: jobs of `gpu` (tier 2) cancel jobs of `preempt` (tier 1) after
     #: this grace time (SIGTERM first); None: no preemption.
     preempt_grace_s: int | None = None
+    #: Port of the cluster's slurmdbd (`slurm.localdbd`): accounts, QOS and limits are enforced;
+    #: None: no accounting.
+    slurmdbd_port: int | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -104,7 +107,7 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
+        *_accounting_lines(spec),
         "JobCompType=jobcomp/none",
         *(["JobContainerType=job_container/none"] if _older(spec, "25.05") else []),
         "MpiDefault=none",
@@ -156,6 +159,22 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _accounting_lines(spec: LocalClusterSpec) -> list[str]:
+    if spec.slurmdbd_port is None:
+        return ["AccountingStorageType=accounting_storage/none"]
+    return [
+        "AccountingStorageType=accounting_storage/slurmdbd",
+        "AccountingStorageHost=127.0.0.1",
+        f"AccountingStoragePort={spec.slurmdbd_port}",
+        # With munge, the "password" names the munge socket for talking to slurmdbd (default: the system's).
+        f"AccountingStoragePass={spec.munge_socket}",
+        # Jobs need an association (user, account), may only use the QOS it allows, and obey its limits.
+        "AccountingStorageEnforce=associations,limits,qos",
+        # GPUs are tracked, so GrpTRES=gres/gpu=N limits apply.
+        "AccountingStorageTRES=gres/gpu",
+    ]
 
 
 def render_gres_conf(spec: LocalClusterSpec) -> str:

@@ -37,6 +37,9 @@ def up(
         None, "--slurm", help="Slurm release: 22.05 (the host's), 24.11 or 26.05 (scripts/slurm-rootfs.sh builds them)."
     ),
     rest: bool = typer.Option(False, "--rest", help="Also run slurmrestd (JWT auth) for the rest backend."),
+    accounting: bool = typer.Option(
+        False, "--accounting", help="Also run slurmdbd with a private MariaDB: accounts, QOS and limits enforced."
+    ),
 ) -> None:
     """Start the cluster in the background; it keeps running until `down`."""
     base = _dir(directory)
@@ -48,7 +51,8 @@ def up(
                 console.print(f"cluster already running in {base}")
                 _print_env(existing)
                 return
-        cluster = LocalCluster(base, gpus=gpus, runtime=SlurmRuntime.for_version(version), rest=rest)
+        runtime = SlurmRuntime.for_version(version)
+        cluster = LocalCluster(base, gpus=gpus, runtime=runtime, rest=rest, accounting=accounting)
         cluster.start()
     except (LocalClusterError, RootfsMissing, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0])
@@ -109,6 +113,13 @@ def _print_env(cluster: LocalCluster) -> None:
         # The newer releases' commands run inside their root (slurm.command_prefix for the cli backend).
         console.print(
             f"# Slurm {cluster.slurm_version} commands: slurmless dev-cluster exec --dir {cluster.base_dir} -- squeue",
+            soft_wrap=True,
+            markup=False,
+        )
+    if cluster.accounting:
+        console.print(
+            f"# accounting: slurmdbd on port {cluster.slurmdbd_port}; accounts and QOS with "
+            f"slurmless dev-cluster exec --dir {cluster.base_dir} -- sacctmgr ...",
             soft_wrap=True,
             markup=False,
         )
