@@ -96,6 +96,8 @@ class LocalCluster:
         runtime: which Slurm runs the cluster (`SlurmRuntime.for_version("24.11")`); the host's by default.
         rest: also run slurmrestd (JWT auth, `AuthAltTypes=auth/jwt`) on a free port: `rest_url`, `token()`.
         preempt_grace_s: partition-priority preemption (`gpu` jobs cancel `preempt` jobs after this grace).
+        preempt_qos: QOS preemption instead (`PreemptType=preempt/qos`; needs `accounting`): the QOS's
+            `Preempt=` and `GraceTime=` (sacctmgr) say which jobs preempt which, and how soon.
         accounting: also run a private MariaDB and slurmdbd (`slurm.localdbd`) and enforce associations,
             QOS and limits; set accounts and QOS up with `sacctmgr()`. The host's Slurm only.
     """
@@ -116,10 +118,13 @@ class LocalCluster:
         runtime: SlurmRuntime | None = None,
         rest: bool = False,
         preempt_grace_s: int | None = None,
+        preempt_qos: bool = False,
         accounting: bool = False,
     ) -> None:
         if gpus < 0:
             raise ValueError("gpus must be >= 0")
+        if preempt_qos and (not accounting or preempt_grace_s is not None):
+            raise ValueError("preempt_qos needs accounting=True and excludes preempt_grace_s")
         if accounting and runtime is not None and runtime.chrooted:
             raise ValueError(f"accounting runs with the host's Slurm only, not {runtime.describe()}")
         self._owns_tempdir = base_dir is None
@@ -136,6 +141,7 @@ class LocalCluster:
         self.runtime = runtime or SlurmRuntime()
         self.rest = rest
         self.preempt_grace_s = preempt_grace_s
+        self.preempt_qos = preempt_qos
         self.accounting = accounting
         self.slurmdbd_port: int | None = None
         self.slurmrestd_port: int | None = None
@@ -232,6 +238,7 @@ class LocalCluster:
             slurm_version=self.runtime.version,
             jwt_key=self.base_dir / "jwt" / "jwt.key" if self.rest else None,
             preempt_grace_s=self.preempt_grace_s,
+            preempt_qos=self.preempt_qos,
             slurmdbd_port=free_port() if self.accounting else None,
         )
         self.slurmctld_port, self.slurmd_port = spec.slurmctld_port, spec.slurmd_port

@@ -41,6 +41,9 @@ class LocalClusterSpec:
     #: Partition-priority preemption: jobs of `gpu` (tier 2) cancel jobs of `preempt` (tier 1) after
     #: this grace time (SIGTERM first); None: no preemption.
     preempt_grace_s: int | None = None
+    #: QOS preemption (`PreemptType=preempt/qos`, needs accounting): which QOS preempts which, and the
+    #: grace time, are set with sacctmgr (`Preempt=`, `GraceTime=` of the QOS).
+    preempt_qos: bool = False
     #: Port of the cluster's slurmdbd (`slurm.localdbd`): accounts, QOS and limits are enforced;
     #: None: no accounting.
     slurmdbd_port: int | None = None
@@ -113,20 +116,7 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         "MpiDefault=none",
         "SwitchType=switch/none",
         "ReturnToService=2",
-        # send_user_signal: a job's own --signal (slurmless: B:USR1, drain and leave) goes out when it is
-        # chosen for preemption; without it the batch shell hears of it only at the kill.
-        *(
-            [
-                "PreemptType=preempt/partition_prio",
-                "PreemptMode=CANCEL",
-                # 22.05 spells it as a SlurmctldParameters flag; 23.02 moved it.
-                "SlurmctldParameters=preempt_send_user_signal"
-                if _older(spec, "23.02")
-                else "PreemptParameters=send_user_signal",
-            ]
-            if spec.preempt_grace_s is not None
-            else []
-        ),
+        *_preemption_lines(spec),
         "SchedulerType=sched/backfill",
         f"SchedulerParameters=bf_interval={spec.backfill_interval_s},sched_interval=2",
         "SelectType=select/cons_tres",
@@ -159,6 +149,21 @@ def render_slurm_conf(spec: LocalClusterSpec) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _preemption_lines(spec: LocalClusterSpec) -> list[str]:
+    if spec.preempt_grace_s is None and not spec.preempt_qos:
+        return []
+    return [
+        "PreemptType=preempt/qos" if spec.preempt_qos else "PreemptType=preempt/partition_prio",
+        "PreemptMode=CANCEL",
+        # send_user_signal: a job's own --signal (slurmless: B:USR1, drain and leave) goes out when it is
+        # chosen for preemption; without it the batch shell hears of it only at the kill.
+        # 22.05 spells it as a SlurmctldParameters flag; 23.02 moved it.
+        "SlurmctldParameters=preempt_send_user_signal"
+        if _older(spec, "23.02")
+        else "PreemptParameters=send_user_signal",
+    ]
 
 
 def _accounting_lines(spec: LocalClusterSpec) -> list[str]:
