@@ -47,6 +47,7 @@ from launcher.submission import new_record, place
 from slurm.backend import SlurmBackend
 from slurm.errors import ScriptValidationError, SlurmError
 from slurm.jobscript import render_job_script
+from slurm.limits import submit_limit
 from slurm.types import JobState, SlurmJob
 from warmpool.batches import Batches
 from warmpool.events import EventLog
@@ -120,6 +121,10 @@ class Actuator:
                 case lc.Move(state, at_s, fields):
                     await self.transition(record, state, at_s, **dict(fields))
                 case lc.Note(fields):
+                    if held := lc.newly_held(record, fields):
+                        await self.events.record(
+                            "instance.held", now_s=now_s, model=record.model, instance=record.id, reason=held
+                        )
                     for name, value in fields:
                         setattr(record, name, value)
                     await self.instances.update(record.id, **dict(fields))
@@ -186,6 +191,7 @@ class Actuator:
     async def submit(self, spec: ModelSpec, *, now_s: float, why: str, successor_of: str | None = None) -> str | None:
         """Write a `requested` record, place and render its job, `sbatch` it; the new instance id, or None."""
         iid, token, api_key = new_instance_id(), new_token(), new_token()
+        spec = await self.tenant_budget.with_account(spec)
         record = new_record(spec, iid, token=token, api_key=api_key, now_s=now_s, successor_of=successor_of)
         try:
             enable_lora = bool(await self.adapters_of(spec.name))
@@ -215,14 +221,20 @@ class Actuator:
             await self.events.record("model.broken", now_s=now_s, model=spec.name, reason=reason)
             return None
         record.partition, record.qos, record.est_start_s = placement[0], placement[1], est_s
+        record.account = spec.resources.account
         if not await self.tenant_budget.admit(spec, iid, now_s=now_s):
             return None
         await self.instances.put(record)
         try:
             job_id = await self.slurm.submit(script)
         except SlurmError as exc:
-            await self.fail(record, now_s, f"submission failed: {exc}"[:500])
+            held = submit_limit(str(exc), account=record.account, qos=record.qos)
+            if held is not None:
+                await self.limit_held(record, now_s, held)
+            else:
+                await self.fail(record, now_s, f"submission failed: {exc}"[:500])
             return None
+        await self.history.submission_accepted(spec.name)
         await self.transition(record, S.PENDING, now_s, job_id=str(job_id))
         self.metrics.submissions.labels(spec.name, "renewal" if successor_of else "scale").inc()
         await self.events.record(
@@ -336,6 +348,19 @@ class Actuator:
         await self.routing.deactivate(record.model, record.id)
         await self.transition(record, S.GONE, now_s)
         report.gone.append(record.id)
+
+    async def limit_held(self, record: InstanceRecord, now_s: float, reason: str) -> None:
+        """Slurm refused the job for an accounting limit: the instance is gone, the model waits and retries
+        with backoff (bounded `sbatch` calls) and is never marked broken for it."""
+        await self.transition(record, S.GONE, now_s, reason=reason)
+        holds = await self.history.limit_held(
+            record.model,
+            now_s=now_s,
+            backoff_s=self.settings.failure_backoff_s,
+            max_backoff_s=self.settings.max_backoff_s,
+            reason=reason,
+        )
+        await self.events.record("model.held", now_s=now_s, model=record.model, reason=reason, refusals=holds)
 
     async def fail(self, record: InstanceRecord, now_s: float, reason: str, *, cancel_job: bool = True) -> None:
         """Mark an instance failed (keeping why), end its job, and back the model off."""

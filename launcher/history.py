@@ -1,4 +1,4 @@
-"""What the launcher learns per model: observed cold-start phases and failed starts.
+"""What the launcher learns per model: observed cold-start phases, failed starts, accounting holds.
 
 Kept in the model's stats hash (`Keys.model_stats`) next to the gateway's `last_request_s`, so a
 restarted or standby launcher knows them too. Only the leader writes here.
@@ -20,6 +20,9 @@ SAMPLES_KEPT = 50
 FAILURES = "start_failures"
 RETRY_AT = "retry_at_s"
 BROKEN = "broken_reason"
+HOLDS = "limit_holds"
+"""Submissions refused in a row by an accounting limit (`MaxSubmitJobs`): they back off, never break."""
+HELD = "held_reason"
 LAST_REQUEST = "last_request_s"
 LAST_DEMAND = "last_demand_s"
 """When the launcher last got a demand signal for the model (a gateway's first queued ticket)."""
@@ -50,6 +53,8 @@ class ModelHistory:
     broken_reason: str | None
     last_request_s: float | None
     last_demand_s: float | None = None
+    held_reason: str | None = None
+    """Why the last submission waits (an accounting limit refused it), until a job is accepted."""
     load_p95_s: float | None = field(init=False, default=None)
     """p95 of `load_times_s` (None without samples), computed once: the tick asks for it per model."""
     queue_wait_p95_s: float | None = field(init=False, default=None)
@@ -70,6 +75,7 @@ class ModelHistory:
             broken_reason=f.get(BROKEN) or None,
             last_request_s=float(f[LAST_REQUEST]) if f.get(LAST_REQUEST) else None,
             last_demand_s=float(f[LAST_DEMAND]) if f.get(LAST_DEMAND) else None,
+            held_reason=f.get(HELD) or None,
         )
 
     @property
@@ -111,6 +117,18 @@ class HistoryStore:
             mapping[BROKEN] = f"{failures} failed starts in a row, last: {reason}"
         await self._write(model, mapping)
         return failures
+
+    async def limit_held(self, model: str, *, now_s: float, backoff_s: float, max_backoff_s: float, reason: str) -> int:
+        """An accounting limit refused a submission: retry later (backing off), never mark the model broken."""
+        holds = int(await awaited(self.redis.hincrby(self.keys.model_stats(model), HOLDS, 1)))
+        delay_s = backoff_delay_s(holds, base_s=backoff_s, max_s=max_backoff_s)
+        await self._write(model, {RETRY_AT: repr(now_s + delay_s), HELD: reason})
+        return holds
+
+    async def submission_accepted(self, model: str) -> None:
+        """Slurm took a job: an accounting hold, if any, is over."""
+        if await awaited(self.redis.hdel(self.keys.model_stats(model), HOLDS, HELD)):
+            await awaited(self.redis.sadd(self.keys.dirty_models, model))
 
     async def mark_broken(self, model: str, reason: str) -> None:
         """The model cannot start at all (its job cannot be rendered): no retry until an admin resets it."""

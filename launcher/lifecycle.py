@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from launcher.history import ModelHistory
 from launcher.settings import LauncherSettings
+from slurm.limits import pending_limit
 from slurm.types import JobState, SlurmJob
 from warmpool.instances import LIVE_STATES, InstanceRecord, InstanceState
 from warmpool.learnt import QUEUE_WAITS
@@ -303,3 +304,11 @@ def deregister_step(record: InstanceRecord, reason: str) -> Step:
     else:
         why = f"deregistered: {reason[:100]}"
     return Step((Drain(why, cancel=False, by_job=True),))
+
+
+def newly_held(record: InstanceRecord, fields: tuple[tuple[str, object], ...]) -> str | None:
+    """ "waiting: ..." when a Note gives the pending job an accounting-limit reason it did not have."""
+    reason = dict(fields).get("slurm_reason", record.slurm_reason)
+    held = pending_limit(reason if isinstance(reason, str) else None, account=record.account, qos=record.qos)
+    was = pending_limit(record.slurm_reason, account=record.account, qos=record.qos)
+    return held if held != was else None

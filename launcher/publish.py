@@ -23,6 +23,7 @@ from launcher.metrics import LauncherMetrics
 from launcher.settings import LauncherSettings
 from policies.eta import ready_eta_s
 from policies.types import Decision
+from slurm.limits import pending_limit
 from warmpool.events import EventLog
 from warmpool.instances import COMING_STATES, InstanceRecord, InstanceState
 from warmpool.keys import Keys
@@ -52,6 +53,9 @@ def model_phase(
     if hist.broken_reason:
         return ModelPhase(phase=Phase.FAILED, detail=hist.broken_reason, **base)
     if not coming:
+        if hist.held_reason and now_s < hist.retry_at_s + settings.tick_s:
+            # An accounting limit refused the last submission; it is retried after its backoff.
+            return ModelPhase(phase=Phase.PENDING, detail=hist.held_reason, **base)
         return ModelPhase(phase=Phase.COLD, **base)
     lead = min(coming, key=lambda r: _LEAD_ORDER.get(r.state, 9))
     eta = partial(ready_eta_s, now_s=now_s, load_samples_s=hist.load_times_s, default_load_s=load_s)
@@ -61,6 +65,7 @@ def model_phase(
     return ModelPhase(
         phase=Phase.PENDING,
         slurm_reason=lead.slurm_reason,
+        detail=pending_limit(lead.slurm_reason, account=lead.account, qos=lead.qos),
         est_start_s=lead.est_start_s,
         eta_s=eta(
             queue_samples_s=hist.queue_waits_s,

@@ -56,7 +56,7 @@ from warmpool.registry import (
 from warmpool.schedule_store import ScheduleSpec, ScheduleStore
 from warmpool.settings import TenantLimits
 from warmpool.specs import ModelKind, ModelSpec, Resources, Visibility, adapters_of
-from warmpool.tenant_limits import check_spec, check_warm, effective_limits
+from warmpool.tenant_limits import check_account, check_spec, check_warm, effective_limits
 from warmpool.tenants import TenantSpec, TenantStore
 from warmpool.timeline import LAST_COLD_START, LAST_COLD_START_AT
 from warmpool.warm import WarmBoard, WarmRequest
@@ -488,6 +488,7 @@ class AdminApi:
             tenant = TenantSpec.model_validate(data)
         except ValidationError as exc:
             raise RegistryError(one_line(exc)) from None
+        check_account(tenant, effective_limits(self.settings.registry.tenant_limits, tenant))
         await self.tenants.create(tenant)
         await self.events.record("tenant_created", now_s=self.clock(), tenant=tenant.name, by=who.label)
         return json_response(tenant.model_dump(mode="json"), status=201)

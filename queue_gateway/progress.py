@@ -1,7 +1,8 @@
 """The SSE comment lines sent to held streaming clients (ignored by OpenAI clients).
 
 Example: `: slurmless queue position=3 phase=pending reason=Resources eta_s=74`; a start that has
-outlasted what was learnt says `eta=unknown`.
+outlasted what was learnt says `eta=unknown`. A wait for an accounting limit adds a second comment
+line in words: `: slurmless waiting: QOS limit QOSMaxJobsPerUserLimit (qos small, account team-a)`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from warmpool.phase import ModelPhase, Phase
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:/+-]")
+_PRINTABLE = re.compile(r"[^ -~]")
 _COMING = frozenset({Phase.PENDING, Phase.STARTING, Phase.LOADING})
 
 
@@ -35,7 +37,11 @@ def queue_comment(position: int | None, phase: ModelPhase, *, now_s: float) -> b
     elif phase.phase in _COMING:
         # Never "eta_s=0" for a start that is late: the launcher's next estimate may grow or stay unknown.
         parts.append("eta=unknown")
-    return (" ".join(parts) + "\n\n").encode()
+    lines = [" ".join(parts)]
+    if phase.phase is Phase.PENDING and phase.detail:
+        # Why it waits in words (an accounting limit: "waiting: QOS limit ... (qos q, account a)").
+        lines.append(": slurmless " + _PRINTABLE.sub(" ", phase.detail)[:200])
+    return ("\n".join(lines) + "\n\n").encode()
 
 
 def granted_comment(*, cold_start: bool, queue_wait_ms: int) -> bytes:

@@ -497,6 +497,9 @@ def tenants_create(
     description: Annotated[str, typer.Option(help="What the tenant is.")] = "",
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", help="Requests in flight at once.")] = None,
     max_models: Annotated[int | None, typer.Option("--max-models", help="Models it may own.")] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", help="Slurm account its jobs run under (one the site allows).")
+    ] = None,
 ) -> None:
     """Create a tenant (a group, course or project) with optional quotas."""
     body = {
@@ -504,6 +507,7 @@ def tenants_create(
         "description": description,
         "max_concurrent_requests": max_concurrent,
         "max_models": max_models,
+        "account": account,
     }
     AdminClient(url, token).call("POST", "/v1/tenants", body=body)
     console.print(f"created tenant {name}", markup=False, highlight=False)

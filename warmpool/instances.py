@@ -54,6 +54,8 @@ class InstanceRecord(BaseModel):
     """Hash of the job's callback token."""
     partition: str | None = None
     qos: str | None = None
+    account: str | None = None
+    """The Slurm account the job was submitted under (None: the submitting user's default)."""
     node: str | None = None
     reason: str | None = None
     """Why it failed or drains."""

@@ -84,6 +84,23 @@ def _check_allowed(spec: ModelSpec, limits: TenantLimits, tenant: str) -> None:
                 raise NotPermitted(f"{param}: {value!r} is not allowed for tenant {tenant} ({offer})", param=param)
 
 
+def check_account(tenant: TenantSpec, limits: TenantLimits) -> None:
+    """Refuse a tenant whose default Slurm account is not one the site (or its own limits) allow."""
+    allowed = limits.accounts
+    if tenant.account is not None and allowed is not None and tenant.account not in allowed:
+        offer = ", ".join(allowed) if allowed else "none: list it in registry.tenant_limits.accounts first"
+        raise NotPermitted(
+            f"account: {tenant.account!r} is not allowed for tenant {tenant.name} ({offer})", param="account"
+        )
+
+
+def with_tenant_account(spec: ModelSpec, tenant: TenantSpec | None) -> ModelSpec:
+    """`spec` with its tenant's default account when it names none (checked against the allow-list at `admit`)."""
+    if tenant is None or tenant.account is None or spec.resources.account is not None:
+        return spec
+    return spec.model_copy(update={"resources": spec.resources.model_copy(update={"account": tenant.account})})
+
+
 def check_warm(duration_s: float, limits: TenantLimits, tenant: str) -> None:
     if _over(duration_s, limits.max_warm_s):
         raise NotPermitted(
@@ -168,6 +185,12 @@ class TenantBudget:
                 f"of {limits.max_gpu_hours_per_day:g}"
             )
         return None
+
+    async def with_account(self, spec: ModelSpec) -> ModelSpec:
+        """The spec a tenant-owned model's job is rendered from: its tenant's account filled in."""
+        if spec.owner_tenant is None or spec.resources.account is not None:
+            return spec
+        return with_tenant_account(spec, await self.tenants.get(spec.owner_tenant))
 
     async def admit(self, spec: ModelSpec, iid: str, *, now_s: float) -> bool:
         """Book the submission, or record why not (event `tenant.limit`) and return False."""

@@ -29,6 +29,9 @@ class TenantSpec(BaseModel):
     """Models the tenant may own (registered by its self-service keys or for it by an admin)."""
     limits: TenantLimits = Field(default_factory=TenantLimits)
     """Resource limits of this tenant; unset fields take the site's (`registry.tenant_limits`)."""
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
+    """Slurm account the tenant's models' jobs run under when a model names none; it must be one of the
+    accounts its limits allow (`limits.accounts`, else the site's)."""
     created_s: float = 0.0
 
 

@@ -174,3 +174,21 @@ async def test_keys_created_with_an_expiry_stop_working(api: httpx.AsyncClient, 
         assert expired.status_code == 401
     finally:
         clock.now_s -= 61
+
+
+async def test_a_tenants_slurm_account_must_be_one_the_site_allows(
+    api: httpx.AsyncClient, redis_client: aioredis.Redis
+) -> None:
+    before = await snapshot(redis_client)
+    # The site allows no account by default: a tenant's own account must be listed first.
+    refused = await api.post("/v1/tenants", json={"name": "chem", "account": "chem-lab"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["param"] == "account"
+    assert "'chem-lab' is not allowed for tenant chem" in error_of(refused)
+    bad = await api.post("/v1/tenants", json={"name": "chem", "account": "-p debug"})
+    assert bad.status_code == 400 and "account" in error_of(bad)
+    assert await snapshot(redis_client) == before
+    listed = {"name": "chem", "account": "chem-lab", "limits": {"accounts": ["chem-lab"]}}
+    created = await api.post("/v1/tenants", json=listed)
+    assert created.status_code == 201, created.text
+    assert created.json()["account"] == "chem-lab"
