@@ -230,6 +230,7 @@ class Actuator:
         except SlurmError as exc:
             held = submit_limit(str(exc), account=record.account, qos=record.qos)
             if held is not None:
+                await self.tenant_budget.refund(spec, iid, now_s=now_s)
                 await self.limit_held(record, now_s, held)
             else:
                 await self.fail(record, now_s, f"submission failed: {exc}"[:500])
@@ -350,8 +351,7 @@ class Actuator:
         report.gone.append(record.id)
 
     async def limit_held(self, record: InstanceRecord, now_s: float, reason: str) -> None:
-        """Slurm refused the job for an accounting limit: the instance is gone, the model waits and retries
-        with backoff (bounded `sbatch` calls) and is never marked broken for it."""
+        """An accounting limit refused the job: the model waits, retries with backoff, never breaks for it."""
         await self.transition(record, S.GONE, now_s, reason=reason)
         holds = await self.history.limit_held(
             record.model,

@@ -200,6 +200,19 @@ class TenantBudget:
         await self.events.record("tenant.limit", now_s=now_s, model=spec.name, tenant=spec.owner_tenant, reason=reason)
         return False
 
+    async def refund(self, spec: ModelSpec, iid: str, *, now_s: float) -> None:
+        """Give back what `admit` booked for a job Slurm refused (an accounting limit): no GPUs held, no
+        GPU-hours granted, so a model waiting on a QOS limit cannot drain its tenant's daily budget."""
+        tenant = spec.owner_tenant
+        if tenant is None:
+            return
+        r = spec.resources
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.tenant_gpus(tenant), iid)
+            day_key = self.keys.tenant_gpu_hours(tenant, math.floor(now_s / DAY_S))
+            pipe.incrbyfloat(day_key, -r.gpus * r.nodes * r.time_limit_min / 60.0)
+            await pipe.execute()
+
     async def held_gpus(self, tenant: str) -> float:
         """GPUs booked for the tenant's instances (ended ones may still count until the next `admit`)."""
         rows = await awaited(self.redis.zrange(self.keys.tenant_gpus(tenant), 0, -1, withscores=True))

@@ -31,7 +31,7 @@ from warmpool.keys import Keys
 from warmpool.models import ModelStore
 from warmpool.phase import ModelPhase, Phase, PhaseBoard
 from warmpool.routing import Routing
-from warmpool.settings import RegistrySettings, SiteTenantLimits
+from warmpool.settings import RegistrySettings, SiteTenantLimits, TenantLimits
 from warmpool.specs import ModelSpec, Policy, Resources
 from warmpool.tenants import TenantSpec, TenantStore
 
@@ -200,7 +200,12 @@ async def test_a_qos_submit_limit_backs_off_and_never_breaks_the_model(
     blocker = _blocker(accounts, "sub1")
     run = None
     try:
-        await ModelStore(client, keys).put(_model("capped", account=ACCOUNT, qos=["sub1"]))
+        # A tenant's model (its account is the tenant's) with a budget of two job-hours a day: refusals
+        # must not use it up, or the model could not start once the limit has room.
+        budget = TenantLimits(max_gpu_hours_per_day=2.0)
+        await TenantStore(client, keys).create(TenantSpec(name="capped-lab", account=ACCOUNT, limits=budget))
+        spec = _model("capped", qos=["sub1"]).model_copy(update={"owner_tenant": "capped-lab"})
+        await ModelStore(client, keys).put(spec)
         run = Running(settings)
         started_s = time.monotonic()
         phase = await wait_for(
@@ -219,6 +224,7 @@ async def test_a_qos_submit_limit_backs_off_and_never_breaks_the_model(
         assert hist.broken_reason is None and hist.held_reason == phase.detail
         assert (await _phase(client, settings, "capped")).phase is Phase.PENDING
         assert not await _events(client, settings, "model.broken")
+        assert not await _events(client, settings, "tenant.limit")
         # Once the limit has room, the next retry is accepted and the hold is over.
         accounts.run(["scancel", str(blocker)])
         await wait_for(

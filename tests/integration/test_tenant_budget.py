@@ -64,3 +64,18 @@ async def test_allow_lists_are_checked_again_at_submission(redis_client: aioredi
     refusal = await budget.refusal(_spec(partitions=["gpu"]), "i2", now_s=NOW_S)
     assert refusal is not None and "'gpu' is not allowed for tenant physics" in refusal
     assert await budget.held_gpus("physics") == 1.0, "a refusal books nothing"
+
+
+async def test_a_refused_job_gets_its_booking_back(redis_client: aioredis.Redis) -> None:
+    limits = TenantLimits(max_gpus=1, max_gpu_hours_per_day=1.0)
+    await TenantStore(redis_client).create(TenantSpec(name="refunded", limits=limits))
+    budget = TenantBudget(redis_client, Keys(), SITE_TENANT_LIMITS)
+    spec = _spec().model_copy(update={"owner_tenant": "refunded"})
+    for attempt in range(3):
+        # Each attempt books one GPU and its whole hour; Slurm refuses the job and the booking is returned.
+        assert await budget.admit(spec, f"r{attempt}", now_s=NOW_S), attempt
+        await budget.refund(spec, f"r{attempt}", now_s=NOW_S)
+    assert await budget.held_gpus("refunded") == 0
+    assert await budget.admit(spec, "r9", now_s=NOW_S)
+    await budget.refund(spec.model_copy(update={"owner_tenant": None}), "r9", now_s=NOW_S)
+    assert await budget.held_gpus("refunded") == 1, "a site model's refund touches no tenant"
