@@ -131,6 +131,25 @@ async def test_cold_budget_and_queue_full_while_cold_are_503_with_eta(redis_clie
     assert await settled(redis_client) == CLEAN
 
 
+async def test_a_held_stream_reads_an_accounting_wait_in_words(redis_client: aioredis.Redis, gw: Served) -> None:
+    await register_model(redis_client, "m", policy={"cold_wait_budget_s": 1.0})
+    wait = "waiting: QOS limit QOSMaxJobsPerUserLimit (qos small, account team-a)"
+    await PhaseBoard(redis_client).set(
+        "m", ModelPhase(phase=Phase.PENDING, slurm_reason="QOSMaxJobsPerUserLimit", detail=wait)
+    )
+    key = await api_key(redis_client)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with (
+        httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as h,
+        h.stream("POST", "/v1/chat/completions", json=body) as resp,
+    ):
+        raw = (await resp.aread()).decode()
+    assert resp.status_code == 200 and resp.headers["x-slurmless-held"] == "true"
+    assert "phase=pending reason=QOSMaxJobsPerUserLimit" in raw
+    assert f": slurmless {wait}\n" in raw
+    assert await settled(redis_client) == CLEAN
+
+
 async def test_first_request_for_a_cold_model_signals_demand_at_once(redis_client: aioredis.Redis, gw: Served) -> None:
     await register_model(redis_client, "m")
     key = await api_key(redis_client)
