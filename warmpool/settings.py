@@ -99,7 +99,8 @@ class SiteTenantLimits(TenantLimits):
     partitions: list[str] | None = Field(default_factory=list)
     """Partitions a tenant may name (empty: only the cluster's default)."""
     accounts: list[str] | None = Field(default_factory=list)
-    """Slurm accounts a tenant may name (empty: none, the job runs under the launcher's default)."""
+    """Slurm accounts a tenant's models and its own `account` may name (empty: none, the job runs under the
+    launcher's default)."""
     qos: list[str] | None = Field(default_factory=list)
     """QOS a tenant may name (empty: none)."""
     max_min_replicas: int | None = Field(0, ge=0)
