@@ -2,9 +2,10 @@
 
 Every target is an OpenAI-compatible endpoint serving model `m` in front of the same engine:
 `direct` (the engine itself), `slurmless` (redis + `python -m queue_gateway`, the engine
-registered as a ready instance the way the launcher would), `nginx` (plain streaming reverse
-proxy), `vllm-router` (Rust) and `litellm` (LiteLLM's proxy). Peers are installed by
-`bench/peers/install.sh`; a target whose peer is missing is skipped with a message.
+registered as a ready instance the way the launcher would; `slurmless-w2` the same with
+`--workers 2`), `nginx` (plain streaming reverse proxy), `vllm-router` (Rust) and `litellm`
+(LiteLLM's proxy). Peers are installed by `bench/peers/install.sh`; a target whose peer is
+missing is skipped with a message.
 """
 
 from __future__ import annotations
@@ -225,9 +226,16 @@ async def _register(redis_url: str, engine: Target, cap: int) -> str:
 
 
 def start_slurmless(
-    engine: Target, log_dir: Path, layout: Layout, *, cap: int = 4096, env: dict[str, str] | None = None
+    engine: Target,
+    log_dir: Path,
+    layout: Layout,
+    *,
+    cap: int = 4096,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Target:
-    """Redis + one gateway process (with `env` on top of its defaults), the engine registered as a ready instance."""
+    """Redis + the gateway (`workers` processes on one port, with `env` on top of its defaults), the engine
+    registered as a ready instance."""
     redis = LocalRedis()
     redis.start()
     if redis.pid is not None and layout.proxy is not None:
@@ -237,7 +245,7 @@ def start_slurmless(
         workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
         child = start(
             "slurmless",
-            [python(), "-m", "queue_gateway", "--host", "127.0.0.1", "--port", "0"],
+            [python(), "-m", "queue_gateway", "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)],
             log_dir=log_dir,
             cores=layout.proxy,
             env={"SLURMLESS_REDIS__URL": redis.url, **(env or {})},
@@ -248,7 +256,8 @@ def start_slurmless(
     except BaseException:
         redis.stop()
         raise
-    target = Target("slurmless", "127.0.0.1", 0, key, [child], [redis.stop, lambda: shutil.rmtree(workdir, True)])
+    name = "slurmless" if workers == 1 else f"slurmless-w{workers}"
+    target = Target(name, "127.0.0.1", 0, key, [child], [redis.stop, lambda: shutil.rmtree(workdir, True)])
     target.redis_url = redis.url
     if redis.pid is not None:
         target.extra_pids.append(redis.pid)
@@ -264,6 +273,7 @@ def start_slurmless(
 
 STARTERS: dict[str, Callable[[Target, Path, Layout], Target]] = {
     "slurmless": start_slurmless,
+    "slurmless-w2": lambda engine, log_dir, layout: start_slurmless(engine, log_dir, layout, workers=2),
     "nginx": start_nginx,
     "vllm-router": start_vllm_router,
     "litellm": start_litellm,

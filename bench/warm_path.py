@@ -44,7 +44,7 @@ from bench.report import median, percentile, table, write_json
 from bench.targets import MODEL, STARTERS, Layout, PeerMissing, Target, start_engine
 from slurmless.demo_model import build_tiny_llama
 
-ALL_TARGETS = ["direct", "slurmless", "nginx", "vllm-router", "litellm"]
+ALL_TARGETS = ["direct", "slurmless", "slurmless-w2", "nginx", "vllm-router", "litellm"]
 VLLM_PYTHON = Path(os.environ.get("SLURMLESS_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python")))
 REQUEST_TIMEOUT_S = 120.0
 

@@ -8,16 +8,17 @@ import signal
 
 from arq import Worker
 
+from launcher.settings import LauncherConfig
 from launcher.worker import worker_settings
-from slurmless.backends import BackendUnavailable, check_backend, make_backend
-from slurmless.settings import SettingsError, load_settings
+from slurm.backends import BackendUnavailable, check_backend, make_backend
+from warmpool.settings import SettingsError, load_config
 
 
 async def main() -> None:
     """Run until SIGINT/SIGTERM; a clean stop gives the lease up at once."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        settings = load_settings()
+        settings = load_config(LauncherConfig)
     except SettingsError as exc:
         raise SystemExit(f"launcher: {exc}") from None
     try:

@@ -23,16 +23,16 @@ from launcher.callbacks import callback_app
 from launcher.controller import Launcher
 from launcher.lease import LeaderLease
 from launcher.metrics import LauncherMetrics
+from launcher.settings import LauncherConfig
 from slurm.backend import SlurmBackend
-from slurmless.backends import make_backend
-from slurmless.settings import Settings
+from slurm.backends import make_backend
 from warmpool.keys import Keys
 from warmpool.redisio import text
 
 log = logging.getLogger("slurmless.launcher")
 
 
-def slurm_backend(settings: Settings, metrics: LauncherMetrics) -> SlurmBackend:
+def slurm_backend(settings: LauncherConfig, metrics: LauncherMetrics) -> SlurmBackend:
     return make_backend(
         settings.slurm, job_name_prefix=settings.launcher.job_name_prefix, on_command=metrics.on_slurm_command
     )
@@ -41,7 +41,7 @@ def slurm_backend(settings: Settings, metrics: LauncherMetrics) -> SlurmBackend:
 class LauncherService:
     """Everything one launcher process runs; `run()` until `stop` is set."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LauncherConfig) -> None:
         self.settings = settings
         ls = settings.launcher
         self.id = ls.launcher_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

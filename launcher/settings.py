@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from policies.currency import DEFAULT_RATE
+from slurm.settings import SlurmSettings
+from warmpool.settings import SharedConfig
 
 
 class LauncherSettings(BaseModel):
@@ -91,4 +93,11 @@ class LauncherSettings(BaseModel):
     """Identity in the leader lease; a random one per process when unset."""
 
 
-__all__ = ["LauncherSettings"]
+class LauncherConfig(SharedConfig):
+    """What one launcher process reads from slurmless's settings (`slurmless.settings.Settings` is one)."""
+
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+
+__all__ = ["LauncherConfig", "LauncherSettings"]

@@ -19,13 +19,14 @@ from arq import ArqRedis
 from arq.connections import RedisSettings
 
 from launcher.service import LauncherService
-from slurmless.settings import Settings, load_settings
+from launcher.settings import LauncherConfig
+from warmpool.settings import load_config
 
 QUEUE_SUFFIX = "arq:launcher"
 """arq queue of the launcher, under the deployment's key prefix."""
 
 
-def queue_name(settings: Settings) -> str:
+def queue_name(settings: LauncherConfig) -> str:
     return f"{settings.redis.key_prefix}{QUEUE_SUFFIX}"
 
 
@@ -33,7 +34,7 @@ def demand_job_id(model: str) -> str:
     return f"demand:{model}"
 
 
-async def enqueue_demand(pool: ArqRedis, settings: Settings, model: str) -> bool:
+async def enqueue_demand(pool: ArqRedis, settings: LauncherConfig, model: str) -> bool:
     """Ask the launcher to warm `model`; False when a demand job for it is queued already."""
     job = await pool.enqueue_job("demand", model, _job_id=demand_job_id(model), _queue_name=queue_name(settings))
     return job is not None
@@ -46,7 +47,7 @@ async def demand(ctx: dict[str, Any], model: str) -> str | None:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx.get("settings") or load_settings()
+    settings: LauncherConfig = ctx.get("settings") or load_config(LauncherConfig)
     service = LauncherService(settings)
     stop = asyncio.Event()
     ctx["service"], ctx["stop"] = service, stop
@@ -58,7 +59,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["runner"]
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
+def worker_settings(settings: LauncherConfig) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` running the launcher with `settings`."""
     return {
         "functions": [demand],

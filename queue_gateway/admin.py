@@ -4,7 +4,7 @@ Mounted by the gateway at `/admin`; the routes here are relative to that mount
 (`/v1/models` is served as `/admin/v1/models`). The OpenAPI 3.1 document is at `/openapi.json`.
 
 Who may do what:
-- the bootstrap `Settings.admin_token`, or an API key with `admin`: everything;
+- the bootstrap `admin_token` setting, or an API key with `admin`: everything;
 - a key with `can_register` (self-service): models owned by its tenant (registered private to it by
   default, within the tenant's `max_models`), their schedules and warm requests, and the status of
   models it can see. A model it may not see answers 404, as if it did not exist;
@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from queue_gateway.admin_schema import KeyCreate, KeyCreated, ScheduleCreate, TenantQuota, WarmBody
 from queue_gateway.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, json_response
-from slurmless.settings import Settings
+from queue_gateway.settings import GatewayConfig
 from warmpool import pool_load
 from warmpool.apikeys import ApiKeyStore
 from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
@@ -97,7 +97,7 @@ def _merge(base: dict[str, Any], patch: dict[str, Any], *, drop_none: bool = Fal
 class AdminApi:
     """The handlers, sharing the stores of one deployment."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings, clock: Clock) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: GatewayConfig, clock: Clock) -> None:
         self.redis = redis
         self.settings = settings
         self.clock = clock

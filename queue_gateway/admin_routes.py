@@ -50,7 +50,7 @@ from queue_gateway.errors import (
     json_response,
 )
 from queue_gateway.sd import Observability
-from slurmless.settings import Settings
+from queue_gateway.settings import GatewayConfig
 from warmpool.apikeys import ApiKeyRecord
 from warmpool.errors import RegistryError
 from warmpool.phase import ModelPhase
@@ -332,7 +332,7 @@ def _endpoint(op: Op, api: AdminApi, obs: Observability) -> Callable[[Request], 
 
 
 def build_admin_app(
-    redis: aioredis.Redis, settings: Settings, *, clock: Clock = time.time, routes: Iterable[Op] = ROUTES
+    redis: aioredis.Redis, settings: GatewayConfig, *, clock: Clock = time.time, routes: Iterable[Op] = ROUTES
 ) -> Starlette:
     """The admin API as a Starlette app, to be mounted at `/admin`: one `Route` per row of `routes`."""
     api = AdminApi(redis, settings, clock)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -63,12 +63,11 @@ from queue_gateway.openapi import openapi_document
 from queue_gateway.proxy import Upstreams
 from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.request_body import MAX_MULTIPART_BYTES, parse_request
-from queue_gateway.settings import GatewaySettings
+from queue_gateway.settings import GatewayConfig, GatewaySettings
 from queue_gateway.sinks import AsgiSink, Sink
 from queue_gateway.ui import build_ui_app
 from queue_gateway.workflows import Workflows
 from queue_gateway.workflows import routes as workflow_routes
-from slurmless.settings import Settings
 from warmpool import pool_load
 from warmpool.apikeys import ApiKeyRecord, ApiKeyStore
 from warmpool.async_requests import AsyncRequests
@@ -493,7 +492,7 @@ def build_app(
     keys: Keys | None = None,
     clock: Callable[[], float] = time.time,
     gateway_id: str | None = None,
-    root_settings: Settings | None = None,
+    root_settings: GatewayConfig | None = None,
     redis_socket_timeout_s: float = 5.0,
 ) -> GatewayApp:
     """The gateway app. Background work (grant subscription, lease, reaper, async runner) runs in its lifespan.
@@ -589,7 +588,7 @@ def build_app(
                 models = sorted({s.instance_model for s in await gw.catalog.store.all()})
                 for m, load in (await pool_load.read(client, keys, models)).items():
                     metrics.queue_depth.labels(m).set(load.queue_depth)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document())
@@ -652,13 +651,13 @@ def _admin_app(
     settings: GatewaySettings,
     keys: Keys,
     clock: Callable[[], float],
-    root_settings: Settings | None,
+    root_settings: GatewayConfig | None,
 ) -> Starlette | None:
     try:
         from queue_gateway.admin_routes import build_admin_app
     except ImportError:
         return None
     if root_settings is None:
-        root_settings = Settings(gateway=settings)
+        root_settings = GatewayConfig(gateway=settings)
         root_settings.redis.key_prefix = keys.prefix
     return build_admin_app(client, root_settings, clock=clock)

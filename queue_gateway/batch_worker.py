@@ -26,13 +26,14 @@ from redis.exceptions import RedisError
 
 from queue_gateway.app import _stop, _wire
 from queue_gateway.metrics import GatewayMetrics
-from slurmless.settings import Settings, load_settings
+from queue_gateway.settings import GatewayConfig
 from warmpool.keys import Keys
+from warmpool.settings import load_config
 
 log = logging.getLogger(__name__)
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event, worker_id: str | None = None) -> None:
+async def run_worker(settings: GatewayConfig, *, stop: asyncio.Event, worker_id: str | None = None) -> None:
     """Run batch lines until `stop` is set; lines in flight are handed back on the way out."""
     worker_id = worker_id or f"bw-{uuid.uuid4().hex[:12]}"
     loop = asyncio.get_running_loop()
@@ -65,14 +66,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m queue_gateway.batch_worker", description=__doc__.splitlines()[0])
     parser.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = load_settings()
+    settings = load_config(GatewayConfig)
     niceness = settings.gateway.batch.worker_nice
     if niceness:
         os.nice(niceness)
     uvloop.run(_until_signalled(settings))
 
 
-async def _until_signalled(settings: Settings) -> None:
+async def _until_signalled(settings: GatewayConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

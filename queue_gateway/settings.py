@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, field_validator
 
 from queue_gateway.batch_settings import BatchSettings
+from warmpool.settings import SharedConfig
 
 
 class ExternalSettings(BaseModel):
@@ -33,6 +34,9 @@ class GatewaySettings(BaseModel):
     """Address the gateway listens on; 0.0.0.0 behind a load balancer."""
     port: int = 8000
     """Port of the OpenAI API (and the admin API under /admin, health and metrics)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Gateway processes sharing the port (one listening socket, each process with its own Redis
+    connections, lease and event loop); more than one uses a core each and Prometheus's multiprocess mode."""
     cold_wait_budget_s: float = 900.0
     """How long a request may wait while no instance of its model runs (Slurm queue + load)."""
     warm_wait_budget_s: float = 30.0
@@ -115,4 +119,13 @@ class MetricsSettings(BaseModel):
         return value
 
 
-__all__ = ["GatewaySettings", "MetricsSettings"]
+class GatewayConfig(SharedConfig):
+    """What one gateway process reads from slurmless's settings (`slurmless.settings.Settings` is one)."""
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    admin_token: str | None = None
+    """Bootstrap admin bearer token; `slurmless up` generates one when unset."""
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+
+__all__ = ["ExternalSettings", "GatewayConfig", "GatewaySettings", "MetricsSettings"]

@@ -30,7 +30,15 @@ END = "<!-- end of settings reference -->"
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
-    """The docstrings written under each field of a class (pydantic does not keep them)."""
+    """The docstrings written under each field of a class or its bases (pydantic does not keep them)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if issubclass(base, BaseModel) and base.__module__.split(".")[0] not in ("pydantic", "pydantic_settings"):
+            docs |= own_attribute_docs(base)
+    return docs
+
+
+def own_attribute_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}

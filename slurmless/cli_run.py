@@ -10,12 +10,17 @@ import typer
 def gateway_command(
     host: Annotated[str | None, typer.Option(help="Listen address (default: gateway.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port; 0 picks a free one (default: gateway.port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes sharing the port, a core each (default: gateway.workers).")
+    ] = None,
 ) -> None:
-    """Run one OpenAI-compatible gateway process (several may share one Redis)."""
-    from queue_gateway.__main__ import serve
+    """Run the OpenAI-compatible gateway (several, on as many machines, may share one Redis)."""
+    from queue_gateway.serve import serve
     from slurmless.settings import load_settings
 
-    serve(load_settings(), host=host, port=port)
+    code = serve(load_settings(), host=host, port=port, workers=workers)
+    if code:
+        raise typer.Exit(code)
 
 
 def launcher_command() -> None:

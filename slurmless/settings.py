@@ -11,36 +11,34 @@ which run everything on one machine (`slurmless up`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from launcher.settings import LauncherSettings
-from queue_gateway.settings import ExternalSettings, GatewaySettings, MetricsSettings
+from launcher.settings import LauncherConfig, LauncherSettings
+from queue_gateway.settings import ExternalSettings, GatewayConfig, GatewaySettings, MetricsSettings
 from slurm.settings import DevClusterSettings, SlurmSettings
 from warmpool.settings import (
+    CONFIG_ENV,
     REDIS_SCHEMES,
     SITE_TENANT_LIMITS,
     PartitionLimits,
     RedisSettings,
     RegistrySettings,
+    SettingsError,
     SiteTenantLimits,
     TenantLimits,
+    load_config,
 )
 
-CONFIG_ENV = "SLURMLESS_CONFIG"
-DEFAULT_CONFIG_FILE = Path("slurmless.toml")
 
+class Settings(GatewayConfig, LauncherConfig):
+    """Everything slurmless reads at start-up; built once and passed down.
 
-class Settings(BaseSettings):
-    """Everything slurmless reads at start-up; built once and passed down."""
+    The gateway's and the launcher's views (`GatewayConfig`, `LauncherConfig`) with the sections only
+    `slurmless up` reads; unknown sections are refused here.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="SLURMLESS_",
@@ -48,39 +46,9 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
-    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     dev_cluster: DevClusterSettings = Field(default_factory=DevClusterSettings)
     state_dir: Path = Path("/tmp/slurmless")
     """Where `slurmless up` keeps its Redis data and logs."""
-    admin_token: str | None = None
-    """Bootstrap admin bearer token; `slurmless up` generates one when unset."""
-    model_roots: list[Path] = Field(default_factory=list)
-    """Model paths must lie under one of these directories."""
-    registry: RegistrySettings = Field(default_factory=RegistrySettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
-        )
-
-
-class SettingsError(ValueError):
-    """The settings are unusable; the message is one line naming the setting."""
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -88,16 +56,7 @@ def load_settings(**overrides: object) -> Settings:
 
     Raises `SettingsError` (one line) for a bad value, so every process refuses it the same way at start.
     """
-    path = os.environ.get(CONFIG_ENV)
-    if path and not Path(path).is_file():
-        raise FileNotFoundError(f"{CONFIG_ENV}={path} does not exist: create it or unset the variable")
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise SettingsError(f"invalid setting {where}: {message}") from None
+    return load_config(Settings, **overrides)
 
 
 # The sections are re-exported: the composition root (`up`, the CLI, tests) reads them all from here.
@@ -107,7 +66,9 @@ __all__ = [
     "SITE_TENANT_LIMITS",
     "DevClusterSettings",
     "ExternalSettings",
+    "GatewayConfig",
     "GatewaySettings",
+    "LauncherConfig",
     "LauncherSettings",
     "MetricsSettings",
     "PartitionLimits",

@@ -2,11 +2,26 @@
 
 Part of slurmless's one settings object (`slurmless.settings.Settings`: `redis`, `registry`), read
 from the same TOML file and `SLURMLESS_*` variables; kept here, beside the code that uses them.
+
+`SharedConfig` is the root of every process's view of that one file: the sections all components
+share (`redis`, `registry`, `model_roots`) and how they are read (precedence, highest first:
+constructor arguments, environment (`SLURMLESS_GATEWAY__PORT=8080`), the TOML file named by
+`SLURMLESS_CONFIG` (or `./slurmless.toml`), then the embedded defaults). Each component extends it
+with its own sections (`queue_gateway.settings.GatewayConfig`, `launcher.settings.LauncherConfig`)
+and loads only that with `load_config`; `slurmless.settings.Settings` combines them all.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import os
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+CONFIG_ENV = "SLURMLESS_CONFIG"
+DEFAULT_CONFIG_FILE = Path("slurmless.toml")
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 """URL schemes every process (gateway, launcher with arq, admin API, `slurmless up`) can use."""
@@ -144,12 +159,71 @@ class RegistrySettings(BaseModel):
     """Limits of every tenant's self-service keys, unless the tenant's own `limits` say otherwise."""
 
 
+class SettingsError(ValueError):
+    """The settings are unusable; the message is one line naming the setting."""
+
+
+class SharedConfig(BaseSettings):
+    """The sections every component reads, and where all sections come from (see the module docstring).
+
+    A component's view ignores the sections of others; the combined `slurmless.settings.Settings`
+    forbids unknown ones, so a misspelt table is refused by `slurmless up` and the CLI.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SLURMLESS_", env_nested_delimiter="__", extra="ignore")
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    model_roots: list[Path] = Field(default_factory=list)
+    """Model paths must lie under one of these directories."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+        )
+
+
+ConfigT = TypeVar("ConfigT", bound=SharedConfig)
+
+
+def load_config(cls: type[ConfigT], **overrides: object) -> ConfigT:
+    """Read `cls` from the environment and config file, with explicit overrides on top.
+
+    Raises `SettingsError` (one line) for a bad value, so every process refuses it the same way at start.
+    """
+    path = os.environ.get(CONFIG_ENV)
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"{CONFIG_ENV}={path} does not exist: create it or unset the variable")
+    try:
+        return cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {where}: {message}") from None
+
+
 __all__ = [
+    "CONFIG_ENV",
     "REDIS_SCHEMES",
     "SITE_TENANT_LIMITS",
     "PartitionLimits",
     "RedisSettings",
     "RegistrySettings",
+    "SettingsError",
+    "SharedConfig",
     "SiteTenantLimits",
     "TenantLimits",
+    "load_config",
 ]

@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from queue_gateway.settings import GatewayConfig
 from queue_gateway.ui.view import RANGES, duration, page_context
-from slurmless.settings import Settings
 from warmpool.apikeys import ApiKeyStore, hash_key
 from warmpool.keys import Keys
 from warmpool.overview import StatusBoard
@@ -231,7 +231,7 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
 
 
 def build_ui_app(
-    redis: aioredis.Redis, keys: Keys, settings: Settings | None, *, clock: Clock = time.time
+    redis: aioredis.Redis, keys: Keys, settings: GatewayConfig | None, *, clock: Clock = time.time
 ) -> Starlette:
     """The status page as an app to mount (the gateway mounts it at `/ui`); `settings` gives the admin token."""
     deps = UiDeps(

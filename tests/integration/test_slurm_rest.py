@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from slurm.backends import BackendUnavailable, check_backend, make_backend
 from slurm.errors import SlurmUnavailable
 from slurm.localcluster import LocalCluster
 from slurm.rest_backend import SlurmRest
 from slurm.settings import SlurmRestSettings, SlurmSettings
 from slurm.types import JobState
-from slurmless.backends import BackendUnavailable, check_backend, make_backend
 from tests.fixtures.slurm_cluster import require_slurm_binaries
 
 pytestmark = pytest.mark.slurm
