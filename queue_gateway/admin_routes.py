@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,6 +26,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from queue_gateway.admin import AdminApi, Clock, Principal
+from queue_gateway.admin_access import AccessApi
+from queue_gateway.admin_models import ModelsApi
+from queue_gateway.admin_schedules import SchedulesApi
 from queue_gateway.admin_schema import (
     ErrorResponse,
     KeyCreate,
@@ -35,6 +38,7 @@ from queue_gateway.admin_schema import (
     TenantQuota,
     WarmBody,
 )
+from queue_gateway.admin_status import StatusApi
 from queue_gateway.errors import (
     BadRequest,
     Conflict,
@@ -74,8 +78,8 @@ class Role(StrEnum):
 
 
 Handler = Callable[..., Awaitable[Response]]
-"""An unbound method of `AdminApi` or `Observability`, `(self, request, who) -> Response`, or a
-function `(request, who) -> Response`."""
+"""An unbound method of a handler group (`ModelsApi`, `SchedulesApi`, `AccessApi`, `StatusApi`) or of
+`Observability`, `(self, request, who) -> Response`, or a function `(request, who) -> Response`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +117,11 @@ _BODY = (BadRequest, PayloadTooLarge)
 
 ROUTES: tuple[Op, ...] = (
     Op("GET", "/openapi.json", serve_document, "This document", role=Role.PUBLIC),
-    Op("GET", "/v1/models", AdminApi.list_models, "List models the caller can see, with their phase"),
+    Op("GET", "/v1/models", ModelsApi.list_models, "List models the caller can see, with their phase"),
     Op(
         "POST",
         "/v1/models",
-        AdminApi.register_model,
+        ModelsApi.register_model,
         "Register a model or LoRA adapter",
         request=ModelSpec,
         ok=201,
@@ -126,32 +130,38 @@ ROUTES: tuple[Op, ...] = (
     Op(
         "GET",
         "/v1/models/{name}",
-        AdminApi.show_model,
+        ModelsApi.show_model,
         "Show a model: spec, status, adapters, schedules",
         errors=(NotFound,),
     ),
     Op(
         "PATCH",
         "/v1/models/{name}",
-        AdminApi.update_model,
+        ModelsApi.update_model,
         "Update a model (a partial ModelSpec, merged)",
         errors=(*_BODY, NotFound, Conflict),
     ),
-    Op("DELETE", "/v1/models/{name}", AdminApi.remove_model, "Remove a model", errors=(NotFound, Conflict)),
+    Op("DELETE", "/v1/models/{name}", ModelsApi.remove_model, "Remove a model", errors=(NotFound, Conflict)),
     Op(
         "POST",
         "/v1/models/{name}/warm",
-        AdminApi.warm_model,
+        ModelsApi.warm_model,
         "Keep a model warm for a while",
         request=WarmBody,
         ok=202,
         errors=(*_BODY, NotFound),
     ),
-    Op("GET", "/v1/models/{name}/schedules", AdminApi.list_schedules, "List a model's schedules", errors=(NotFound,)),
+    Op(
+        "GET",
+        "/v1/models/{name}/schedules",
+        SchedulesApi.list_schedules,
+        "List a model's schedules",
+        errors=(NotFound,),
+    ),
     Op(
         "POST",
         "/v1/models/{name}/schedules",
-        AdminApi.add_schedule,
+        SchedulesApi.add_schedule,
         "Add a cron or iCalendar schedule",
         request=ScheduleCreate,
         ok=201,
@@ -160,16 +170,16 @@ ROUTES: tuple[Op, ...] = (
     Op(
         "DELETE",
         "/v1/models/{name}/schedules/{sid}",
-        AdminApi.remove_schedule,
+        SchedulesApi.remove_schedule,
         "Remove a schedule",
         errors=(NotFound,),
     ),
-    Op("GET", "/v1/schedules", AdminApi.list_schedules, "List all schedules"),
-    Op("GET", "/v1/keys", AdminApi.list_keys, "List API keys (never their secrets)", role=Role.ADMIN),
+    Op("GET", "/v1/schedules", SchedulesApi.list_schedules, "List all schedules"),
+    Op("GET", "/v1/keys", AccessApi.list_keys, "List API keys (never their secrets)", role=Role.ADMIN),
     Op(
         "POST",
         "/v1/keys",
-        AdminApi.create_key,
+        AccessApi.create_key,
         "Create an API key; the key is in the answer, once",
         role=Role.ADMIN,
         request=KeyCreate,
@@ -177,12 +187,14 @@ ROUTES: tuple[Op, ...] = (
         ok=201,
         errors=(*_BODY, NotFound),
     ),
-    Op("DELETE", "/v1/keys/{key_id}", AdminApi.revoke_key, "Revoke a key", role=Role.ADMIN, errors=(NotFound,)),
-    Op("GET", "/v1/tenants", AdminApi.list_tenants, "List tenants with their quotas and model counts", role=Role.ADMIN),
+    Op("DELETE", "/v1/keys/{key_id}", AccessApi.revoke_key, "Revoke a key", role=Role.ADMIN, errors=(NotFound,)),
+    Op(
+        "GET", "/v1/tenants", AccessApi.list_tenants, "List tenants with their quotas and model counts", role=Role.ADMIN
+    ),
     Op(
         "POST",
         "/v1/tenants",
-        AdminApi.create_tenant,
+        AccessApi.create_tenant,
         "Create a tenant",
         role=Role.ADMIN,
         request=TenantSpec,
@@ -190,22 +202,22 @@ ROUTES: tuple[Op, ...] = (
         ok=201,
         errors=(*_BODY, Conflict),
     ),
-    Op("GET", "/v1/tenants/{name}", AdminApi.show_tenant, "Show a tenant", errors=(NotFound,)),
+    Op("GET", "/v1/tenants/{name}", AccessApi.show_tenant, "Show a tenant", errors=(NotFound,)),
     Op(
         "PATCH",
         "/v1/tenants/{name}",
-        AdminApi.set_quota,
+        AccessApi.set_quota,
         "Set a tenant's quotas (null: unlimited)",
         role=Role.ADMIN,
         request=TenantQuota,
         response=TenantSpec,
         errors=(*_BODY, NotFound),
     ),
-    Op("GET", "/v1/status", AdminApi.status, "Models with phase, desired/actual replicas, queue depth, cold starts"),
+    Op("GET", "/v1/status", StatusApi.status, "Models with phase, desired/actual replicas, queue depth, cold starts"),
     Op(
         "GET",
         "/v1/events",
-        AdminApi.list_events,
+        StatusApi.list_events,
         "The events stream, newest last (query: model, kind, count)",
         role=Role.ADMIN,
         errors=(BadRequest,),
@@ -308,8 +320,10 @@ def refusal(exc: Exception) -> GatewayError | None:
     return None
 
 
-def _endpoint(op: Op, api: AdminApi, obs: Observability) -> Callable[[Request], Awaitable[Response]]:
-    owner = next((t for t in (api, obs) if getattr(type(t), op.handler.__name__, None) is op.handler), None)
+def _endpoint(
+    op: Op, api: AdminApi, owners: Sequence[object], obs: Observability
+) -> Callable[[Request], Awaitable[Response]]:
+    owner = next((t for t in owners if getattr(type(t), op.handler.__name__, None) is op.handler), None)
     handler: Handler = op.handler if owner is None else getattr(owner, op.handler.__name__)
 
     async def endpoint(request: Request) -> Response:
@@ -337,7 +351,8 @@ def build_admin_app(
     """The admin API as a Starlette app, to be mounted at `/admin`: one `Route` per row of `routes`."""
     api = AdminApi(redis, settings, clock)
     obs = Observability(api, clock)
-    served = [Route(op.path, _endpoint(op, api, obs), methods=[op.method]) for op in routes]
+    owners = [group(redis, settings, clock) for group in (ModelsApi, SchedulesApi, AccessApi, StatusApi)] + [obs]
+    served = [Route(op.path, _endpoint(op, api, owners, obs), methods=[op.method]) for op in routes]
 
     async def unrouted(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 are plain text: every answer of this API is OpenAI-shaped JSON.
