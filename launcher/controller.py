@@ -59,7 +59,7 @@ from warmpool.models import ModelStore
 from warmpool.routing import Routing
 from warmpool.settings import SITE_TENANT_LIMITS, TenantLimits
 from warmpool.snapshot import ModelSnapshot, SnapshotCache, SnapshotReader
-from warmpool.specs import ModelKind, ModelSpec
+from warmpool.specs import ModelKind, ModelSpec, adapters_of
 from warmpool.tenant_limits import TenantBudget
 from warmpool.timeline import Timeline
 
@@ -291,7 +291,7 @@ class Actuator:
             await self.events.record("adapter.loaded", now_s=now_s, model=adapter.name, instance=record.id)
 
     async def adapters_of(self, base: str) -> list[ModelSpec]:
-        return [s for s in await self.models.all() if s.kind is ModelKind.LORA and s.base_model == base]
+        return adapters_of(base, await self.models.all())
 
     async def mark_ready(self, record: InstanceRecord, spec: ModelSpec, now_s: float) -> None:
         adapters = await self.adapters_of(spec.name)
@@ -449,6 +449,24 @@ class Launcher:
         self.health = HealthCheck(self.act, self.lock)
         self._bases: list[str] = []
         """The base models of the registry as the last tick read it."""
+        self._base_set: frozenset[str] = frozenset()
+        self._specs: dict[str, ModelSpec] = {}
+        self._registry_generation = -1
+        """`ModelStore.generation` when `_specs` and `_bases` were derived: they hold while it stands."""
+
+    def _registry_changed(self, spec_list: list[ModelSpec]) -> None:
+        """Derive what the tick needs from the registry, and drop what is remembered of removed models.
+
+        Runs only when the registry changed (`ModelStore.generation`), so a steady tick makes no pass
+        over every registered model for this.
+        """
+        self._registry_generation = self.models.generation
+        self._specs = {s.name: s for s in spec_list}
+        self._bases = [s.name for s in spec_list if s.kind is ModelKind.BASE]
+        self._base_set = frozenset(self._bases)
+        self.snapshots.forget(set(self._base_set))
+        self.inputs.forget(self._bases)
+        self.planner.forget(self._bases)
 
     async def aclose(self) -> None:
         await self.health.aclose()
@@ -463,8 +481,8 @@ class Launcher:
         unknown, broken or backing off). Concurrent calls for one model submit once.
         """
         spec = await self.models.resolve(model)
-        if spec is not None and spec.kind is ModelKind.LORA and spec.base_model:
-            spec = await self.models.get(spec.base_model)
+        if spec is not None and spec.instance_model != spec.name:
+            spec = await self.models.get(spec.instance_model)
         if spec is None:
             return None
         await self.history.demanded(spec.name, now_s)
@@ -547,7 +565,9 @@ class Launcher:
                 await self.events.record("slurm.unavailable", now_s=now_s, error=report.slurm_error)
             else:
                 jobs = jobs_or_error
-            specs = {s.name: s for s in spec_list}
+            if self.models.generation != self._registry_generation:
+                self._registry_changed(spec_list)
+            specs = self._specs
             self.act.specs = specs
             report.touched |= await self.learnt.forget_changed(spec_list, self.settings.engine_command, now_s=now_s)
             if jobs is not None:
@@ -555,13 +575,15 @@ class Launcher:
                 await self._probe_loading(records, specs, now_s, report)
                 await self._progress_drains(records, now_s, report)
             step("reconcile")
-            bases = [s.name for s in spec_list if s.kind is ModelKind.BASE]
-            self._bases = bases
-            self.snapshots.forget(set(bases))
-            stale = [m for m in bases if m in report.touched or m not in snaps]
+            bases = self._bases
+            if known is not bases:  # the registry changed: snapshots of new models, none of removed ones
+                stale = [m for m in bases if m in report.touched or m not in snaps]
+            else:
+                stale = sorted(m for m in report.touched if m in self._base_set)
             if stale:
                 snaps.update(await self.snapshots.reread(stale))
-            snaps = {m: snaps[m] for m in bases}
+            if known is not bases:
+                snaps = {m: snaps[m] for m in bases}
             hists = self.hist_cache.histories(snaps)
             step("snapshot")
             scaled: set[str] = set()
@@ -654,8 +676,6 @@ class Launcher:
     ) -> set[str]:
         """Read the policies' inputs for every base model at once, plan, fit the budget, apply; returns the
         models whose instances or history scaling changed."""
-        self.inputs.forget(names)
-        self.planner.forget(names)
         leads_s = {name: cold_start_s_of(hists[name], self.settings) for name in names}
         await self.inputs.record_gap_cold(leads_s)
         occurrences = await self.inputs.occurrences(names, now_s, leads_s)

@@ -21,7 +21,7 @@ from launcher import lifecycle as lc
 from launcher.health import Health, loading_probe_delay_s, probe_all
 from launcher.report import TickReport
 from warmpool.instances import InstanceRecord, InstanceState
-from warmpool.specs import ModelKind, ModelSpec
+from warmpool.specs import ModelSpec
 
 if TYPE_CHECKING:
     from launcher.controller import Actuator
@@ -68,8 +68,8 @@ class HealthCheck:
             current = {r.id: r for r in await self.act.instances.all() if r.state is S.READY}
             adapters: dict[str, list[ModelSpec]] = {}
             for spec in specs.values():
-                if spec.kind is ModelKind.LORA and spec.base_model:
-                    adapters.setdefault(spec.base_model, []).append(spec)
+                if spec.instance_model != spec.name:
+                    adapters.setdefault(spec.instance_model, []).append(spec)
             healthy: list[InstanceRecord] = []
             for probed, probe in zip(targets, probes, strict=True):
                 record = current.get(probed.id)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import httpx
 
 from slurm.engine_args import EngineArgValue
-from warmpool.specs import ModelKind, ModelSpec
+from warmpool.specs import ModelSpec, adapters_of
 
 LORA_JOB_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 """Environment the job of a LoRA-serving base needs: vLLM refuses runtime loading without it."""
@@ -32,7 +32,7 @@ def lora_engine_args(base: ModelSpec, adapters: Sequence[ModelSpec]) -> dict[str
     Arguments the admin set on the base (`--max-loras`, `--max-lora-rank`) win over the defaults.
     """
     args: dict[str, EngineArgValue] = dict(base.engine_args)
-    mine = [a for a in adapters if a.kind is ModelKind.LORA and a.base_model == base.name]
+    mine = adapters_of(base.name, adapters)
     if not mine:
         return args
     args["--enable-lora"] = True
@@ -42,7 +42,7 @@ def lora_engine_args(base: ModelSpec, adapters: Sequence[ModelSpec]) -> dict[str
 
 def lora_job_env(base: ModelSpec, adapters: Sequence[ModelSpec]) -> dict[str, str]:
     """Extra job environment for the base (empty when it serves no adapters)."""
-    return dict(LORA_JOB_ENV) if any(a.base_model == base.name for a in adapters) else {}
+    return dict(LORA_JOB_ENV) if adapters_of(base.name, adapters) else {}
 
 
 async def ensure_adapter_loaded(

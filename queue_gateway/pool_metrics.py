@@ -20,7 +20,7 @@ from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.phase import ModelPhase, Phase, PhaseBoard
 from warmpool.redisio import awaited, text
-from warmpool.specs import ModelKind, ModelSpec
+from warmpool.specs import ModelSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ async def observe(
     default_cold_budget_s: float,
 ) -> PoolFacts:
     """Read the facts for every base model in `specs` in a few round trips."""
-    bases = sorted((s for s in specs if s.kind is not ModelKind.LORA), key=lambda s: s.name)
+    bases = sorted((s for s in specs if s.instance_model == s.name), key=lambda s: s.name)
     names = [s.name for s in bases]
     phases = await PhaseBoard(redis, keys).many(names)
     desired_raw = await awaited(redis.hmget(keys.desired, names)) if names else []

@@ -23,6 +23,9 @@ class ModelStore:
         self.local_only = local_only
         self._parsed: dict[bytes, ModelSpec] = {}
         self._all: tuple[bytes | None, list[ModelSpec]] | None = None
+        self.generation = 0
+        """Counts the times `all` found the registry changed and read it anew: what is derived from the
+        specs (by name, the base models) holds while it stands."""
 
     async def get(self, name: str) -> ModelSpec | None:
         raw = await awaited(self.redis.hget(self.keys.models, name))
@@ -61,6 +64,7 @@ class ModelStore:
         self._parsed = parsed
         specs = sorted(parsed.values(), key=lambda s: s.name)
         self._all = (version, specs)
+        self.generation += 1
         return self._local(specs)
 
     def _local(self, specs: list[ModelSpec]) -> list[ModelSpec]:
