@@ -29,10 +29,9 @@ import httpx
 import redis.asyncio as aioredis
 
 from launcher import lifecycle as lc
-from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
 from launcher.health import Health, Prober, probe_all
 from launcher.healthcheck import HealthCheck
-from launcher.history import HistoryStore, ModelHistory
+from launcher.history import HistoryStore
 from launcher.jobhost import HostCheck
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex
 from launcher.lifecycle import CANCEL_SENT, JOB_DRAIN, Step
@@ -40,8 +39,8 @@ from launcher.lora import AdapterLoadError, ensure_adapter_loaded
 from launcher.metrics import LauncherMetrics
 from launcher.publish import DecisionBoard, PhasePublisher, model_phase
 from launcher.report import Stopwatch, TickReport
-from launcher.scaling import HistoryCache, ModelActions, ModelInputs, Planner, ScalePlan, live_by_model, model_actions
-from launcher.scaling import expected_cold_start_s as cold_start_s_of
+from launcher.scale_step import ScaleStep
+from launcher.scaling import ModelActions, ScalePlan
 from launcher.settings import LauncherSettings
 from launcher.submission import new_record, place
 from slurm.backend import SlurmBackend
@@ -58,7 +57,7 @@ from warmpool.learnt import LOAD_TIMES, START_TIMES, LearntTimes
 from warmpool.models import ModelStore
 from warmpool.routing import Routing
 from warmpool.settings import SITE_TENANT_LIMITS, TenantLimits
-from warmpool.snapshot import ModelSnapshot, SnapshotCache, SnapshotReader
+from warmpool.snapshot import SnapshotCache, SnapshotReader
 from warmpool.specs import ModelKind, ModelSpec, adapters_of
 from warmpool.tenant_limits import TenantBudget
 from warmpool.timeline import Timeline
@@ -436,11 +435,10 @@ class Launcher:
         self.routing, self.events = self.act.routing, self.act.events
         self.timeline, self.tenant_budget = self.act.timeline, self.act.tenant_budget
         self.learnt = LearntTimes(redis, self.keys)
-        self.inputs = PolicyInputs(redis, self.keys)
         self.snapshots = SnapshotCache(SnapshotReader(redis, self.keys))
-        self.planner = Planner(settings)
+        self.scale = ScaleStep(redis, self.keys, settings, self.act, self.snapshots)
+        self.inputs, self.planner, self.hist_cache = self.scale.inputs, self.scale.planner, self.scale.hist_cache
         self.decisions = self.planner.decisions
-        self.hist_cache = HistoryCache()
         # Only the loading watchers (a runner concern) read a clock; ticks get the time passed in.
         self.clock = clock
         self.watch_loading = watch_loading and clock is not None
@@ -465,8 +463,7 @@ class Launcher:
         self._bases = [s.name for s in spec_list if s.kind is ModelKind.BASE]
         self._base_set = frozenset(self._bases)
         self.snapshots.forget(set(self._base_set))
-        self.inputs.forget(self._bases)
-        self.planner.forget(self._bases)
+        self.scale.forget(self._bases)
 
     async def aclose(self) -> None:
         await self.health.aclose()
@@ -565,11 +562,13 @@ class Launcher:
                 await self.events.record("slurm.unavailable", now_s=now_s, error=report.slurm_error)
             else:
                 jobs = jobs_or_error
-            if self.models.generation != self._registry_generation:
+            registry_changed = self.models.generation != self._registry_generation
+            if registry_changed:
                 self._registry_changed(spec_list)
+                # Learnt load times of a model whose engine changed are dropped (specs seen unchanged cost nothing).
+                report.touched |= await self.learnt.forget_changed(spec_list, self.settings.engine_command, now_s=now_s)
             specs = self._specs
             self.act.specs = specs
-            report.touched |= await self.learnt.forget_changed(spec_list, self.settings.engine_command, now_s=now_s)
             if jobs is not None:
                 await self._reconcile(records, jobs, now_s, report)
                 await self._probe_loading(records, specs, now_s, report)
@@ -584,15 +583,17 @@ class Launcher:
                 snaps.update(await self.snapshots.reread(stale))
             if known is not bases:
                 snaps = {m: snaps[m] for m in bases}
-            hists = self.hist_cache.histories(snaps)
+            hists = self.scale.histories(snaps, None if known is not bases else self.snapshots.read_since_refresh)
             step("snapshot")
             scaled: set[str] = set()
             if jobs is not None:
-                scaled = await self._scale_all(specs, bases, snaps, hists, records, now_s, report)
+                scaled = await self.scale.run(
+                    specs, bases, self._base_set, snaps, hists, records, now_s, report, full_pass=registry_changed
+                )
             if scaled:
                 # What scaling changed (a submission, a model found broken) is published as it is now.
-                snaps.update(await self.snapshots.reread(sorted(scaled & set(bases))))
-                hists = self.hist_cache.histories(snaps)
+                snaps.update(await self.snapshots.reread(sorted(scaled & self._base_set)))
+                hists = self.scale.histories(snaps, self.snapshots.read_since_refresh)
             step("scale")
             if report.changed():
                 records = await self.instances.all()
@@ -663,46 +664,6 @@ class Launcher:
     async def check_ready(self, *, now_s: float) -> dict[str, str]:
         """Probe every ready instance and act on the answers (`HealthCheck.run`); the instances failed."""
         return await self.health.run(now_s=now_s)
-
-    async def _scale_all(
-        self,
-        specs: dict[str, ModelSpec],
-        names: list[str],
-        snaps: dict[str, ModelSnapshot],
-        hists: dict[str, ModelHistory],
-        records: list[InstanceRecord],
-        now_s: float,
-        report: TickReport,
-    ) -> set[str]:
-        """Read the policies' inputs for every base model at once, plan, fit the budget, apply; returns the
-        models whose instances or history scaling changed."""
-        leads_s = {name: cold_start_s_of(hists[name], self.settings) for name in names}
-        await self.inputs.record_gap_cold(leads_s)
-        occurrences = await self.inputs.occurrences(names, now_s, leads_s)
-        warm = live_warm_requests({name: snaps[name].warm for name in names}, now_s)
-        demands = await self.inputs.demand_many(names, now_s)
-        await self.act.board.recall(names)
-        inputs = [
-            ModelInputs(specs[n], snaps[n], hists[n], demands.get(n), occurrences.get(n, ()), warm.get(n))
-            for n in names
-        ]
-        plans = self.planner.plan(inputs, live_by_model(records), now_s)
-        fitted = fit_to_budget([p.ask for p in plans], self.settings.gpu_budget)
-        touched: set[str] = set()
-        for plan in plans:
-            decision = fitted[plan.spec.name]
-            if not plan.active and decision.replicas == 0 and self.act.board.recorded(plan.spec.name, decision):
-                # Nothing held, nothing wanted, nothing new to record: most models, most ticks.
-                report.desired[plan.spec.name] = 0
-                continue
-            actions = model_actions(plan, decision, now_s, self.settings)
-            if not (actions.submissions or actions.drains) and self.act.board.recorded(plan.spec.name, decision):
-                report.desired[plan.spec.name] = decision.replicas  # as it was: nothing to do or record
-                continue
-            if await self.act.apply_actions(plan, actions, now_s, report):
-                touched.add(plan.spec.name)
-        report.touched |= touched
-        return touched
 
 
 @dataclass(frozen=True, slots=True)

@@ -423,6 +423,12 @@ class PolicyInputs:
     _schedules_read_s: float | None = None
     _expanded: dict[str, _Expanded] = field(default_factory=dict)
     _gap_cold: dict[str, float] = field(default_factory=dict)
+    _demand_memo: tuple[int, Sequence[str], dict[str, DemandForecast | None]] | None = None
+
+    @property
+    def schedules_read_s(self) -> float | None:
+        """When the schedules were last read (`occurrences` reads them every `schedule_refresh_s`)."""
+        return self._schedules_read_s
 
     async def record_gap_cold(self, cold_s: Mapping[str, float]) -> None:
         """Tell the admit script each model's expected cold start (`warmpool.gaps` prices waits with it).
@@ -474,6 +480,8 @@ class PolicyInputs:
             await self._read_schedules(models)
             self._schedules_read_s = now_s
         out: dict[str, tuple[Occurrence, ...]] = {}
+        # A dict lookup per model (most have no schedule); only scheduled models are expanded, and only
+        # when their schedules or the horizon they need changed.
         for model in models:
             specs = self._schedules.get(model, [])
             if not specs:
@@ -517,6 +525,10 @@ class PolicyInputs:
         model reads it at the same tick, and 1,000 sequential HMGETs would hold the tick for ~0.3 s.
         """
         end = finished_slots_end(now_s)
+        memo = self._demand_memo
+        if memo is not None and memo[0] == end and memo[1] is models:
+            # No slot ended and the same models (the launcher passes its one list while the registry stands).
+            return memo[2]
         out: dict[str, DemandForecast | None] = {}
         reads: list[tuple[str, int]] = []
         for model in models:
@@ -526,19 +538,20 @@ class PolicyInputs:
                 out[model] = known.demand
             else:
                 reads.append((model, start))
-        if not reads:
-            return out
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for model, start in reads:
-                _queue_slot_read(pipe, self.keys.demand(model), start, end)
-            raws: list[Any] = await pipe.execute()
-        for (model, start), raw in zip(reads, raws, strict=True):
-            out[model] = await self._fold(model, start, end, raw)
+        if reads:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for model, start in reads:
+                    _queue_slot_read(pipe, self.keys.demand(model), start, end)
+                raws: list[Any] = await pipe.execute()
+            for (model, start), raw in zip(reads, raws, strict=True):
+                out[model] = await self._fold(model, start, end, raw)
+        self._demand_memo = (end, models, out)
         return out
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the caches of models no longer registered."""
         kept = set(keep)
+        self._demand_memo = None
         for model in [m for m in self._gap_cold if m not in kept]:
             del self._gap_cold[model]
         for cache in (self._history, self._expanded):

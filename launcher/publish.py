@@ -120,6 +120,9 @@ class PhasePublisher:
         phases: dict[str, ModelPhase] = {}
         seen: dict[str, ModelHistory] = {}
         empty = ModelHistory.from_fields({})
+        # Every registered model, adapters included, on every tick: a quiet one costs two lookups and an
+        # identity test, and this pass is what refreshes each phase every `PHASE_REFRESH_S` (readers treat
+        # an older phase as stale). Iterating only changed models would need a refresh schedule of its own.
         for spec in specs.values():
             base = spec.instance_model
             hist = hists.get(base) or empty

@@ -16,7 +16,7 @@ of the tick.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -142,17 +142,38 @@ class HistoryCache:
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
+        self._hists: dict[str, ModelHistory] = {}
+        self.changed: set[str] = set()
+        """The models whose history the last call decoded anew."""
 
-    def histories(self, snaps: Mapping[str, ModelSnapshot]) -> dict[str, ModelHistory]:
-        hists: dict[str, ModelHistory] = {}
-        seen: dict[str, tuple[ModelSnapshot, ModelHistory]] = {}
-        for name, snap in snaps.items():
-            last = self._seen.get(name)
-            hist = last[1] if last is not None and last[0] is snap else ModelHistory.from_fields(snap.stats)
-            hists[name] = hist
-            seen[name] = (snap, hist)
-        self._seen = seen
-        return hists
+    def histories(
+        self, snaps: Mapping[str, ModelSnapshot], maybe_changed: Iterable[str] | None = None
+    ) -> dict[str, ModelHistory]:
+        """Each model's history (a dict the next call updates: read it, do not keep it).
+
+        `maybe_changed`: the only models whose snapshot may be a new object (`SnapshotCache.read_since_refresh`),
+        when `snaps` holds the same models as at the last call; then only those are looked at.
+        """
+        last_seen = self._seen
+        names: Iterable[str]
+        if maybe_changed is None or len(snaps) != len(self._hists):
+            self._seen, self._hists = {}, {}
+            names = snaps
+        else:
+            names = [m for m in maybe_changed if m in snaps]
+        changed: set[str] = set()
+        for name in names:
+            snap = snaps[name]
+            last = last_seen.get(name)
+            if last is not None and last[0] is snap:
+                hist = last[1]
+            else:
+                hist = ModelHistory.from_fields(snap.stats)
+                changed.add(name)
+            self._hists[name] = hist
+            self._seen[name] = (snap, hist)
+        self.changed = changed
+        return self._hists
 
 
 class Planner:
@@ -167,15 +188,29 @@ class Planner:
 
     def forget(self, keep: Sequence[str]) -> None:
         self.decisions.forget(keep)
+        kept = set(keep)
+        for model in [m for m in self._seen if m not in kept]:
+            del self._seen[model]
+
+    def until_s(self, model: str) -> float | None:
+        """Until when `model`'s last plan stands if its inputs and instances do not change."""
+        seen = self._seen.get(model)
+        return None if seen is None else seen.until_s
 
     def plan(
-        self, inputs: Sequence[ModelInputs], live: Mapping[str, list[InstanceRecord]], now_s: float
+        self,
+        inputs: Sequence[ModelInputs],
+        live: Mapping[str, list[InstanceRecord]],
+        now_s: float,
+        *,
+        partial: bool = False,
     ) -> list[ScalePlan]:
         """One plan per model in `inputs`, given each model's live instances.
 
         A model whose inputs are the very objects of the last tick and whose instances have the same
         states and successor links keeps its plan (with this tick's records in it) until the plan's
-        decision may change by itself (`_until_s`).
+        decision may change by itself (`_until_s`). `partial`: `inputs` are some of the models only;
+        the others keep what is remembered of them.
         """
         plans: list[ScalePlan] = []
         seen_now: dict[str, _Seen] = {}
@@ -201,7 +236,10 @@ class Planner:
             plan = self._plan(got, model_live, now_s)
             seen_now[name] = _Seen(got, shape, plan, self._until_s(plan, now_s))
             plans.append(plan)
-        self._seen = seen_now
+        if partial:
+            self._seen.update(seen_now)
+        else:
+            self._seen = seen_now
         return plans
 
     def _until_s(self, plan: ScalePlan, now_s: float) -> float:

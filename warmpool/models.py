@@ -23,6 +23,7 @@ class ModelStore:
         self.local_only = local_only
         self._parsed: dict[bytes, ModelSpec] = {}
         self._all: tuple[bytes | None, list[ModelSpec]] | None = None
+        self._local_of: tuple[list[ModelSpec], list[ModelSpec]] | None = None
         self.generation = 0
         """Counts the times `all` found the registry changed and read it anew: what is derived from the
         specs (by name, the base models) holds while it stands."""
@@ -68,7 +69,12 @@ class ModelStore:
         return self._local(specs)
 
     def _local(self, specs: list[ModelSpec]) -> list[ModelSpec]:
-        return [s for s in specs if s.external is None] if self.local_only else list(specs)
+        if not self.local_only:
+            return list(specs)
+        if self._local_of is None or self._local_of[0] is not specs:
+            # Filtered once per registry change, not on every call (the launcher's tick calls it).
+            self._local_of = (specs, [s for s in specs if s.external is None])
+        return list(self._local_of[1])
 
     async def put(self, spec: ModelSpec, *, replace: bool = False, owner_quota: int | None = None) -> None:
         """Register (or with `replace`, update) a model and its client names in one transaction.

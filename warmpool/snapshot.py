@@ -150,14 +150,26 @@ class SnapshotCache:
         """Snapshots read so far (for the benchmark)."""
         self._snaps: dict[str, ModelSnapshot] = {}
         self._cursor = 0
+        self.read_since_refresh: set[str] = set()
+        """The models read by the last `refresh` and by `reread` since: the only snapshots that may be new
+        objects (an unchanged model's snapshot is the very object it was)."""
 
     async def refresh(self, models: Sequence[str]) -> dict[str, ModelSnapshot]:
-        """The snapshot of each of `models` already read, after re-reading those that may have changed."""
+        """The snapshot of each of `models` already read, after re-reading those that may have changed.
+
+        While `models` are the models already read (the registry did not change), this costs the
+        marked and rolling models only, not a pass over every model, and hands back the cache itself.
+        """
         changed = await self.reader.take_changed()
         share = -(-len(models) // self.refresh_ticks)
         start = self._cursor % len(models) if models else 0
         rolling = {*models[start : start + share], *models[: max(0, start + share - len(models))]}
         self._cursor = start + share
+        self.read_since_refresh = set()
+        if len(self._snaps) == len(models):  # the same models (`forget` keeps only registered ones)
+            wanted = sorted({m for m in changed if m in self._snaps} | rolling)
+            await self.reread(wanted)
+            return self._snaps
         wanted = [m for m in models if m in changed or m in rolling or m not in self._snaps]
         await self.reread(wanted)
         return {m: self._snaps[m] for m in models}
@@ -167,6 +179,7 @@ class SnapshotCache:
         fresh = await self.reader.read(models)
         self.reads += len(models)
         self._snaps.update(fresh)
+        self.read_since_refresh.update(models)
         return fresh
 
     def forget(self, keep: set[str]) -> None:

@@ -209,10 +209,21 @@ class Timeline:
         slot = int(now_s // SLOT_S)
         due: dict[tuple[str, int], SlotSample] = {}
         observed: dict[str, Observation] = {}
+        # Every registered model, but a quiet one with no slot open is skipped after a few lookups (the
+        # launcher hands over all specs; the timeline keeps no registry of its own).
         for spec in specs:
             if spec.kind is not ModelKind.BASE:
                 continue
-            obs = observe(spec, snaps.get(spec.name), by_model.get(spec.name, []), desired.get(spec.name, 0), now_s)
+            snap = snaps.get(spec.name)
+            if (
+                spec.name not in self._open
+                and not desired.get(spec.name)
+                and spec.name not in by_model
+                and (snap is None or not (snap.inflight or snap.queue_depth))
+            ):
+                # Quiet and no slot open: `observe` would find it inactive (most models, most ticks).
+                continue
+            obs = observe(spec, snap, by_model.get(spec.name, []), desired.get(spec.name, 0), now_s)
             opened = self._open.get(spec.name)
             if opened is not None and opened[0] != slot:
                 due[(spec.name, opened[0])] = opened[1]  # the slot ended: its last state

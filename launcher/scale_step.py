@@ -1,0 +1,171 @@
+"""The launcher tick's scaling step, incremental: plan only the models whose inputs may have changed.
+
+With thousands of registered models most are quiet most of the time: no instance, nothing queued,
+nothing wanted, the same snapshot as at the last tick. Their plan would come back unchanged from the
+planner and the tick would do nothing for them, so after a full pass they are not looked at again
+until something says they may have changed (`ScaleStep._due`). A full pass over every base model
+runs when the registry changed, a demand slot ended (every forecast moves), the schedules were read
+again, or a cluster-wide GPU budget is set (fitting it weighs every model's ask against all others).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
+from launcher.history import ModelHistory
+from launcher.report import TickReport
+from launcher.scaling import HistoryCache, ModelInputs, Planner, live_by_model, model_actions
+from launcher.scaling import expected_cold_start_s as cold_start_s_of
+from launcher.settings import LauncherSettings
+from policies.types import Occurrence
+from warmpool.instances import InstanceRecord
+from warmpool.keys import Keys
+from warmpool.snapshot import ModelSnapshot, SnapshotCache
+from warmpool.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from launcher.controller import Actuator
+
+
+class ScaleStep:
+    """Policy inputs, plans and the budget for the registered base models; acts through the `Actuator`."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, settings: LauncherSettings, act: Actuator, snapshots: SnapshotCache
+    ) -> None:
+        self.settings = settings
+        self.act = act
+        self.snapshots = snapshots
+        self.inputs = PolicyInputs(redis, keys)
+        self.planner = Planner(settings)
+        self.hist_cache = HistoryCache()
+        self._leads_s: dict[str, float] = {}
+        """Each base model's expected cold start, from its history (`histories`)."""
+        self._leads_changed: set[str] = set()
+        """Models whose lead moved since it was last passed to `record_gap_cold`."""
+        self._awake: set[str] = set()
+        """Models the last scaling step found not quiet (see `_due`)."""
+        self._wake: list[tuple[float, str]] = []
+        """Quiet models by the instant their plan may change by itself (a heap; stale entries are harmless)."""
+        self._demands_seen: object = None
+        self.incremental = True
+        """False: every tick is a full pass (the reference the incremental step is tested against)."""
+        self.looked_at = 0
+        """Models planned so far, over all ticks (for the benchmark and tests)."""
+
+    def forget(self, bases: list[str]) -> None:
+        """Drop what is remembered of models no longer registered (the registry changed)."""
+        self.inputs.forget(bases)
+        self.planner.forget(bases)
+
+    def histories(self, snaps: dict[str, ModelSnapshot], maybe_changed: set[str] | None) -> dict[str, ModelHistory]:
+        """Each model's history, and its expected cold start (the scheduling lead) kept beside it: both
+        recomputed only for the models whose snapshot may have changed (`maybe_changed`; None: all)."""
+        hists = self.hist_cache.histories(snaps, maybe_changed)
+        if maybe_changed is None:
+            self._leads_s = {}
+        for name in self.hist_cache.changed if maybe_changed is not None else hists:
+            self._leads_s[name] = cold_start_s_of(hists[name], self.settings)
+        self._leads_changed |= self.hist_cache.changed if maybe_changed is not None else set(hists)
+        return hists
+
+    def _due(
+        self,
+        names: list[str],
+        base_set: frozenset[str],
+        now_s: float,
+        snaps: dict[str, ModelSnapshot],
+        live: dict[str, list[InstanceRecord]],
+        occurrences: dict[str, tuple[Occurrence, ...]],
+        report: TickReport,
+    ) -> list[str]:
+        """The models the scaling step must look at this tick; the others are quiet with the very inputs
+        of their last plan (same snapshot, history, forecast; no instance, warm request or schedule), so
+        the planner would hand back that plan and the tick would do nothing for them.
+
+        Looked at: models not quiet at their last tick, models whose snapshot was read since the last
+        tick (marked changed by a gateway or the launcher, or due in the rolling refresh) or that the
+        tick changed, models with instances or scheduled windows, and quiet models whose plan's
+        `until_s` came (a keep-alive ending, a recheck instant, a demand slot's end).
+        """
+        due = set(self._awake) | self.snapshots.read_since_refresh | report.touched | set(live) | set(occurrences)
+        while self._wake and self._wake[0][0] <= now_s:
+            due.add(heapq.heappop(self._wake)[1])
+        return [n for n in sorted(due) if n in base_set and n in snaps]
+
+    async def run(
+        self,
+        specs: dict[str, ModelSpec],
+        names: list[str],
+        base_set: frozenset[str],
+        snaps: dict[str, ModelSnapshot],
+        hists: dict[str, ModelHistory],
+        records: list[InstanceRecord],
+        now_s: float,
+        report: TickReport,
+        *,
+        full_pass: bool = True,
+    ) -> set[str]:
+        """Read the policies' inputs, plan, fit the budget, apply; returns the models whose instances or
+        history scaling changed. Every base model on a `full_pass` (the registry changed) or when
+        something global moved; otherwise only the models `_due` says may have changed."""
+        leads_s = self._leads_s
+        await self.inputs.record_gap_cold({m: leads_s[m] for m in self._leads_changed})
+        self._leads_changed = set()
+        live = live_by_model(records)
+        demands = await self.inputs.demand_many(names, now_s)
+        schedules_read_s = self.inputs.schedules_read_s
+        occurrences = await self.inputs.occurrences(names, now_s, leads_s)
+        full = (
+            full_pass
+            or not self.incremental
+            or self.settings.gpu_budget is not None  # the budget weighs every model's ask against all others
+            or demands is not self._demands_seen  # a demand slot ended: every forecast moved
+            or self.inputs.schedules_read_s != schedules_read_s  # schedules were read again
+        )
+        self._demands_seen = demands
+        due = names if full else self._due(names, base_set, now_s, snaps, live, occurrences, report)
+        self.looked_at += len(due)
+        warm = live_warm_requests({name: snaps[name].warm for name in due}, now_s)
+        await self.act.board.recall(due)
+        inputs = [
+            ModelInputs(specs[n], snaps[n], hists[n], demands.get(n), occurrences.get(n, ()), warm.get(n)) for n in due
+        ]
+        plans = self.planner.plan(inputs, live, now_s, partial=not full)
+        fitted = fit_to_budget([p.ask for p in plans], self.settings.gpu_budget)
+        if full:
+            self._awake = set()
+            self._wake = []
+        else:
+            # The models not looked at are quiet exactly as at their last tick: desired 0, nothing recorded anew.
+            report.desired.update(dict.fromkeys(names, 0))
+        touched: set[str] = set()
+        for plan in plans:
+            decision = fitted[plan.spec.name]
+            name = plan.spec.name
+            if not plan.active and decision.replicas == 0 and self.act.board.recorded(name, decision):
+                # Nothing held, nothing wanted, nothing new to record: most models, most ticks.
+                report.desired[name] = 0
+                if name in live or name in warm or occurrences.get(name):
+                    self._awake.add(name)
+                else:
+                    # Quiet: not looked at again until its inputs change or its plan's `until_s`.
+                    self._awake.discard(name)
+                    heapq.heappush(self._wake, (self.planner.until_s(name) or now_s, name))
+                continue
+            self._awake.add(name)
+            actions = model_actions(plan, decision, now_s, self.settings)
+            if not (actions.submissions or actions.drains) and self.act.board.recorded(plan.spec.name, decision):
+                report.desired[plan.spec.name] = decision.replicas  # as it was: nothing to do or record
+                continue
+            if await self.act.apply_actions(plan, actions, now_s, report):
+                touched.add(plan.spec.name)
+        report.touched |= touched
+        return touched
+
+
+__all__ = ["ScaleStep"]
