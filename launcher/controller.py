@@ -299,6 +299,8 @@ class Actuator:
         await self.transition(record, S.READY, now_s)
         await self.timeline.cold_start(record, now_s=now_s)
         granted = await self.routing.activate(record.model, record.id, cap=spec.policy.max_concurrency)
+        if granted:
+            await self.history.granted(record.model, now_s)
         ts = record.timestamps
         if S.LOADING.value in ts:
             await self.observe(record.model, LOAD_TIMES, "load", now_s - ts[S.LOADING.value])

@@ -18,6 +18,9 @@ What is read from Redis, and how often (`PolicyInputs`):
   expanded over a rolling `SCHEDULE_HORIZON_S` and re-expanded only when that runs out or the
   schedules changed.
 - warm requests: read with the tick's snapshot (`warmpool.snapshot`), filtered here on their end (`live_warm_requests`).
+- gap history: read with the tick's snapshot, but a decision uses it as it stood at the start of the
+  current demand slot (`PolicyInputs.slot_gaps`): what was learnt is folded in once per slot, as the
+  simulator folds every finished 600-s window (`tracesim.engine`), so both decide on the same history.
 """
 
 from __future__ import annotations
@@ -424,11 +427,22 @@ class PolicyInputs:
     _expanded: dict[str, _Expanded] = field(default_factory=dict)
     _gap_cold: dict[str, float] = field(default_factory=dict)
     _demand_memo: tuple[int, Sequence[str], dict[str, DemandForecast | None]] | None = None
+    _gaps: dict[str, tuple[int, GapHistory | None]] = field(default_factory=dict)
 
     @property
     def schedules_read_s(self) -> float | None:
         """When the schedules were last read (`occurrences` reads them every `schedule_refresh_s`)."""
         return self._schedules_read_s
+
+    def slot_gaps(self, model: str, gaps: GapHistory | None, now_s: float) -> GapHistory | None:
+        """The model's gap history as the policies use it: `gaps` as read at the first tick of the current
+        demand slot (the same object until the next slot, so remembered decisions stay valid)."""
+        slot = int(now_s // DEMAND_SLOT_S)
+        held = self._gaps.get(model)
+        if held is None or held[0] != slot:
+            held = (slot, gaps)
+            self._gaps[model] = held
+        return held[1]
 
     async def record_gap_cold(self, cold_s: Mapping[str, float]) -> None:
         """Tell the admit script each model's expected cold start (`warmpool.gaps` prices waits with it).
@@ -554,7 +568,7 @@ class PolicyInputs:
         self._demand_memo = None
         for model in [m for m in self._gap_cold if m not in kept]:
             del self._gap_cold[model]
-        for cache in (self._history, self._expanded):
+        for cache in (self._history, self._expanded, self._gaps):
             for model in [m for m in cache if m not in kept]:
                 del cache[model]
 

@@ -26,6 +26,10 @@ HELD = "held_reason"
 LAST_REQUEST = "last_request_s"
 LAST_DEMAND = "last_demand_s"
 """When the launcher last got a demand signal for the model (a gateway's first queued ticket)."""
+LAST_GRANT = "last_grant_s"
+"""When a replica becoming ready last granted requests that had waited for it: they are served from
+then on, so the model is active then although no request arrived (the simulator counts a cold
+request's activity from the end of its wait, too)."""
 
 
 def p95(samples: list[float]) -> float | None:
@@ -55,6 +59,7 @@ class ModelHistory:
     last_demand_s: float | None = None
     held_reason: str | None = None
     """Why the last submission waits (an accounting limit refused it), until a job is accepted."""
+    last_grant_s: float | None = None
     load_p95_s: float | None = field(init=False, default=None)
     """p95 of `load_times_s` (None without samples), computed once: the tick asks for it per model."""
     queue_wait_p95_s: float | None = field(init=False, default=None)
@@ -76,12 +81,13 @@ class ModelHistory:
             last_request_s=float(f[LAST_REQUEST]) if f.get(LAST_REQUEST) else None,
             last_demand_s=float(f[LAST_DEMAND]) if f.get(LAST_DEMAND) else None,
             held_reason=f.get(HELD) or None,
+            last_grant_s=float(f[LAST_GRANT]) if f.get(LAST_GRANT) else None,
         )
 
     @property
     def last_activity_s(self) -> float | None:
-        """The later of the last request and the last demand signal."""
-        seen = [t for t in (self.last_request_s, self.last_demand_s) if t is not None]
+        """The latest of the last request, the last demand signal and the last grant of waiting requests."""
+        seen = [t for t in (self.last_request_s, self.last_demand_s, self.last_grant_s) if t is not None]
         return max(seen) if seen else None
 
     def may_start(self, now_s: float) -> bool:
@@ -137,6 +143,10 @@ class HistoryStore:
     async def demanded(self, model: str, now_s: float) -> None:
         """A gateway signalled demand for the model (its queue got a first ticket)."""
         await self._write(model, {LAST_DEMAND: repr(now_s)})
+
+    async def granted(self, model: str, now_s: float) -> None:
+        """A replica that became ready granted requests that had waited for it."""
+        await self._write(model, {LAST_GRANT: repr(now_s)})
 
     async def start_succeeded(self, model: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

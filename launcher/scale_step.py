@@ -133,7 +133,16 @@ class ScaleStep:
         warm = live_warm_requests({name: snaps[name].warm for name in due}, now_s)
         await self.act.board.recall(due)
         inputs = [
-            ModelInputs(specs[n], snaps[n], hists[n], demands.get(n), occurrences.get(n, ()), warm.get(n)) for n in due
+            ModelInputs(
+                specs[n],
+                snaps[n],
+                hists[n],
+                demands.get(n),
+                occurrences.get(n, ()),
+                warm.get(n),
+                self.inputs.slot_gaps(n, snaps[n].gaps, now_s),
+            )
+            for n in due
         ]
         plans = self.planner.plan(inputs, live, now_s, partial=not full)
         fitted = fit_to_budget([p.ask for p in plans], self.settings.gpu_budget)

@@ -33,7 +33,7 @@ from launcher.desired import (
 from launcher.history import ModelHistory
 from launcher.jobs import signal_timing
 from launcher.settings import LauncherSettings
-from policies.types import Decision, Occurrence
+from policies.types import Decision, GapHistory, Occurrence
 from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
 from warmpool.keys import DEMAND_SLOT_S
 from warmpool.snapshot import ModelSnapshot
@@ -101,6 +101,8 @@ class ModelInputs(NamedTuple):
     demand: DemandForecast | None
     occurrences: tuple[Occurrence, ...]
     warm: WarmRequest | None
+    gaps: GapHistory | None = None
+    """The gap history the policies price with (`PolicyInputs.slot_gaps`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +274,7 @@ class Planner:
             held=len(capacity),
             last_request_s=last_s,
             idle_counts=snap.idle_counts,
-            gaps=snap.gaps,
+            gaps=got.gaps,
         )
         cold_start_s = expected_cold_start_s(hist, self.settings)
         forecast = demand.forecast if demand is not None else None
@@ -333,6 +335,7 @@ def _same_inputs(a: ModelInputs, b: ModelInputs) -> bool:
         and a.hist is b.hist
         and a.demand is b.demand
         and a.warm is b.warm
+        and a.gaps is b.gaps
         and a.occurrences == b.occurrences
     )
 

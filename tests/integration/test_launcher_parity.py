@@ -1,159 +1,333 @@
-"""Production = simulator: the launcher's tick, fed a day of a trace, decides what the simulator decides.
+"""Production = simulator: the launcher, fed two days of a trace, holds and releases what the simulator does.
 
-A ServeGen m-small client's first active day is drawn as `slurmless simulate` draws it and replayed on
-a fake clock: every request goes through the real admit script (real Redis), and the real launcher
-tick (real Slurm cluster) runs every 20 minutes of it. At each tick the launcher's learnt inputs (the gap
-history the admit script recorded, the forecast folded from its demand slots) must equal the simulator's
-(`tracesim.parity`), and so must the decision's terms: the same function on the same inputs.
+Two days of a ServeGen m-mid client (at most 64 requests a window, so every drawn arrival is one request)
+are replayed twice:
+
+- by the simulator's own replay (`tracesim.engine`), with the launcher's view of the model (its
+  `ScalingSpec`) and a cold start of exactly `QUEUE_S` + `LOAD_S`;
+- through the real launcher on a fake clock: every request goes through the real admit script (real
+  Redis), a request that finds the model cold signals demand (`Launcher.on_demand`, as the service
+  does), and the launcher's real tick runs whenever its own last decision says the answer may change
+  (its recheck instant, its keep-alive deadline), whenever the world changes (a job starts, an engine
+  becomes ready) and every `GRID_S` besides. Slurm is the in-memory `FakeSlurm` (the real one cannot
+  follow a fake clock): a job starts `QUEUE_S` after its submission and registers, and its engine
+  answers ready `LOAD_S` later.
+
+The slice has cold starts, replicas held by the priced keep-alive across idle gaps, forecast pre-warms
+and releases. Both must give the same sequence of (instant, replicas held) and the same ready instants.
+Requests take no time (the simulator counts activity from a request's end, the gateway from its arrival).
+The same drive with the gateway's recorded waits hidden from the launcher must not match: the test can fail.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import secrets
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
+import httpx
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.desired import MIX, policy_spec
-from policies import currency
-from policies.combine import decide
-from policies.types import LoadSnapshot, ModelState, Reason
-from slurm.localcluster import LocalCluster
+from launcher.health import Prober
+from launcher.history import HistoryStore
+from launcher.settings import LauncherSettings
+from policies.types import GapHistory
+from slurm.fake import FakeSlurm
 from slurmless.localredis import LocalRedis
-from slurmless.settings import Settings
-from testing.launcher import launcher_env, records, slurm_for
-from tracesim.arrivals import generate_arrivals, load_service_times
-from tracesim.parity import forecast_at, gap_history_at
-from tracesim.run import DEFAULT_AZURE_CSV, TRACES_DIR
-from tracesim.trace import WINDOW_S, load_model_trace
-from warmpool.instances import LIVE_STATES, InstanceState
+from tracesim.arrivals import Arrivals, generate_arrivals
+from tracesim.coldstart import ColdStartModel
+from tracesim.engine import _Replay, prepare
+from tracesim.run import TRACES_DIR
+from tracesim.trace import ModelTrace, load_model_trace
+from warmpool import snapshot
+from warmpool.instance_store import InstanceStore
+from warmpool.instances import InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
-from warmpool.redisio import awaited
-from warmpool.routing import Routing
-from warmpool.snapshot import SnapshotReader
+from warmpool.redisio import awaited, text
+from warmpool.routing import AdmitOutcome, Routing
 from warmpool.specs import ModelSpec, Policy, Resources
 
-CLIENT = TRACES_DIR / "servegen-language/m-small/chunk-29-trace.csv"
-FIRST_WINDOW = 119
-"""The client's first window with requests; the slice after it has at most 64 requests a window, so every
-drawn arrival is one request (no sub-sampling)."""
+S = InstanceState
+CLIENT = TRACES_DIR / "servegen-language/m-mid/chunk-69-trace.csv"
+FIRST_WINDOW = 504
+"""A window with requests: the slice starts there (the launcher's forecast starts at a model's first request)."""
+SLICE_WINDOWS = 288
+"""Two days: the second day's forecast has seen its slots, so it pre-warms."""
 BASE_S = 2_800 * 7 * 86_400.0
-"""Trace time 0 on the fake clock: a whole number of weeks after the epoch, so time of week agrees."""
-COLD_S = 155.0
-RATE = 0.1
-"""A rate other than the default, set through the launcher's settings: the knob reaches the tick.
-
-No replica is ever held here (a first day's forecast has seen no slot twice, so it never pre-warms, and
-nothing waits): a real job started on this fake clock would record a queue wait of years and change the
-launcher's expected cold start. The keep-alive window itself is compared on both histories instead."""
-SLICE_WINDOWS = 81
-"""13.5 hours: busy hours, a long idle stretch, and demand coming back."""
-TICK_EVERY_S = 300.0
+"""Slice time 0 on the fake clock: a whole number of weeks after the epoch, so time of week agrees."""
+QUEUE_S, LOAD_S = 45.0, 110.0
+RATE = 0.3
+"""An exchange rate other than the default, set through the launcher's settings: the knob reaches the tick."""
+GRID_S = 600.0
+"""The launcher also ticks at every demand slot's start, as a runner ticking every few seconds would
+(its gap history is the one read at a slot's first tick)."""
+STEP_S = 1e-3
+"""As the simulator does, an instant at which a decision would stand (a deadline hit exactly) is retried
+this much later."""
+HOST = "10.0.0.7"
+TICKS: list[float] = []
 
 
 def _spec() -> ModelSpec:
     return ModelSpec(
-        name="trace-29",
+        name="trace-69",
         source="org/sim",
-        resources=Resources(gpus=1, cpus=1, mem_mb=256, time_limit_min=60),
+        resources=Resources(gpus=1, cpus=1, mem_mb=256, time_limit_min=60 * 24 * 7),
         policy=Policy.model_validate({"max_replicas": 1}),
     )
 
 
+def _arrivals() -> tuple[np.ndarray, float]:
+    """The slice's arrival times (slice seconds) and its end."""
+    full = load_model_trace(CLIENT)
+    sl = slice(FIRST_WINDOW, FIRST_WINDOW + SLICE_WINDOWS)
+    trace = ModelTrace(
+        "trace-69",
+        full.ts_s[sl] - full.ts_s[FIRST_WINDOW],
+        full.rate_per_s[sl],
+        full.dist[sl],
+        full.shape[sl],
+        full.scale[sl],
+    )
+    arrivals = generate_arrivals(trace, np.random.default_rng([0, 69, 0]), np.asarray([0.0]))
+    assert np.all(arrivals.weights == 1.0) and arrivals.times_s[0] < 600.0
+    return arrivals.times_s, trace.end_s
+
+
+@dataclass
+class Timeline:
+    """Replicas held over time, as (instant, replicas) changes, and the instants replicas became ready."""
+
+    changes: list[tuple[float, int]] = field(default_factory=list)
+    ready: list[float] = field(default_factory=list)
+    prewarms: int = 0
+
+
+def simulated(times: np.ndarray, end_s: float) -> Timeline:
+    """The simulator's replay of the slice (`slurmless simulate`'s own engine)."""
+    spec = _spec()
+    pspec = policy_spec(spec, expected_cold_start_s=QUEUE_S + LOAD_S, default_keepalive_s=600.0)
+    counts = np.bincount((times // 600.0).astype(np.int64), minlength=int(end_s // 600)).astype(np.float64)
+    arr = Arrivals(times, np.ones(times.size), np.zeros(times.size), counts)
+    prep = prepare(arr, end_s, pspec, 64)
+    cold = ColdStartModel(QUEUE_S, 0.0, LOAD_S, 0.0)
+    replay = _Replay(
+        "trace-69", "slurmless", prep, replace(MIX, exchange_rate=RATE), pspec, cold, np.random.default_rng(0), (), True
+    )
+    res = replay.run()
+    out = Timeline()
+    for (t, held, ready_s), (_t, _h, why) in zip(res.timeline, res.events, strict=True):
+        out.changes.append((t, held))
+        if held:
+            out.ready.append(ready_s)
+            out.prewarms += "reactive=0" in why
+    return out
+
+
+class World:
+    """Slurm and the engines on the fake clock: a job starts `QUEUE_S` after its submission and registers,
+    its engine answers ready `LOAD_S` after that."""
+
+    def __init__(self, slurm: FakeSlurm) -> None:
+        self.slurm = slurm
+        self.ports: dict[str, int] = {}
+        self.ready_at: dict[int, float] = {}
+
+    def port(self, iid: str) -> int:
+        return self.ports.setdefault(iid, 10_000 + len(self.ports))
+
+    def engine(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/metrics":
+                return httpx.Response(200, text="")
+            if self.slurm.now_s < self.ready_at.get(request.url.port or 0, math.inf):
+                return httpx.Response(503)
+            if request.url.path == "/health":
+                return httpx.Response(200)
+            return httpx.Response(200, json={"data": [{"id": "trace-69"}]})
+
+        return httpx.MockTransport(handle)
+
+
+def callback_token(script: str) -> str:
+    found = re.search(r"SLURMLESS_CALLBACK_TOKEN=(\S+)", script)
+    assert found is not None
+    return found.group(1).strip("'\"")
+
+
 @pytest.fixture
-async def env(
-    slurm_cluster: LocalCluster, redis_server: LocalRedis, tmp_path: Path
-) -> AsyncIterator[tuple[Settings, aioredis.Redis]]:
-    async with launcher_env(
-        slurm_cluster,
-        redis_server,
-        tmp_path / "jobs",
-        default_queue_wait_s=45.0,
-        default_load_s=COLD_S - 45.0,
+async def client(redis_server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
+    redis: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
+    yield redis
+    await redis.aclose()
+
+
+async def launched(client: aioredis.Redis, prefix: str, times: np.ndarray, end_s: float) -> Timeline:
+    """The same slice through the real launcher (real Redis, `FakeSlurm`), on a fake clock."""
+    keys = Keys(prefix)
+    settings = LauncherSettings(
+        job_name_prefix="par-",
+        default_queue_wait_s=QUEUE_S,
+        default_load_s=LOAD_S,
         exchange_rate=RATE,
-    ) as pair:
-        yield pair
-
-
-def _terms(reasons: tuple[Reason, ...]) -> dict[str, tuple[int, str]]:
-    return {r.policy: (r.replicas, r.detail) for r in reasons}
-
-
-@pytest.mark.slurm
-async def test_the_launcher_tick_decides_what_the_simulator_decides(env: tuple[Settings, aioredis.Redis]) -> None:
-    settings, client = env
-    keys = Keys(settings.redis.key_prefix)
-    trace = load_model_trace(CLIENT)
-    arrivals = generate_arrivals(trace, np.random.default_rng([0, 29, 0]), load_service_times(DEFAULT_AZURE_CSV))
-    day_end_s = (FIRST_WINDOW + SLICE_WINDOWS) * WINDOW_S
-    times = arrivals.times_s[arrivals.times_s < day_end_s]
-    assert np.all(arrivals.weights[: times.size] == 1.0) and times.size > 300
+        allow_loopback_engines=True,
+        gone_retention_s=30 * 86_400.0,
+    )
     spec = _spec()
     await ModelStore(client, keys).put(spec)
+    slurm = FakeSlurm(now_s=BASE_S - 60.0, job_name_prefix="par-")
+    slurm.addresses[slurm.node_names[0]] = (HOST,)
+    world = World(slurm)
+    launcher = Launcher(
+        client,
+        slurm,
+        settings,
+        callback_url="http://127.0.0.1:9",
+        keys=keys,
+        prober=Prober(timeout_s=2.0, transport=world.engine()),
+    )
     routing = Routing(client, keys)
-    launcher = Launcher(client, slurm_for(settings), settings.launcher, callback_url="http://127.0.0.1:9", keys=keys)
-    pspec = policy_spec(spec, expected_cold_start_s=COLD_S, default_keepalive_s=settings.launcher.default_keepalive_s)
-    reader = SnapshotReader(client, keys)
-    mix = replace(MIX, exchange_rate=RATE)
-    compared = 0
-    try:
-        # The first tick tells the admit script the expected cold start its waits are priced with.
-        await launcher.tick(now_s=BASE_S + FIRST_WINDOW * WINDOW_S - 60.0)
-        stats = await awaited(client.hget(keys.model_stats(spec.name), "gap_cold_s"))
-        assert stats is not None and float(stats) == COLD_S
-        k = 0
-        # Ticks 150 s and 450 s into each slot: never in the launcher's 30-s grace before a slot is folded.
-        for tick_s in np.arange(FIRST_WINDOW * WINDOW_S + 150.0, day_end_s, TICK_EVERY_S):
-            while k < times.size and times[k] < tick_s:
-                rid = f"r{k}"
-                await routing.admit(
-                    spec.name, "gw1", rid, now_s=BASE_S + float(times[k]), queue_max=10_000, global_max=100_000
-                )
-                # The client gives up at once: nothing waits, so only the learnt terms differ from zero.
-                await routing.cancel(spec.name, "gw1", rid)
-                k += 1
-            now_s = BASE_S + float(tick_s)
-            live = [r for r in await records(client, settings) if r.state in LIVE_STATES]
-            held = sum(1 for r in live if r.state is not InstanceState.DRAINING)
-            snap = (await reader.read([spec.name]))[spec.name]
-            report = await launcher.tick(now_s=now_s)
-            # The decision the tick acted on (`Keys.desired` is rewritten only when its drivers change).
-            launched = launcher.act.board.last(spec.name)
+    store = InstanceStore(client, keys)
+    history = HistoryStore(client, keys)
+    waiting: list[str] = []
+    starts: dict[str, float] = {}
+    """Instance -> when its job starts (-inf once started or given up)."""
+    k = 0
+    end = BASE_S + end_s
 
-            shifted = times[:k] + BASE_S
-            sim_gaps = gap_history_at(shifted, now_s, COLD_S)
-            sim_fc = forecast_at(
-                np.concatenate((np.zeros(int(BASE_S // WINDOW_S)), arrivals.window_counts)),
-                int(BASE_S // WINDOW_S) + FIRST_WINDOW,
-                now_s,
-            )
-            # The learnt inputs: the gap history the admit script kept is the simulator's.
-            assert (snap.gaps is None) == (sim_gaps is None)
-            if snap.gaps is not None and sim_gaps is not None:
-                np.testing.assert_allclose(snap.gaps.counts, sim_gaps.counts)
-                np.testing.assert_allclose(snap.gaps.waits_s, sim_gaps.waits_s, rtol=1e-6, atol=1e-3)
-                for start_s in (now_s, float(shifted[-1])):
-                    assert (
-                        currency.keepalive_s(snap.gaps, pspec, RATE, start_s)[0]
-                        == (currency.keepalive_s(sim_gaps, pspec, RATE, start_s)[0])
-                    )
-            load = LoadSnapshot(held_replicas=held, last_activity_s=float(shifted[-1]) if k else None)
-            state = ModelState(spec=pspec, load=load, forecast=sim_fc, mix=mix, gaps=sim_gaps)
-            simulated = decide(state, now_s)
-            # The decision's terms: the same reactive and forecast answers (with their reasons, so the
-            # same pre-warm threshold), and the same keep-alive verdict.
-            ours, theirs = _terms(launched.reasons), _terms(simulated.reasons)
-            for term in ("reactive", "forecast", "idle-to-zero"):
-                assert ours.get(term) == theirs.get(term), (tick_s, term)
-            assert report.desired[spec.name] == simulated.replicas, tick_s
-            assert held == 0
-            compared += 1
-        assert compared == 2 * SLICE_WINDOWS
-        assert k > 0.95 * times.size  # all but the arrivals after the last tick
+    def clock(at_s: float) -> None:
+        slurm.advance(at_s - slurm.now_s)
+
+    async def tick(at_s: float) -> None:
+        TICKS.append(at_s)
+        clock(at_s)
+        await launcher.tick(now_s=at_s)
+        for rid in list(waiting):
+            if text(await awaited(client.hget(keys.ticket(rid), "state"))) == "granted":
+                await routing.cancel(spec.name, "gw1", rid)  # served at once: the slot is given back
+                waiting.remove(rid)
+
+    async def next_decision_s(now_s: float) -> float:
+        """When the launcher's last decision says its answer may change: its recheck instant or its
+        keep-alive deadline (a deadline long past holds nothing: requests wait or run)."""
+        try:
+            decision = launcher.act.board.last(spec.name)
+        except KeyError:
+            return math.inf
+        instants = [decision.recheck_at_s]
+        last_s = (await history.get(spec.name)).last_activity_s
+        if decision.keepalive_s is not None and last_s is not None:
+            instants.append(last_s + decision.keepalive_s)
+        due = [s for s in instants if s > now_s - STEP_S]
+        return max(min(due), now_s + STEP_S) if due else math.inf
+
+    try:
+        t = BASE_S
+        await tick(t)
+        grid_s = BASE_S + GRID_S
+        while t < end:
+            for record in await store.all(spec.name):
+                if record.state is S.PENDING and record.id not in starts:
+                    starts[record.id] = record.created_s + QUEUE_S
+            job_s = min((s for s in starts.values() if s >= t), default=math.inf)
+            ready_s = min((s for s in world.ready_at.values() if s > t), default=math.inf)
+            arrival_s = BASE_S + float(times[k]) if k < times.size else math.inf
+            t = min(arrival_s, job_s, ready_s, await next_decision_s(t), grid_s, end)
+            if t >= end:
+                break
+            if t == arrival_s:
+                clock(t)
+                rid = f"r{k}"
+                k += 1
+                got = await routing.admit(spec.name, "gw1", rid, now_s=t, queue_max=10_000, global_max=100_000)
+                if got.outcome is AdmitOutcome.SLOT:
+                    await routing.release("gw1", rid)
+                    continue
+                assert got.outcome is AdmitOutcome.QUEUED
+                waiting.append(rid)
+                if got.queue_ahead == 0:
+                    await launcher.on_demand(spec.name, now_s=t)
+                continue
+            if t == job_s:
+                iid = next(i for i, s in starts.items() if s == t)
+                starts[iid] = -math.inf
+                started = await store.get(iid)
+                if started is None or started.state is not S.PENDING or started.job_id is None:
+                    continue  # cancelled before it started
+                job_id = int(started.job_id)
+                clock(t)
+                slurm.start(job_id)
+                await tick(t)
+                port = world.port(iid)
+                world.ready_at[port] = t + LOAD_S
+                token = callback_token(slurm.scripts[job_id])
+                refused = await launcher.on_register(iid, job_id=job_id, host=HOST, port=port, token=token, now_s=t)
+                assert refused is None, refused
+                continue
+            if t == grid_s:
+                grid_s += GRID_S
+            await tick(t)
+        return await timeline_of(store, spec.name)
     finally:
         await launcher.aclose()
+
+
+async def timeline_of(store: InstanceStore, model: str) -> Timeline:
+    """Replicas held over time from the instance records: submitted, ready, and released (drained or cancelled)."""
+    out = Timeline()
+    events: list[tuple[float, int]] = []
+    for record in sorted(await store.all(model), key=lambda r: r.created_s):
+        ts = record.timestamps
+        events.append((record.created_s - BASE_S, +1))
+        if S.READY.value in ts:
+            out.ready.append(ts[S.READY.value] - BASE_S)
+        if S.DRAINING.value in ts:
+            events.append((ts[S.DRAINING.value] - BASE_S, -1))
+    held = 0
+    for at_s, step in sorted(events):
+        held += step
+        out.changes.append((at_s, held))
+    return out
+
+
+def _same(ours: list[tuple[float, int]], theirs: list[tuple[float, int]]) -> bool:
+    return len(ours) == len(theirs) and all(
+        a[1] == b[1] and abs(a[0] - b[0]) <= 2 * STEP_S for a, b in zip(ours, theirs, strict=True)
+    )
+
+
+async def test_the_launcher_holds_and_releases_what_the_simulator_does(client: aioredis.Redis) -> None:
+    times, end_s = _arrivals()
+    sim = simulated(times, end_s)
+    ours = await launched(client, f"par{secrets.token_hex(3)}:", times, end_s)
+    # The slice exercises every way a replica is held: cold starts, priced keep-alive across gaps, pre-warms.
+    assert sim.prewarms >= 3 and len(sim.ready) >= 20
+    held_s = [b[0] - a[0] for a, b in zip(sim.changes, sim.changes[1:], strict=False) if a[1] and not b[1]]
+    assert max(held_s) > 3600.0
+    for i, (a, b) in enumerate(zip(ours.changes, sim.changes, strict=False)):
+        assert a[1] == b[1] and abs(a[0] - b[0]) <= 2 * STEP_S, (i, a, b)
+    assert len(ours.changes) == len(sim.changes)
+    np.testing.assert_allclose(ours.ready, sim.ready, atol=2 * STEP_S)
+
+
+async def test_hiding_the_recorded_waits_breaks_parity(client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison can fail: a launcher that does not see the waits its gateways recorded decides otherwise."""
+    read = snapshot.gap_history  # type: ignore[attr-defined]
+
+    def without_waits(fields: dict[str, str]) -> GapHistory | None:
+        hist = read(fields)
+        return None if hist is None else GapHistory(counts=hist.counts, waits_s=(0.0,) * len(hist.waits_s))
+
+    monkeypatch.setattr(snapshot, "gap_history", without_waits)
+    times, _end_s = _arrivals()
+    hours = times[times < 4 * 3600.0]
+    sim = simulated(hours, 4 * 3600.0)
+    ours = await launched(client, f"par{secrets.token_hex(3)}:", hours, 4 * 3600.0)
+    assert not _same(ours.changes, sim.changes)
