@@ -456,9 +456,11 @@ class PolicyInputs:
         }
         if not changed:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:
             for model, value in changed.items():
                 pipe.hset(self.keys.model_stats(model), GAP_COLD, repr(round(value, 3)))
+                # The snapshot carries the stats hash: mark the model so the next tick re-reads it.
+                pipe.sadd(self.keys.dirty_models, model)
             await pipe.execute()
         self._gap_cold.update(changed)
 

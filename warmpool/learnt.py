@@ -81,6 +81,7 @@ class LearntTimes:
                     continue
                 if old is not None:
                     pipe.hdel(self.keys.model_stats(name), *LEARNT_FIELDS)
+                    pipe.sadd(self.keys.dirty_models, name)
                     reset.add(name)
                 pipe.hset(self.keys.model_stats(name), LEARNT_FOR, digest)
             await pipe.execute()

@@ -153,6 +153,7 @@ class ModelStore:
                 self.keys.cold_start(name),
                 self.keys.demand(name),
                 self.keys.idle_hist(name),
+                self.keys.gaps(name),
                 self.keys.model_stats(name),
                 self.keys.phase(name),
             )

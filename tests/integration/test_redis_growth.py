@@ -46,8 +46,9 @@ async def test_removing_a_model_removes_its_history(redis_client: aioredis.Redis
     await _admit(redis_client, "m", "r2", NOW_S + 120)
     await redis_client.set(KEYS.phase("m"), "{}")
     await awaited(redis_client.hset(KEYS.desired, "m", "{}"))
+    assert await redis_client.exists(KEYS.gaps("m"))
     await store.remove("m")
-    for key in (KEYS.demand("m"), KEYS.idle_hist("m"), KEYS.model_stats("m"), KEYS.phase("m")):
+    for key in (KEYS.demand("m"), KEYS.idle_hist("m"), KEYS.gaps("m"), KEYS.model_stats("m"), KEYS.phase("m")):
         assert not await redis_client.exists(key), key
     assert not await awaited(redis_client.hexists(KEYS.desired, "m"))
 

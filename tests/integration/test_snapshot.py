@@ -6,11 +6,13 @@ from collections.abc import Awaitable
 
 import redis.asyncio as aioredis
 
+from launcher.desired import PolicyInputs
 from launcher.history import HistoryStore, ModelHistory
 from warmpool.keys import Keys
-from warmpool.learnt import LOAD_TIMES
+from warmpool.learnt import LOAD_TIMES, LearntTimes
 from warmpool.routing import Routing
 from warmpool.snapshot import CHUNK, SnapshotCache, SnapshotReader
+from warmpool.specs import ModelSpec
 from warmpool.warm import WarmBoard, WarmRequest
 
 NOW_S = 1_800_000_000.0
@@ -87,8 +89,30 @@ async def test_every_step_that_changes_a_snapshot_marks_its_model(redis_client: 
     request = WarmRequest(model="f", replicas=1, until_s=NOW_S + 60, requested_s=NOW_S, requested_by="t")
     assert await marked_by(warm.request(request)) == {"f"}
     assert await marked_by(warm.cancel("f")) == {"f"}
+    # The launcher's own writes of what the policies read: the cold start waits are priced with, the grant
+    # of waiting requests (activity), learnt durations dropped when a model's engine changed.
+    inputs = PolicyInputs(redis_client, keys)
+    assert await marked_by(inputs.record_gap_cold({"g": 150.0, "h": 90.0})) == {"g", "h"}
+    assert await marked_by(inputs.record_gap_cold({"g": 151.0})) == set()  # unchanged within tolerance: no write
+    assert await marked_by(history.granted("i", NOW_S)) == {"i"}
+    learnt = LearntTimes(redis_client, keys)
+    spec = ModelSpec(name="j", source="/models/j")
+    await learnt.forget_changed([spec], ["vllm"], now_s=NOW_S)
+    await history.observe("j", LOAD_TIMES, 1.0)
+    assert await marked_by(learnt.forget_changed([spec], ["other-engine"], now_s=NOW_S)) == {"j"}
     # Reading what did not change marks nothing.
     assert await marked_by(reader.read(["a", "b"])) == set()
+
+
+async def test_a_new_cold_start_price_reaches_the_next_tick(redis_client: aioredis.Redis) -> None:
+    """The cache re-reads a model whose `gap_cold_s` the launcher rewrote, not only at its rolling turn."""
+    keys = Keys("gcold:")
+    models = [f"m{i:02d}" for i in range(40)]
+    cache = SnapshotCache(SnapshotReader(redis_client, keys), refresh_ticks=40)
+    await cache.refresh(models)
+    await PolicyInputs(redis_client, keys).record_gap_cold({"m39": 222.0})
+    snaps = await cache.refresh(models)
+    assert snaps["m39"].stats.get("gap_cold_s") == "222.0"
 
 
 async def test_the_cache_rereads_marked_models_and_a_rolling_share(redis_client: aioredis.Redis) -> None:
