@@ -5,7 +5,8 @@ Per model and tick the launcher builds the pure `policies.types.ModelState` and 
 
     desired = clamp(max(reactive, keep-alive, forecast, schedule, warm request, min_replicas), 0, max)
 
-then fits all models into the GPU budget with `policies.budget.fit_budget`. A live `slurmless models
+then fits all models into the GPU budget with `policies.budget.fit_budget`, each replica priced by the
+waiting its release would cause (`policies.eviction`). A live `slurmless models
 warm` request is a floor like `min_replicas` under its own policy name, "warm".
 
 What is read from Redis, and how often (`PolicyInputs`):
@@ -255,14 +256,7 @@ def desired_replicas(
         occs = tuple(sorted((*occurrences, *extra_occurrences), key=lambda o: (o.start_s, o.end_s)))
     state = ModelState(
         spec=pspec,
-        load=LoadSnapshot(
-            queue_depth=load.queue_depth,
-            oldest_wait_s=load.oldest_wait_s,
-            in_flight=float(load.in_flight),
-            ready_replicas=load.ready,
-            held_replicas=load.held,
-            last_activity_s=load.last_request_s,
-        ),
+        load=load_snapshot(load),
         idle=idle_histogram(load.idle_counts, pspec),
         forecast=forecast,
         occurrences=occs,
@@ -278,15 +272,15 @@ def desired_replicas(
 
 @dataclass(frozen=True, slots=True)
 class BudgetAsk:
-    """One model's decision and what its replicas are worth, for `fit_to_budget`."""
+    """One model's decision and what releasing its replicas would cost, for `fit_to_budget`."""
 
     spec: ModelSpec
     decision: Decision
     waiting: int = 0
-    rate_per_s: float = 0.0
-    cold_start_s: float = 150.0
+    release_wait_s: tuple[float, ...] = ()
+    """Per replica, the expected user-seconds of waiting its release causes (`policies.eviction`)."""
     floor: int = 0
-    """Replicas that come first: `min_replicas` and a live warm request."""
+    """Replicas promised, granted first whatever their price: `min_replicas`, a live warm request, a schedule."""
 
 
 def fit_to_budget(asks: Sequence[BudgetAsk], budget_gpus: int | None) -> dict[str, Decision]:
@@ -301,10 +295,9 @@ def fit_to_budget(asks: Sequence[BudgetAsk], budget_gpus: int | None) -> dict[st
             model=a.spec.name,
             desired=a.decision.replicas,
             gpus_per_replica=gpus_per_replica(a.spec),
-            min_replicas=min(a.floor, a.decision.replicas),
+            promised=min(a.floor, a.decision.replicas),
             waiting=a.waiting,
-            rate_per_s=a.rate_per_s,
-            cold_start_s=a.cold_start_s,
+            release_wait_s=a.release_wait_s,
         )
         for a in asks
     ]
@@ -314,6 +307,24 @@ def fit_to_budget(asks: Sequence[BudgetAsk], budget_gpus: int | None) -> dict[st
         got, cuts = granted[ask.spec.name]
         out[ask.spec.name] = replace(ask.decision, replicas=got, reasons=(*ask.decision.reasons, *cuts))
     return out
+
+
+def promised_replicas(spec: ModelSpec, decision: Decision, warm: WarmRequest | None) -> int:
+    """Replicas that are promises, not bets: `min_replicas`, a live warm request, a schedule's window."""
+    scheduled = max((r.replicas for r in decision.reasons if r.policy == "schedule"), default=0)
+    return max(spec.policy.min_replicas, warm.replicas if warm is not None else 0, scheduled)
+
+
+def load_snapshot(load: ModelLoad) -> LoadSnapshot:
+    """The policies' view of what the launcher observed for a model."""
+    return LoadSnapshot(
+        queue_depth=load.queue_depth,
+        oldest_wait_s=load.oldest_wait_s,
+        in_flight=float(load.in_flight),
+        ready_replicas=load.ready,
+        held_replicas=load.held,
+        last_activity_s=load.last_request_s,
+    )
 
 
 def drivers(decision: Decision) -> tuple[Reason, ...]:

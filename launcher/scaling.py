@@ -26,13 +26,16 @@ from launcher.desired import (
     DemandForecast,
     ModelLoad,
     decision_expires_s,
-    demand_rate_per_s,
     desired_replicas,
+    load_snapshot,
+    policy_spec,
+    promised_replicas,
     with_cap,
 )
 from launcher.history import ModelHistory
 from launcher.jobs import signal_timing
 from launcher.settings import LauncherSettings
+from policies.eviction import release_waits_s
 from policies.types import Decision, GapHistory, Occurrence
 from warmpool.instances import COMING_STATES, LIVE_STATES, InstanceRecord, InstanceState
 from warmpool.keys import DEMAND_SLOT_S
@@ -248,7 +251,7 @@ class Planner:
         """Until when a model keeps `plan` if its inputs and instances do not change.
 
         The decision's own expiry (`DecisionMemo`), the instant the no-waiters cut starts to apply,
-        and the end of the current demand slot (the budget prices a replica by the slot's rate).
+        and the end of the current demand slot (the budget's price of an idle replica grows stale).
         """
         until_s = self.decisions.expires_s(plan.spec.name)
         last_s = plan.hist.last_activity_s
@@ -303,13 +306,17 @@ class Planner:
             decision = with_cap(
                 decision, standing, "no-waiters", f"nobody waited for {idle_s:.0f}s and nothing is ready"
             )
+        pspec = policy_spec(
+            spec, expected_cold_start_s=cold_start_s, default_keepalive_s=self.settings.default_keepalive_s
+        )
         ask = BudgetAsk(
             spec=spec,
             decision=decision,
             waiting=queue_depth,
-            rate_per_s=demand_rate_per_s(demand, now_s),
-            cold_start_s=cold_start_s,
-            floor=max(spec.policy.min_replicas, got.warm.replicas if got.warm is not None else 0),
+            release_wait_s=release_waits_s(
+                decision, load_snapshot(load), pspec, now_s, gaps=got.gaps, forecast=forecast
+            ),
+            floor=promised_replicas(spec, decision, got.warm),
         )
         return ScalePlan(spec, hist, active, capacity, inflight, ask)
 

@@ -90,3 +90,10 @@ def gap_history(fields: Mapping[str, str]) -> GapHistory | None:
         elif kind == "w":
             waits[int(idx)] = value
     return GapHistory(counts=tuple(counts), waits_s=tuple(waits))
+
+
+def gap_fields(hist: GapHistory) -> dict[str, str]:
+    """The gap hash fields that `gap_history` reads back as `hist` (empty cells left out): for seeding a
+    model's history (tests, an operator's import)."""
+    counts = {f"c{i}": repr(v) for i, v in enumerate(hist.counts) if v}
+    return counts | {f"w{i}": repr(v) for i, v in enumerate(hist.waits_s) if v}

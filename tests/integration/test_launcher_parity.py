@@ -22,24 +22,21 @@ The same drive with the gateway's recorded waits hidden from the launcher must n
 from __future__ import annotations
 
 import math
-import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
-import httpx
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.desired import MIX, policy_spec
-from launcher.health import Prober
 from launcher.history import HistoryStore
 from launcher.settings import LauncherSettings
 from policies.types import GapHistory
-from slurm.fake import FakeSlurm
 from slurmless.localredis import LocalRedis
+from testing.fakecluster import FakeCluster
 from tracesim.arrivals import Arrivals, generate_arrivals
 from tracesim.coldstart import ColdStartModel
 from tracesim.engine import _Replay, prepare
@@ -71,7 +68,6 @@ GRID_S = 600.0
 STEP_S = 1e-3
 """As the simulator does, an instant at which a decision would stand (a deadline hit exactly) is retried
 this much later."""
-HOST = "10.0.0.7"
 TICKS: list[float] = []
 
 
@@ -131,37 +127,6 @@ def simulated(times: np.ndarray, end_s: float) -> Timeline:
     return out
 
 
-class World:
-    """Slurm and the engines on the fake clock: a job starts `QUEUE_S` after its submission and registers,
-    its engine answers ready `LOAD_S` after that."""
-
-    def __init__(self, slurm: FakeSlurm) -> None:
-        self.slurm = slurm
-        self.ports: dict[str, int] = {}
-        self.ready_at: dict[int, float] = {}
-
-    def port(self, iid: str) -> int:
-        return self.ports.setdefault(iid, 10_000 + len(self.ports))
-
-    def engine(self) -> httpx.MockTransport:
-        def handle(request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/metrics":
-                return httpx.Response(200, text="")
-            if self.slurm.now_s < self.ready_at.get(request.url.port or 0, math.inf):
-                return httpx.Response(503)
-            if request.url.path == "/health":
-                return httpx.Response(200)
-            return httpx.Response(200, json={"data": [{"id": "trace-69"}]})
-
-        return httpx.MockTransport(handle)
-
-
-def callback_token(script: str) -> str:
-    found = re.search(r"SLURMLESS_CALLBACK_TOKEN=(\S+)", script)
-    assert found is not None
-    return found.group(1).strip("'\"")
-
-
 @pytest.fixture
 async def client(redis_server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
     redis: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, socket_timeout=5)
@@ -182,17 +147,9 @@ async def launched(client: aioredis.Redis, prefix: str, times: np.ndarray, end_s
     )
     spec = _spec()
     await ModelStore(client, keys).put(spec)
-    slurm = FakeSlurm(now_s=BASE_S - 60.0, job_name_prefix="par-")
-    slurm.addresses[slurm.node_names[0]] = (HOST,)
-    world = World(slurm)
-    launcher = Launcher(
-        client,
-        slurm,
-        settings,
-        callback_url="http://127.0.0.1:9",
-        keys=keys,
-        prober=Prober(timeout_s=2.0, transport=world.engine()),
-    )
+    cluster = FakeCluster(now_s=BASE_S - 60.0, job_name_prefix="par-")
+    slurm = cluster.slurm
+    launcher = Launcher(client, slurm, settings, callback_url="http://127.0.0.1:9", keys=keys, prober=cluster.prober())
     routing = Routing(client, keys)
     store = InstanceStore(client, keys)
     history = HistoryStore(client, keys)
@@ -202,8 +159,7 @@ async def launched(client: aioredis.Redis, prefix: str, times: np.ndarray, end_s
     k = 0
     end = BASE_S + end_s
 
-    def clock(at_s: float) -> None:
-        slurm.advance(at_s - slurm.now_s)
+    clock = cluster.clock
 
     async def tick(at_s: float) -> None:
         TICKS.append(at_s)
@@ -237,7 +193,7 @@ async def launched(client: aioredis.Redis, prefix: str, times: np.ndarray, end_s
                 if record.state is S.PENDING and record.id not in starts:
                     starts[record.id] = record.created_s + QUEUE_S
             job_s = min((s for s in starts.values() if s >= t), default=math.inf)
-            ready_s = min((s for s in world.ready_at.values() if s > t), default=math.inf)
+            ready_s = min((s for s in cluster.ready_at.values() if s > t), default=math.inf)
             arrival_s = BASE_S + float(times[k]) if k < times.size else math.inf
             t = min(arrival_s, job_s, ready_s, await next_decision_s(t), grid_s, end)
             if t >= end:
@@ -264,12 +220,8 @@ async def launched(client: aioredis.Redis, prefix: str, times: np.ndarray, end_s
                 job_id = int(started.job_id)
                 clock(t)
                 slurm.start(job_id)
-                await tick(t)
-                port = world.port(iid)
-                world.ready_at[port] = t + LOAD_S
-                token = callback_token(slurm.scripts[job_id])
-                refused = await launcher.on_register(iid, job_id=job_id, host=HOST, port=port, token=token, now_s=t)
-                assert refused is None, refused
+                await tick(t)  # a tick sees the job running before it calls back
+                await cluster.start(launcher, iid, job_id, spec.client_name, ready_at_s=t + LOAD_S)
                 continue
             if t == grid_s:
                 grid_s += GRID_S

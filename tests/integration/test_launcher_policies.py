@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.desired import FORECAST_HISTORY_SLOTS, PolicyInputs
+from policies import currency
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
 from slurmless.settings import Settings
@@ -229,7 +230,7 @@ async def test_a_warm_request_keeps_an_unused_model_up_until_it_ends(
 
 
 @pytest.mark.slurm
-async def test_with_a_full_gpu_budget_the_model_worth_less_gives_way(
+async def test_with_a_full_gpu_budget_the_model_whose_wait_costs_less_gives_way(
     slurm_cluster: LocalCluster, redis_server: LocalRedis, client: aioredis.Redis, tmp_path: Path
 ) -> None:
     settings = settings_for(slurm_cluster, redis_server, tmp_path, gpu_budget=1)
@@ -237,9 +238,14 @@ async def test_with_a_full_gpu_budget_the_model_worth_less_gives_way(
     for name in ("a-quiet", "busy"):
         await ModelStore(client, keys).put(model(name))
     now_s = time.time()
-    # The gateway's demand history: "busy" served ten requests in each of the last six slots.
-    slot = int(now_s // DEMAND_SLOT_S)
-    await awaited(client.hset(keys.demand("busy"), mapping={str(s): 10 for s in range(slot - 7, slot - 1)}))
+    # The gaps the gateway recorded: a cold start of "busy" makes a burst of requests wait, of "a-quiet" one.
+    for name, wait_s in (("a-quiet", 150.0), ("busy", 2000.0)):
+        cells = [currency.cell(now_s - 86_400.0, g) for g in (300.0, 900.0, 3600.0)]
+        gaps = currency.observe(currency.empty_history(), cells * 10, [1.0] * 30, [wait_s] * 30)
+        fields = {f"c{i}": repr(v) for i, v in enumerate(gaps.counts) if v}
+        await awaited(
+            client.hset(keys.gaps(name), mapping=fields | {f"w{i}": repr(v) for i, v in enumerate(gaps.waits_s) if v})
+        )
     routing = Routing(client, keys)
     for name in ("a-quiet", "busy"):
         admitted = await routing.admit(name, "gw1", f"r-{name}", now_s=now_s, queue_max=10, global_max=100)

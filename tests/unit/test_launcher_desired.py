@@ -256,8 +256,8 @@ def test_without_a_budget_every_ask_is_granted() -> None:
     assert {m: d.replicas for m, d in fit_to_budget(asks, None).items()} == {"a": 1, "b": 1}
 
 
-def test_when_the_budget_is_full_the_model_worth_least_gives_way() -> None:
-    asks = [one_replica("a-quiet", rate_per_s=0.001), one_replica("busy", rate_per_s=0.5)]
+def test_when_the_budget_is_full_the_replica_cheapest_to_release_gives_way() -> None:
+    asks = [one_replica("a-quiet", release_wait_s=(2.0,)), one_replica("busy", release_wait_s=(500.0,))]
     fitted = fit_to_budget(asks, 1)
     assert (fitted["a-quiet"].replicas, fitted["busy"].replicas) == (0, 1)
     assert [r.policy for r in drivers(fitted["a-quiet"])] == ["budget"]
@@ -267,7 +267,7 @@ def test_when_the_budget_is_full_the_model_worth_least_gives_way() -> None:
 
 def test_floors_come_before_value_and_multi_gpu_replicas_count_their_gpus() -> None:
     floor = BudgetAsk(spec=spec("floor"), decision=decide_at(spec("floor", min_replicas=1), 0.0), floor=1)
-    busy = one_replica("busy", rate_per_s=1.0)
+    busy = one_replica("busy", release_wait_s=(150.0,))
     big = BudgetAsk(spec=spec("big", gpus=2), decision=decide_at(spec("big", gpus=2), 0.0, idle(queue_depth=1)))
     fitted = fit_to_budget([floor, busy, big], 2)
     assert {m: d.replicas for m, d in fitted.items()} == {"floor": 1, "busy": 1, "big": 0}

@@ -1,8 +1,11 @@
-"""The GPU budget: least expected value gives way; minimums and waiting models come first."""
+"""The GPU budget: the replica whose release costs least waiting per GPU gives way; promises and waiting
+models come first."""
 
 from __future__ import annotations
 
-from policies.budget import BudgetRequest, fit_budget, greedy_dual_value
+import pytest
+
+from policies.budget import BudgetRequest, fit_budget
 
 
 def test_fits_when_budget_allows() -> None:
@@ -10,30 +13,45 @@ def test_fits_when_budget_allows() -> None:
     assert out == {"a": (2, []), "b": (1, [])}
 
 
-def test_least_value_gives_way() -> None:
+@pytest.mark.parametrize(
+    ("budget", "granted"),
+    [
+        (6, {"dear": 1, "cheap": 1, "big": 1}),
+        (5, {"dear": 1, "cheap": 0, "big": 1}),  # big: 400 user-s over 4 GPUs = 100 per GPU > cheap's 5
+        (4, {"dear": 1, "cheap": 1, "big": 0}),  # the big one does not fit in what is left
+        (1, {"dear": 1, "cheap": 0, "big": 0}),
+        (0, {"dear": 0, "cheap": 0, "big": 0}),
+    ],
+)
+def test_cheapest_release_per_gpu_gives_way_first(budget: int, granted: dict[str, int]) -> None:
     reqs = [
-        BudgetRequest("hot", 1, rate_per_s=2.0, cold_start_s=150.0),
-        BudgetRequest("cold", 1, rate_per_s=0.01, cold_start_s=150.0),
-        BudgetRequest("big", 1, gpus_per_replica=4, rate_per_s=2.0, cold_start_s=150.0),
+        BudgetRequest("cheap", 1, release_wait_s=(5.0,)),
+        BudgetRequest("dear", 1, release_wait_s=(300.0,)),
+        BudgetRequest("big", 1, gpus_per_replica=4, release_wait_s=(400.0,)),
     ]
-    out = fit_budget(reqs, 5)
-    assert out["hot"][0] == 1
-    assert out["big"][0] == 1  # value per GPU 75 beats the cold model's 1.5
-    assert out["cold"][0] == 0
-    assert out["cold"][1][0].policy == "budget"
+    out = fit_budget(reqs, budget)
+    assert {m: got for m, (got, _) in out.items()} == granted
+    for model, (got, reasons) in out.items():
+        assert (got < 1) == bool(reasons) and all(r.policy == "budget" for r in reasons), model
 
 
-def test_waiting_and_minimum_come_first() -> None:
+def test_promises_and_waiting_come_before_any_price() -> None:
     reqs = [
-        BudgetRequest("popular", 3, rate_per_s=100.0),
-        BudgetRequest("woken", 1, waiting=1, rate_per_s=0.0),
-        BudgetRequest("pinned", 1, min_replicas=1),
+        BudgetRequest("popular", 3, release_wait_s=(9e9, 9e9, 9e9)),
+        BudgetRequest("woken", 1, waiting=1),
+        BudgetRequest("scheduled", 1, promised=1),
     ]
     out = fit_budget(reqs, 3)
-    assert out["pinned"][0] == 1
-    assert out["woken"][0] == 1
-    assert out["popular"][0] == 1
+    assert {m: got for m, (got, _) in out.items()} == {"popular": 1, "woken": 1, "scheduled": 1}
+    assert "user-s of waiting per GPU" in out["popular"][1][0].detail
 
 
-def test_value_formula() -> None:
-    assert greedy_dual_value(2.0, 100.0, 2) == 100.0
+def test_replicas_are_granted_in_rank_order() -> None:
+    """A second replica dearer than another model's first cannot be granted without its first."""
+    reqs = [BudgetRequest("a", 2, release_wait_s=(1.0, 50.0)), BudgetRequest("b", 1, release_wait_s=(10.0,))]
+    assert {m: got for m, (got, _) in fit_budget(reqs, 2).items()} == {"a": 1, "b": 1}
+
+
+def test_price_per_gpu() -> None:
+    req = BudgetRequest("m", 2, gpus_per_replica=2, release_wait_s=(100.0,))
+    assert (req.wait_per_gpu_s(1), req.wait_per_gpu_s(2)) == (50.0, 0.0)
