@@ -32,6 +32,7 @@ from launcher import lifecycle as lc
 from launcher.health import Health, Prober, probe_all
 from launcher.healthcheck import HealthCheck
 from launcher.history import HistoryStore
+from launcher.idle_budgets import IdleBudgets
 from launcher.jobhost import HostCheck
 from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex
 from launcher.lifecycle import CANCEL_SENT, JOB_DRAIN, Step
@@ -437,8 +438,9 @@ class Launcher:
         self.routing, self.events = self.act.routing, self.act.events
         self.timeline, self.tenant_budget = self.act.timeline, self.act.tenant_budget
         self.learnt = LearntTimes(redis, self.keys)
+        self.idle_budgets = IdleBudgets(redis, self.keys, settings, self.metrics)
         self.snapshots = SnapshotCache(SnapshotReader(redis, self.keys))
-        self.scale = ScaleStep(redis, self.keys, settings, self.act, self.snapshots)
+        self.scale = ScaleStep(redis, self.keys, settings, self.act, self.snapshots, self.idle_budgets)
         self.inputs, self.planner, self.hist_cache = self.scale.inputs, self.scale.planner, self.scale.hist_cache
         self.decisions = self.planner.decisions
         # Only the loading watchers (a runner concern) read a clock; ticks get the time passed in.

@@ -47,6 +47,24 @@ class LauncherMetrics:
             registry=self.registry,
         )
         self.ticks = Counter("slurmless_launcher_ticks", "Reconciliation ticks run.", registry=self.registry)
+        self.exchange_rate = Gauge(
+            "slurmless_launcher_exchange_rate",
+            "Exchange rate in force per idle budget (idle GPU-seconds per user-second of waiting).",
+            ["budget"],
+            registry=self.registry,
+        )
+        self.idle_gpu_hours = Gauge(
+            "slurmless_launcher_idle_gpu_hours",
+            "Idle GPU-hours spent over the last day, per idle budget.",
+            ["budget"],
+            registry=self.registry,
+        )
+        self.idle_budget_gpu_hours = Gauge(
+            "slurmless_launcher_idle_budget_gpu_hours",
+            "Idle GPU-hours a day each idle budget allows.",
+            ["budget"],
+            registry=self.registry,
+        )
         self.is_leader = Gauge(
             "slurmless_launcher_leader", "1 while this launcher holds the lease.", registry=self.registry
         )

@@ -4,8 +4,9 @@ With thousands of registered models most are quiet most of the time: no instance
 nothing wanted, the same snapshot as at the last tick. Their plan would come back unchanged from the
 planner and the tick would do nothing for them, so after a full pass they are not looked at again
 until something says they may have changed (`ScaleStep._due`). A full pass over every base model
-runs when the registry changed, a demand slot ended (every forecast moves), the schedules were read
-again, or a cluster-wide GPU budget is set (fitting it weighs every model's ask against all others).
+runs when the registry changed, a demand slot ended (every forecast moves), an idle budget moved its
+rate, the schedules were read again, or a cluster-wide GPU budget is set (fitting it weighs every
+model's ask against all others).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
 from launcher.history import ModelHistory
+from launcher.idle_budgets import IdleBudgets
 from launcher.report import TickReport
 from launcher.scaling import HistoryCache, ModelInputs, Planner, live_by_model, model_actions
 from launcher.scaling import expected_cold_start_s as cold_start_s_of
@@ -35,9 +37,16 @@ class ScaleStep:
     """Policy inputs, plans and the budget for the registered base models; acts through the `Actuator`."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, settings: LauncherSettings, act: Actuator, snapshots: SnapshotCache
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        settings: LauncherSettings,
+        act: Actuator,
+        snapshots: SnapshotCache,
+        idle_budgets: IdleBudgets,
     ) -> None:
         self.settings = settings
+        self.idle_budgets = idle_budgets
         self.act = act
         self.snapshots = snapshots
         self.inputs = PolicyInputs(redis, keys)
@@ -52,6 +61,7 @@ class ScaleStep:
         self._wake: list[tuple[float, str]] = []
         """Quiet models by the instant their plan may change by itself (a heap; stale entries are harmless)."""
         self._demands_seen: object = None
+        self._rates_seen: dict[str, float] = {}
         self.incremental = True
         """False: every tick is a full pass (the reference the incremental step is tested against)."""
         self.looked_at = 0
@@ -120,14 +130,21 @@ class ScaleStep:
         demands = await self.inputs.demand_many(names, now_s)
         schedules_read_s = self.inputs.schedules_read_s
         occurrences = await self.inputs.occurrences(names, now_s, leads_s)
+        # Every model's rate in force (after counting the idle time since the last tick): idle budgets
+        # move their rates hourly, and a moved rate changes the plan of every model it prices.
+        rates = await self.idle_budgets.rates(
+            {n: specs[n] for n in names}, records, {n: snaps[n].inflight for n in names}, now_s
+        )
         full = (
             full_pass
             or not self.incremental
             or self.settings.gpu_budget is not None  # the budget weighs every model's ask against all others
             or demands is not self._demands_seen  # a demand slot ended: every forecast moved
             or self.inputs.schedules_read_s != schedules_read_s  # schedules were read again
+            or rates != self._rates_seen  # an idle budget moved its exchange rate
         )
         self._demands_seen = demands
+        self._rates_seen = rates
         due = names if full else self._due(names, base_set, now_s, snaps, live, occurrences, report)
         self.looked_at += len(due)
         warm = live_warm_requests({name: snaps[name].warm for name in due}, now_s)
@@ -141,6 +158,7 @@ class ScaleStep:
                 occurrences.get(n, ()),
                 warm.get(n),
                 self.inputs.slot_gaps(n, snaps[n].gaps, now_s),
+                rates.get(n),
             )
             for n in due
         ]

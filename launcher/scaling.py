@@ -106,6 +106,8 @@ class ModelInputs(NamedTuple):
     warm: WarmRequest | None
     gaps: GapHistory | None = None
     """The gap history the policies price with (`PolicyInputs.slot_gaps`)."""
+    rate: float | None = None
+    """The exchange rate of the model's idle budget (`launcher.idle_budgets`); None: the settings' rate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +283,8 @@ class Planner:
         )
         cold_start_s = expected_cold_start_s(hist, self.settings)
         forecast = demand.forecast if demand is not None else None
-        key = (spec, load, cold_start_s, forecast, got.occurrences, got.warm)
+        rate = self.settings.exchange_rate if got.rate is None else got.rate
+        key = (spec, load, cold_start_s, forecast, got.occurrences, got.warm, rate)
         decision = self.decisions.get(model, key, now_s)
         if decision is None:
             decision = desired_replicas(
@@ -290,7 +293,7 @@ class Planner:
                 now_s,
                 expected_cold_start_s=cold_start_s,
                 default_keepalive_s=self.settings.default_keepalive_s,
-                exchange_rate=self.settings.exchange_rate,
+                exchange_rate=rate,
                 forecast=forecast,
                 occurrences=got.occurrences,
                 warm=got.warm,
@@ -343,6 +346,7 @@ def _same_inputs(a: ModelInputs, b: ModelInputs) -> bool:
         and a.demand is b.demand
         and a.warm is b.warm
         and a.gaps is b.gaps
+        and a.rate == b.rate
         and a.occurrences == b.occurrences
     )
 

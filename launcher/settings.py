@@ -81,6 +81,11 @@ class LauncherSettings(BaseModel):
     exchange_rate: float = Field(DEFAULT_RATE, gt=0, le=1000)
     """Idle GPU-seconds worth one user-second of waiting: prices every keep-alive and pre-warm
     (`policies.currency`). Lower spends less idle GPU time for more cold starts."""
+    idle_budget_gpu_hours_per_day: float | None = Field(None, gt=0, le=1_000_000)
+    """Idle GPU-hours a day the whole site's warm pool may spend: when set, `exchange_rate` is only where the
+    rate starts, and the launcher moves it every hour so that idle spending over the last day tracks this
+    (`policies.idle_budget`). Tenants with their own budget (`slurmless tenants set-quota
+    --idle-gpu-hours-per-day`) are priced at their own rate. None: the fixed `exchange_rate`."""
     gpu_budget: int | None = Field(None, ge=0)
     """GPUs slurmless may hold at once over all models; when full, the replica worth least gives way. None: no limit."""
     preemptible_partitions: list[str] = Field(default_factory=list)

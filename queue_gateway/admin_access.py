@@ -106,6 +106,7 @@ class AccessApi(AdminApi):
                 name,
                 max_concurrent_requests=quota.max_concurrent_requests,
                 max_models=quota.max_models,
+                idle_gpu_hours_per_day=quota.idle_gpu_hours_per_day,
                 limits=limits,
                 clear=clear,
             )

@@ -38,6 +38,8 @@ class TenantQuota(BaseModel):
 
     max_concurrent_requests: int | None = Field(None, ge=1)
     max_models: int | None = Field(None, ge=0)
+    idle_gpu_hours_per_day: float | None = Field(None, gt=0, le=1_000_000, strict=True)
+    """Idle GPU-hours a day the tenant's models may spend warm (null: the site's budget or rate)."""
     limits: TenantLimits | None = None
     """Resource limits to change, field by field (null: inherit the site's again)."""
 

@@ -11,6 +11,8 @@ from starlette.responses import Response
 from queue_gateway.admin import AdminApi, Principal
 from queue_gateway.errors import BadRequest, json_response
 from warmpool import pool_load
+from warmpool.idle_budgets import read_views
+from warmpool.keys import SITE_BUDGET
 from warmpool.phase import ModelPhase
 from warmpool.redisio import awaited, text
 from warmpool.registry import visible_to
@@ -69,7 +71,31 @@ class StatusApi(AdminApi):
 
     async def status(self, request: Request, who: Principal) -> Response:
         specs = [s for s in await self.models.all() if who.admin or visible_to(s, who.tenant)]
-        return json_response({"object": "list", "now_s": self.clock(), "data": await status_rows(self, specs)})
+        now_s = self.clock()
+        return json_response(
+            {
+                "object": "list",
+                "now_s": now_s,
+                "data": await status_rows(self, specs),
+                "idle_budgets": await self._idle_budgets(who, now_s),
+            }
+        )
+
+    async def _idle_budgets(self, who: Principal, now_s: float) -> list[dict[str, Any]]:
+        """The idle budgets the caller may see (an admin all, a tenant its own): rate in force, spent vs budget."""
+        tenants = [t.name for t in await self.tenants.all() if t.idle_gpu_hours_per_day is not None]
+        names = [SITE_BUDGET, *tenants] if who.admin else [t for t in tenants if t == who.tenant]
+        views = await read_views(self.redis, self.keys, names, now_s)
+        return [
+            {
+                "budget": v.budget,
+                "exchange_rate": v.rate,
+                "idle_gpu_hours_last_day": v.idle_gpu_h_last_day,
+                "budget_gpu_hours_per_day": v.budget_gpu_h_per_day,
+                "updated_s": v.updated_s,
+            }
+            for v in views
+        ]
 
     async def list_events(self, request: Request, who: Principal) -> Response:
         params = request.query_params

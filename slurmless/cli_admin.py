@@ -531,6 +531,10 @@ def tenants_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = 
     console.print(table)
 
 
+def _idle_budget(value: object) -> str:
+    return "the site's" if value is None else f"{value:g} GPU-h/day"
+
+
 @tenants_app.command("set-quota")
 def tenants_set_quota(
     name: str,
@@ -540,18 +544,30 @@ def tenants_set_quota(
     max_models: Annotated[int | None, typer.Option("--max-models")] = None,
     unlimited_concurrent: Annotated[bool, typer.Option("--unlimited-concurrent")] = False,
     unlimited_models: Annotated[bool, typer.Option("--unlimited-models")] = False,
+    idle_gpu_hours_per_day: Annotated[
+        float | None,
+        typer.Option("--idle-gpu-hours-per-day", help="Idle GPU-hours a day the tenant's models may spend warm."),
+    ] = None,
+    site_idle_budget: Annotated[
+        bool, typer.Option("--site-idle-budget", help="Price the tenant's models with the site's budget again.")
+    ] = False,
 ) -> None:
     """Change a tenant's quotas."""
     body: dict[str, Any] = {}
+    if idle_gpu_hours_per_day is not None and not 0 < idle_gpu_hours_per_day <= 1_000_000:
+        fail("--idle-gpu-hours-per-day must be above 0 and at most 1000000")
+    if idle_gpu_hours_per_day is not None or site_idle_budget:
+        body["idle_gpu_hours_per_day"] = None if site_idle_budget else idle_gpu_hours_per_day
     if max_concurrent is not None or unlimited_concurrent:
         body["max_concurrent_requests"] = None if unlimited_concurrent else max_concurrent
     if max_models is not None or unlimited_models:
         body["max_models"] = None if unlimited_models else max_models
     if not body:
-        fail("nothing to set: give --max-concurrent, --max-models or an --unlimited-* flag")
+        fail("nothing to set: give --max-concurrent, --max-models, --idle-gpu-hours-per-day or an --unlimited-* flag")
     t = AdminClient(url, token).call("PATCH", f"/v1/tenants/{_seg(name)}", body=body)
     console.print(
-        f"tenant {t['name']}: max concurrent {_opt(t['max_concurrent_requests'])}, max models {_opt(t['max_models'])}",
+        f"tenant {t['name']}: max concurrent {_opt(t['max_concurrent_requests'])}, max models {_opt(t['max_models'])}"
+        f", idle budget {_idle_budget(t.get('idle_gpu_hours_per_day'))}",
         markup=False,
         highlight=False,
     )

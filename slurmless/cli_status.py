@@ -51,9 +51,13 @@ def cold_start_text(row: dict[str, Any], now_s: float) -> str:
 
 def status_table(result: dict[str, Any]) -> Table:
     now_s = float(result.get("now_s") or time.time())
-    table = Table(
-        "model", "phase", "replicas", "queue", "last cold start", "warm until", caption="replicas: desired/ready"
-    )
+    budgets = [
+        f"idle budget {b['budget']}: rate {b['exchange_rate']:.3g}, "
+        f"{b['idle_gpu_hours_last_day']:g}/{b['budget_gpu_hours_per_day']:g} GPU-h over the last day"
+        for b in result.get("idle_budgets") or []
+    ]
+    caption = "; ".join(["replicas: desired/ready", *budgets])
+    table = Table("model", "phase", "replicas", "queue", "last cold start", "warm until", caption=caption)
     for column in table.columns:
         column.overflow = "fold"
     for row in result["data"]:

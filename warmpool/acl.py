@@ -40,6 +40,7 @@ GATEWAY_READ = (
     "schedules:*",
     "warm:*",
     "launcher:leader",
+    "ibudget:*",
 )
 _BATCHES = (
     *("file:*", "files:*", "batch:*", "batches:*", "bactive", "bactive:*"),
@@ -64,6 +65,7 @@ LAUNCHER_WRITE = (
     "warm:*",
     "tgpu:*",
     "tgpuh:*",
+    "ibudget:*",
     "tl:*",
     "cold:*",
     # The launcher's arq queue lives under the prefix (`launcher.worker.queue_name`), with its health-check key.

@@ -39,6 +39,8 @@
 {p}tlim:{tenant}:conc      zset   "gw|request" of one tenant's keys in flight -> start (tenant quota)
 {p}tgpu:{tenant}           zset   instance id -> GPUs, of the tenant's submitted instances (GPU budget)
 {p}tgpuh:{tenant}:{day}    string GPU-hours granted to the tenant's jobs on one UTC day
+{p}ibudget:{tenant}        hash   an idle GPU-hour budget's rate in force and idle GPU-s spent per hour (launcher;
+                                  `_site` for the site's); at most `IDLE_BUDGET_MAX_FIELDS` fields
 {p}async:{rid}             hash   async request: state, body, result
 {p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
 {p}file:{fid}              hash   uploaded or result file: tenant, filename, purpose, bytes, created_at, expires_at
@@ -65,6 +67,10 @@ DEMAND_RETENTION_SLOTS = 4 * 7 * 86_400 // DEMAND_SLOT_S
 """Demand slots kept per model (four weeks; the launcher's forecast reads three): older ones are trimmed."""
 IDLE_HIST_MAX_MIN = 1440
 """Idle gaps of a day or longer share this one bucket, so a model's idle histogram has at most 1441 fields."""
+
+
+SITE_BUDGET = "_site"
+"""The site's idle budget among the tenants' (`Keys.idle_budget`); no tenant name starts with "_"."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,10 @@ class Keys:
 
     def tenant_gpu_hours(self, tenant: str, day: int) -> str:
         return f"{self.prefix}tgpuh:{tenant}:{day}"
+
+    def idle_budget(self, tenant: str) -> str:
+        """One idle budget's state (`SITE_BUDGET` for the site's): written by the launcher."""
+        return f"{self.prefix}ibudget:{tenant}"
 
     @property
     def api_keys(self) -> str:

@@ -27,6 +27,9 @@ class TenantSpec(BaseModel):
     """Requests of all the tenant's keys in flight or queued at once."""
     max_models: int | None = Field(None, ge=0, le=10_000)
     """Models the tenant may own (registered by its self-service keys or for it by an admin)."""
+    idle_gpu_hours_per_day: float | None = Field(None, gt=0, le=1_000_000, strict=True)
+    """Idle GPU-hours a day the tenant's models may spend warm: its models are priced at the tenant's own
+    exchange rate, moved online to track it (`policies.idle_budget`). None: the site's budget or rate."""
     limits: TenantLimits = Field(default_factory=TenantLimits)
     """Resource limits of this tenant; unset fields take the site's (`registry.tenant_limits`)."""
     account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
@@ -60,6 +63,7 @@ class TenantStore:
         *,
         max_concurrent_requests: int | None = None,
         max_models: int | None = None,
+        idle_gpu_hours_per_day: float | None = None,
         limits: dict[str, object] | None = None,
         clear: frozenset[str] = frozenset(),
     ) -> TenantSpec:
@@ -79,6 +83,8 @@ class TenantStore:
                         data["max_concurrent_requests"] = max_concurrent_requests
                     if max_models is not None:
                         data["max_models"] = max_models
+                    if idle_gpu_hours_per_day is not None:
+                        data["idle_gpu_hours_per_day"] = idle_gpu_hours_per_day
                     if limits is not None:
                         data["limits"] = {**data["limits"], **limits}
                     spec = TenantSpec.model_validate(data)

@@ -95,6 +95,16 @@ def test_tenants_and_keys(server: AdminServer, db: redis.Redis) -> None:
     assert "exists already" in refused(server, "tenants", "create", "physics")
     out = ok(server, "tenants", "set-quota", "physics", "--max-concurrent", "20")
     assert "max concurrent 20, max models 1" in out
+    assert "idle budget 4.5 GPU-h/day" in ok(
+        server, "tenants", "set-quota", "physics", "--idle-gpu-hours-per-day", "4.5"
+    )
+    before = db.hget(Keys().tenants, "physics")
+    for bad in ("0", "-1", "1e9"):
+        assert "--idle-gpu-hours-per-day" in refused(
+            server, "tenants", "set-quota", "physics", "--idle-gpu-hours-per-day", bad
+        )
+    assert db.hget(Keys().tenants, "physics") == before
+    assert "idle budget the site's" in ok(server, "tenants", "set-quota", "physics", "--site-idle-budget")
     listed = json.loads(ok(server, "tenants", "list", "--json"))
     assert [(t["name"], t["max_concurrent_requests"], t["max_models"]) for t in listed] == [("physics", 20, 1)]
     assert "physics" in ok(server, "tenants", "list")

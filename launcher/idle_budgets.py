@@ -1,0 +1,131 @@
+"""Idle GPU-hour budgets in the launcher: what each budget's instances spent idle, and its rate in force.
+
+Every tick the launcher adds, per budget, the GPU-seconds its models' instances were held without serving
+since the last tick (started, loading, or ready with no request in flight: what the simulator counts as
+idle), moves each budget's exchange rate once an hour (`policies.idle_budget`) and prices every model at
+its budget's rate: its owner tenant's when that tenant has an idle budget, else the site's
+(`launcher.idle_budget_gpu_hours_per_day`), else the fixed `launcher.exchange_rate`. Each budget's state
+lives in Redis (`warmpool.idle_budgets`), so a standby launcher that takes over carries on with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from launcher.metrics import LauncherMetrics
+from launcher.settings import LauncherSettings
+from policies import idle_budget
+from policies.idle_budget import BudgetState
+from warmpool.idle_budgets import decode, queue_write
+from warmpool.instances import InstanceRecord, InstanceState
+from warmpool.keys import SITE_BUDGET, Keys
+from warmpool.redisio import text
+from warmpool.specs import ModelSpec
+from warmpool.tenants import TenantStore
+
+S = InstanceState
+IDLE_STATES = frozenset({S.STARTING, S.LOADING, S.READY})
+"""States in which an instance holds its GPUs (the job runs) and may serve nothing."""
+MAX_STEP_S = 60.0
+"""A longer time between two ticks is not counted: the launcher was away, and did not see what was held."""
+TENANT_REFRESH_S = 30.0
+"""How often tenants' budgets are re-read."""
+
+
+def idle_gpu_s(
+    records: Iterable[InstanceRecord],
+    specs: Mapping[str, ModelSpec],
+    inflight: Mapping[str, Mapping[str, int]],
+    step_s: float,
+) -> dict[str, float]:
+    """Per model, the GPU-seconds its instances were held without serving over `step_s`."""
+    out: dict[str, float] = {}
+    for record in records:
+        spec = specs.get(record.model)
+        if spec is None or record.state not in IDLE_STATES:
+            continue
+        if record.state is S.READY and inflight.get(record.model, {}).get(record.id, 0) > 0:
+            continue
+        gpus = spec.resources.gpus * spec.resources.nodes
+        out[record.model] = out.get(record.model, 0.0) + step_s * gpus
+    return out
+
+
+def budget_of(spec: ModelSpec, tenant_budgets: Mapping[str, float], site_budget: float | None) -> str | None:
+    """The budget a model is priced by: its owner tenant's, the site's, or none (the fixed rate)."""
+    if spec.owner_tenant is not None and spec.owner_tenant in tenant_budgets:
+        return spec.owner_tenant
+    return SITE_BUDGET if site_budget is not None else None
+
+
+@dataclass
+class IdleBudgets:
+    """Each budget's state as last written; see the module docstring."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    settings: LauncherSettings
+    metrics: LauncherMetrics
+    states: dict[str, BudgetState] = field(default_factory=dict)
+    budgets: dict[str, float] = field(default_factory=dict)
+    """Budget name -> idle GPU-hours a day, as last read."""
+    _tenants: dict[str, float] = field(default_factory=dict)
+    _tenants_read_s: float | None = None
+    _last_s: float | None = None
+
+    async def rates(
+        self,
+        specs: Mapping[str, ModelSpec],
+        records: Iterable[InstanceRecord],
+        inflight: Mapping[str, Mapping[str, int]],
+        now_s: float,
+    ) -> dict[str, float]:
+        """Every model's exchange rate now, after counting the idle time since the last call."""
+        if self._tenants_read_s is None or not 0 <= now_s - self._tenants_read_s < TENANT_REFRESH_S:
+            tenants = await TenantStore(self.redis, self.keys).all()
+            self._tenants = {t.name: t.idle_gpu_hours_per_day for t in tenants if t.idle_gpu_hours_per_day}
+            self._tenants_read_s = now_s
+        site = self.settings.idle_budget_gpu_hours_per_day
+        budgets = dict(self._tenants)
+        if site is not None:
+            budgets[SITE_BUDGET] = site
+        self.budgets = budgets
+        step_s = 0.0 if self._last_s is None else min(MAX_STEP_S, max(0.0, now_s - self._last_s))
+        self._last_s = now_s
+        if not budgets:
+            return {}
+        owner = {name: budget_of(spec, self._tenants, site) for name, spec in specs.items()}
+        spent: dict[str, float] = {}
+        for model, seconds in idle_gpu_s(records, specs, inflight, step_s).items():
+            if (b := owner.get(model)) is not None:
+                spent[b] = spent.get(b, 0.0) + seconds
+        await self._advance(budgets, spent, now_s)
+        return {model: self.states[b].rate for model, b in owner.items() if b is not None}
+
+    async def _advance(self, budgets: Mapping[str, float], spent: Mapping[str, float], now_s: float) -> None:
+        unknown = [b for b in budgets if b not in self.states]
+        if unknown:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in unknown:
+                    pipe.hgetall(self.keys.idle_budget(name))
+                raws = await pipe.execute()
+            for name, raw in zip(unknown, raws, strict=True):
+                got = decode({text(k): text(v) for k, v in raw.items()})
+                self.states[name] = (
+                    got[0] if got is not None else idle_budget.new_state(self.settings.exchange_rate, now_s)
+                )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, per_day in budgets.items():
+                old = self.states[name]
+                new = idle_budget.step(idle_budget.record_idle(old, now_s, spent.get(name, 0.0)), now_s, per_day)
+                queue_write(pipe, self.keys, name, old, new, per_day)
+                self.states[name] = new
+                self.metrics.exchange_rate.labels(name).set(new.rate)
+                self.metrics.idle_gpu_hours.labels(name).set(idle_budget.spent_gpu_h(new, now_s))
+                self.metrics.idle_budget_gpu_hours.labels(name).set(per_day)
+            await pipe.execute()
+        for name in [b for b in self.states if b not in budgets]:
+            del self.states[name]  # a budget removed: its rate no longer applies
