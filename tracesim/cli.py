@@ -25,6 +25,7 @@ from tracesim.frontier import FAMILIES, format_frontier, plot_frontiers, run_fro
 from tracesim.lecture import format_lecture, run_lecture
 from tracesim.plot import plot_report
 from tracesim.run import BASELINES, SimConfig, format_table, mix_for, run_traces
+from tracesim.tenant_budget import format_rates, parse_tenant_budgets, run_tenant_budgets
 from tracesim.trace import TraceError, load_trace_dir
 
 app = typer.Typer(help="Trace-driven warm-pool simulator.")
@@ -71,12 +72,19 @@ def simulate_command(
     days: Annotated[
         str | None, typer.Option(help="FIRST:COUNT: replay only these days, from no history (e.g. 7:1).")
     ] = None,
+    tenant_budgets: Annotated[
+        str | None,
+        typer.Option(
+            help="Idle budgets per tenant, NAME=GPU_HOURS_PER_DAY@IDS,... (IDS: client ids and ranges joined by +; "
+            "other clients: --budget or the fixed rate). See tracesim/tenant_budget.py."
+        ),
+    ] = None,
 ) -> None:
     """Replay TRACE under every policy and report cold starts, waits and GPU-hours."""
     try:
         _simulate(
             trace, json_out, seed, plot, models, only, ics, policies, gpus_per_model, queue_median_s,
-            load_median_s, workers, split, frontier, families, exchange_rate, budget, days,
+            load_median_s, workers, split, frontier, families, exchange_rate, budget, days, tenant_budgets,
         )  # fmt: skip
     except (TraceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -102,7 +110,9 @@ def _simulate(
     exchange_rate: float | None,
     budget: float | None,
     days: str | None,
+    tenant_budgets: str | None = None,
 ) -> None:
+    tenants = parse_tenant_budgets(tenant_budgets) if tenant_budgets is not None else None
     if not trace.is_dir():
         raise TraceError(f"trace directory {trace} not found")
     if exchange_rate is not None and not 0 < exchange_rate <= 1000:
@@ -146,6 +156,13 @@ def _simulate(
             print(f"plot written to {plot}", file=human)
         if json_out:
             print(json.dumps({"policies": {n: s.as_json() for n, s in fr.summaries.items()}}))
+        return
+    if tenants is not None:
+        report, by_budget = run_tenant_budgets(traces, config, tenants, budget, label=label)
+        print(format_table(report), file=human)
+        print(format_rates(by_budget, mix_for("slurmless").exchange_rate), file=human)
+        if json_out:
+            print(json.dumps(report.as_json()))
         return
     if budget is not None:
         report, rates = run_budget(traces, config, budget, label=label)
