@@ -1,12 +1,17 @@
-"""Redis stays bounded: demand and idle-gap history are trimmed, removing a model removes its keys."""
+"""Redis stays bounded: demand and idle-gap history and idle budgets are trimmed, removing a model removes its keys."""
 
 from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
 
+from launcher.idle_budgets import IdleBudgets
+from launcher.metrics import LauncherMetrics
+from launcher.settings import LauncherSettings
 from slurmless.settings import RedisSettings, SettingsError, load_settings
-from warmpool.keys import DEMAND_RETENTION_SLOTS, DEMAND_SLOT_S, IDLE_HIST_MAX_MIN, Keys
+from warmpool.idle_budgets import IDLE_BUDGET_MAX_FIELDS
+from warmpool.instances import InstanceRecord, InstanceState
+from warmpool.keys import DEMAND_RETENTION_SLOTS, DEMAND_SLOT_S, IDLE_HIST_MAX_MIN, SITE_BUDGET, Keys
 from warmpool.models import ModelStore
 from warmpool.redisio import awaited
 from warmpool.routing import Routing
@@ -62,3 +67,19 @@ def test_sentinel_urls_are_refused_with_one_line_and_tls_urls_accepted(monkeypat
     assert RedisSettings(url="rediss://redis.example:6380/0").url.startswith("rediss://")
     with pytest.raises(ValueError, match="must start with"):
         RedisSettings(url="http://redis.example/")
+
+
+async def test_an_idle_budget_keeps_a_bounded_window(redis_client: aioredis.Redis) -> None:
+    """Three days of ticks with an instance held idle: the budget's hash holds its window, never more."""
+    keys = Keys("growth-ib:")
+    settings = LauncherSettings(idle_budget_gpu_hours_per_day=10.0)
+    budgets = IdleBudgets(redis_client, keys, settings, LauncherMetrics())
+    specs = {"m": ModelSpec(name="m", source="/models/m")}
+    held = [InstanceRecord(id="i1", model="m", state=InstanceState.READY)]
+    start_s = NOW_S - NOW_S % 3600
+    sizes: list[int] = []
+    for minute in range(0, 3 * 24 * 60, 10):
+        await budgets.rates(specs, held, {"m": {"i1": 0}}, start_s + 60.0 * minute)
+        sizes.append(int(await awaited(redis_client.hlen(keys.idle_budget(SITE_BUDGET)))))
+    assert max(sizes) <= IDLE_BUDGET_MAX_FIELDS
+    assert sizes[-1] >= IDLE_BUDGET_MAX_FIELDS - 2  # the bound is reached, not merely respected by a new budget
