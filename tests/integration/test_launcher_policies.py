@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from launcher.controller import Launcher
 from launcher.desired import FORECAST_HISTORY_SLOTS, PolicyInputs
+from launcher.history import HistoryStore
 from policies import currency
 from slurm.localcluster import LocalCluster
 from slurmless.localredis import LocalRedis
@@ -172,12 +173,15 @@ async def test_an_idle_model_goes_to_zero_after_its_keepalive(
         assert first.desired == {"idle": 1} and len(first.submitted) == 1
         await wait_for(lambda: ready_one(client, settings), timeout_s=90, what="a ready instance")
         assert await routing.release("gw1", "r1") == 0
+        # The waiting request was served from the moment the instance granted it: the model's last activity.
+        active_s = (await HistoryStore(client, keys).get("idle")).last_activity_s
+        assert active_s is not None and active_s > t0
 
-        kept = await launcher.tick(now_s=t0 + KEEPALIVE_S - 10)
+        kept = await launcher.tick(now_s=active_s + KEEPALIVE_S - 10)
         assert kept.desired == {"idle": 1} and kept.draining == []
-        dropped = await launcher.tick(now_s=t0 + KEEPALIVE_S + 10)
+        dropped = await launcher.tick(now_s=active_s + KEEPALIVE_S + 10)
         assert dropped.desired == {"idle": 0} and dropped.draining == first.submitted
-        await launcher.tick(now_s=t0 + KEEPALIVE_S + 11)  # the drained engine is idle: its job is cancelled
+        await launcher.tick(now_s=active_s + KEEPALIVE_S + 11)  # the drained engine is idle: its job is cancelled
         await wait_for(lambda: no_jobs(settings), timeout_s=60, what="squeue to show no job of ours")
     finally:
         await run.close()
