@@ -20,23 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import redis.asyncio as aioredis
 
 from launcher import lifecycle as lc
+from launcher.cluster_placer import ClusterPlacer
+from launcher.clusters import allowed_here
 from launcher.health import Health, Prober, probe_all
 from launcher.healthcheck import HealthCheck
 from launcher.history import HistoryStore
 from launcher.idle_budgets import IdleBudgets
 from launcher.jobhost import HostCheck
-from launcher.jobs import job_spec, new_instance_id, new_token, sha256_hex
+from launcher.jobs import Refusal, job_spec, new_instance_id, new_token, token_ok
 from launcher.lifecycle import CANCEL_SENT, JOB_DRAIN, Step
-from launcher.lora import AdapterLoadError, ensure_adapter_loaded
+from launcher.lora import AdapterSync
 from launcher.metrics import LauncherMetrics
 from launcher.publish import DecisionBoard, PhasePublisher, model_phase
 from launcher.report import Stopwatch, TickReport
@@ -103,7 +102,10 @@ class Actuator:
         self.timeline = Timeline(redis, keys)
         self.tenant_budget = TenantBudget(redis, keys, tenant_limits)
         self.board = DecisionBoard(redis, keys, self.events)
+        self.cluster = settings.cluster  # this launcher acts only on instances of this cluster
+        self.placer = ClusterPlacer(redis, keys, slurm, settings, self.events)
         self.publisher = PhasePublisher(redis, keys, settings, metrics)
+        self.adapters = AdapterSync(prober.client, self.instances, self.events)
         self.specs: dict[str, ModelSpec] = {}
         """The registry as the last tick read it."""
         self.unhealthy: dict[str, int] = {}
@@ -161,17 +163,19 @@ class Actuator:
         report.desired[model] = decision.replicas
         await self.board.record(model, decision, now_s)
         active = {r.id: r for r in plan.active}
+        capacity = len(plan.capacity)
         for sub in [s for s in actions.submissions if s.successor_of is None]:
-            iid = await self.submit(plan.spec, now_s=now_s, why=sub.why)
+            iid = await self.submit(plan.spec, now_s=now_s, why=sub.why, capacity_seen=capacity)
             if iid:
                 report.submitted.append(iid)
-        for order in actions.drains:
+                capacity += 1
+        for order in [o for o in actions.drains if o.record.cluster == self.cluster]:  # others drain theirs
             await self.drain(order.record, now_s, order.reason, cancel=order.cancel)
             report.draining.append(order.record.id)
         for sub in [s for s in actions.submissions if s.successor_of is not None]:
             old = active[sub.successor_of or ""]
-            if old.state is not S.READY:
-                continue  # drained just now
+            if old.state is not S.READY or old.cluster != self.cluster:
+                continue  # drained just now, or renewed by its own cluster's launcher
             iid = await self.submit(plan.spec, now_s=now_s, why=sub.why, successor_of=old.id)
             if iid:
                 report.submitted.append(iid)
@@ -188,13 +192,28 @@ class Actuator:
                 )
         return bool(actions.submissions or actions.drains)
 
-    async def submit(self, spec: ModelSpec, *, now_s: float, why: str, successor_of: str | None = None) -> str | None:
-        """Write a `requested` record, place and render its job, `sbatch` it; the new instance id, or None."""
+    async def submit(
+        self,
+        spec: ModelSpec,
+        *,
+        now_s: float,
+        why: str,
+        successor_of: str | None = None,
+        capacity_seen: int | None = None,
+    ) -> str | None:
+        """Write a `requested` record, place and render its job, `sbatch` it; the new instance id, or None.
+
+        With other live clusters, a new replica goes where it starts first (`ClusterPlacer.submit_if_chosen`)."""
+        if not allowed_here(spec.resources.clusters, self.cluster):
+            return None
+        rival = await self.placer.rivals(spec, now_s) if successor_of is None else []
         iid, token, api_key = new_instance_id(), new_token(), new_token()
         spec = await self.tenant_budget.with_account(spec)
-        record = new_record(spec, iid, token=token, api_key=api_key, now_s=now_s, successor_of=successor_of)
+        record = new_record(
+            spec, iid, token=token, api_key=api_key, now_s=now_s, successor_of=successor_of, cluster=self.cluster
+        )
         try:
-            enable_lora = bool(await self.adapters_of(spec.name))
+            enable_lora = bool(adapters_of(spec.name, await self.models.all()))
 
             def render(partition: str | None, qos: str | None) -> str:
                 return render_job_script(
@@ -212,7 +231,8 @@ class Actuator:
                     )
                 )
 
-            placement, est_s = await place(self.slurm, spec, render, self.settings)
+            estimating = self.placer.estimate(spec, render, now_s) if rival else None
+            placement, est_s = await (estimating or place(self.slurm, spec, render, self.settings))
             script = render(*placement)
         except ScriptValidationError as exc:
             # A spec that cannot be rendered will never start: say so instead of retrying.
@@ -222,6 +242,17 @@ class Actuator:
             return None
         record.partition, record.qos, record.est_start_s = placement[0], placement[1], est_s
         record.account = spec.resources.account
+        if rival:
+            return await self.placer.submit_if_chosen(
+                spec, now_s, capacity_seen, lambda: self._submit_record(spec, record, script, now_s, why)
+            )
+        return await self._submit_record(spec, record, script, now_s, why)
+
+    async def _submit_record(
+        self, spec: ModelSpec, record: InstanceRecord, script: str, now_s: float, why: str
+    ) -> str | None:
+        iid, successor_of = record.id, record.successor_of
+        placement = (record.partition, record.qos)
         if not await self.tenant_budget.admit(spec, iid, now_s=now_s):
             return None
         await self.instances.put(record)
@@ -244,6 +275,7 @@ class Actuator:
             model=spec.name,
             instance=iid,
             job_id=job_id,
+            cluster=self.cluster,
             partition=placement[0],
             qos=placement[1],
             why=why,
@@ -266,37 +298,10 @@ class Actuator:
         phase = model_phase(await self.instances.all(model), await self.history.get(model), now_s, self.settings)
         await self.publisher.write({model: phase}, now_s, force=True)
 
-    async def sync_adapters(self, record: InstanceRecord, adapters: list[ModelSpec], now_s: float) -> None:
-        """Load the registered adapters a base instance does not serve yet (`/v1/load_lora_adapter`).
-
-        Runs before an instance is first routed to and on every health check for ready ones, so an
-        adapter registered while its base runs is served soon after. A refusal is an event, not a
-        failure: the base keeps serving its own requests.
-        """
-        if record.url is None or record.api_key is None:
-            return
-        missing = [a for a in adapters if a.client_name not in record.loaded_loras]
-        for adapter in missing:
-            try:
-                await ensure_adapter_loaded(
-                    record.url, record.api_key, adapter.client_name, adapter.source, self.prober.client
-                )
-            except (AdapterLoadError, httpx.HTTPError) as exc:
-                await self.events.record(
-                    "adapter.failed", now_s=now_s, model=adapter.name, instance=record.id, error=str(exc)[:300]
-                )
-                continue
-            record.loaded_loras.append(adapter.client_name)
-            await self.instances.update(record.id, loaded_loras=record.loaded_loras)
-            await self.events.record("adapter.loaded", now_s=now_s, model=adapter.name, instance=record.id)
-
-    async def adapters_of(self, base: str) -> list[ModelSpec]:
-        return adapters_of(base, await self.models.all())
-
     async def mark_ready(self, record: InstanceRecord, spec: ModelSpec, now_s: float) -> None:
-        adapters = await self.adapters_of(spec.name)
+        adapters = adapters_of(spec.name, await self.models.all())
         if adapters:
-            await self.sync_adapters(record, adapters, now_s)
+            await self.adapters.sync(record, adapters, now_s)
         await self.transition(record, S.READY, now_s)
         await self.timeline.cold_start(record, now_s=now_s)
         granted = await self.routing.activate(record.model, record.id, cap=spec.policy.max_concurrency)
@@ -416,9 +421,11 @@ class Launcher:
         watch_loading: bool = False,
         tenant_limits: TenantLimits = SITE_TENANT_LIMITS,
         model_roots: Sequence[Path] = (),
+        launcher_id: str | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
+        self.launcher_id = launcher_id or settings.launcher_id or "launcher"  # in this cluster's status
         self.keys = keys or Keys()
         self.metrics = metrics or LauncherMetrics()
         self.prober = prober or Prober(timeout_s=settings.health_timeout_s)
@@ -490,11 +497,11 @@ class Launcher:
         async with self.lock:
             live = [r for r in await self.instances.all(spec.name) if r.state in LIVE_STATES]
             if any(r.state is not S.DRAINING for r in live):
-                return None
+                return None  # on any cluster
             hist = await self.history.get(spec.name)
             if hist.broken_reason or now_s < hist.retry_at_s:
                 return None
-            return await self.act.submit(spec, now_s=now_s, why="demand")
+            return await self.act.submit(spec, now_s=now_s, why="demand", capacity_seen=0)
 
     # --- callbacks from jobs ------------------------------------------------------------------
 
@@ -507,8 +514,10 @@ class Launcher:
         host as Slurm reports it (`HostCheck`). A host that fails that check fails the instance.
         """
         record = await self.instances.get(iid)
-        if record is None or not _token_ok(record, token):
+        if record is None or not token_ok(record, token):
             return Refusal(401, "unknown instance or wrong token")
+        if record.cluster != self.act.cluster:
+            return Refusal(403, f"instance {iid} runs on cluster {record.cluster}, not {self.act.cluster}")
         if job_id is None:
             return Refusal(400, "job_id is required")
         if record.job_id is None and record.state is S.REQUESTED:
@@ -539,7 +548,7 @@ class Launcher:
         """A job stops serving: the walltime warning, a SIGTERM (scancel, preemption) or its engine exited."""
         async with self.lock:
             record = await self.instances.get(iid)
-            if record is None or not _token_ok(record, token):
+            if record is None or not token_ok(record, token) or record.cluster != self.act.cluster:
                 return False
             await self.act.apply(record, lc.deregister_step(record, reason), now_s, TickReport())
             return True
@@ -566,6 +575,8 @@ class Launcher:
                 await self.events.record("slurm.unavailable", now_s=now_s, error=report.slurm_error)
             else:
                 jobs = jobs_or_error
+            await self.act.placer.report(self.launcher_id, now_s, report.slurm_error)
+            own = [r for r in records if r.cluster == self.act.cluster]  # the other clusters' are theirs
             registry_changed = self.models.generation != self._registry_generation
             if registry_changed:
                 self._registry_changed(spec_list)
@@ -575,8 +586,8 @@ class Launcher:
             self.act.specs = specs
             if jobs is not None:
                 await self._reconcile(records, jobs, now_s, report)
-                await self._probe_loading(records, specs, now_s, report)
-                await self._progress_drains(records, now_s, report)
+                await self._probe_loading(own, specs, now_s, report)
+                await self._progress_drains(own, now_s, report)
             step("reconcile")
             bases = self._bases
             if known is not bases:  # the registry changed: snapshots of new models, none of removed ones
@@ -626,7 +637,8 @@ class Launcher:
     async def _reconcile(
         self, records: list[InstanceRecord], jobs: list[SlurmJob], now_s: float, report: TickReport
     ) -> None:
-        """Each live instance's `next_step` against its job; jobs nobody knows are cancelled."""
+        """Each of this cluster's live instances' `next_step` against its job; jobs no record knows (of any
+        cluster: one renamed while its jobs ran keeps them) are cancelled."""
         by_iid: dict[str, SlurmJob] = {}
         for job in sorted(jobs, key=lambda j: j.job_id):
             if job.instance_id:
@@ -638,7 +650,7 @@ class Launcher:
                 await self.act.cancel_job(job.job_id)
                 report.cancelled.append(iid)
                 await self.events.record("instance.orphan_cancelled", now_s=now_s, instance=iid, job_id=job.job_id)
-        for record in records:
+        for record in [r for r in records if r.cluster == self.act.cluster]:
             await self.act.apply(
                 record, lc.next_step(record, by_iid.get(record.id), now_s, self.settings), now_s, report
             )
@@ -669,16 +681,3 @@ class Launcher:
         """Probe every ready instance and act on the answers (`HealthCheck.run`); the instances failed."""
         return await self.health.run(now_s=now_s)
 
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A refused callback: the HTTP status the job gets (4xx is final for it, 503 is retried) and why."""
-
-    status: int
-    reason: str
-
-
-def _token_ok(record: InstanceRecord, token: str) -> bool:
-    if not record.token_sha256:
-        return False
-    return hmac.compare_digest(record.token_sha256, sha256_hex(token))

@@ -59,7 +59,11 @@ class HealthCheck:
         at the same address. Healthy instances also get adapters registered since they started, and
         are routed again if a gateway took them out of routing. Returns the instances failed.
         """
-        targets = [r for r in await self.act.instances.all() if r.state is S.READY and r.url is not None]
+        targets = [
+            r
+            for r in await self.act.instances.all()
+            if r.state is S.READY and r.url is not None and r.cluster == self.act.cluster
+        ]
         await self.act.prober.forget({r.url for r in targets if r.url is not None})
         probes = await probe_all(targets, lambda r: self.act.prober.alive(r.url or "", r.api_key))
         report = TickReport()
@@ -79,7 +83,7 @@ class HealthCheck:
                     self.act.unhealthy.pop(record.id, None)
                     healthy.append(record)
                     if record.model in adapters:
-                        await self.act.sync_adapters(record, adapters[record.model], now_s)
+                        await self.act.adapters.sync(record, adapters[record.model], now_s)
                     continue
                 misses = self.act.unhealthy.get(record.id, 0) + 1
                 self.act.unhealthy[record.id] = misses

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.lora import LORA_JOB_ENV
 from launcher.settings import LauncherSettings
 from slurm.confine import check_job_paths, ensure_private_dir
 from slurm.jobscript import JobSpec
+from warmpool.instances import InstanceRecord
 from warmpool.specs import ModelSpec
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -105,3 +108,18 @@ def job_spec(
     )
     check_job_paths(job, model_roots)
     return job
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused callback: the HTTP status the job gets (4xx is final for it, 503 is retried) and why."""
+
+    status: int
+    reason: str
+
+
+def token_ok(record: InstanceRecord, token: str) -> bool:
+    """Whether a callback's token is the instance's (compared as digests, in constant time)."""
+    if not record.token_sha256:
+        return False
+    return hmac.compare_digest(record.token_sha256, sha256_hex(token))

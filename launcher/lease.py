@@ -29,24 +29,28 @@ return 0
 class LeaderLease:
     """Take, keep and give back the launcher's leader lease."""
 
-    def __init__(self, redis: aioredis.Redis, holder_id: str, *, ttl_s: float, keys: Keys | None = None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, holder_id: str, *, ttl_s: float, keys: Keys | None = None, key: str | None = None
+    ) -> None:
         self.redis = redis
         self.holder_id = holder_id
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.keys = keys or Keys()
+        self.key = key or self.keys.leader
+        """The lease's key: one per cluster (`Keys.cluster_leader`)."""
         self._extend = redis.register_script(_EXTEND)
         self._release = redis.register_script(_RELEASE)
 
     async def acquire_or_renew(self) -> bool:
         """Renew the lease if we hold it, else try to take it; True when we are the leader afterwards."""
-        if int(await self._extend(keys=[self.keys.leader], args=[self.holder_id, self.ttl_ms])):
+        if int(await self._extend(keys=[self.key], args=[self.holder_id, self.ttl_ms])):
             return True
-        return bool(await self.redis.set(self.keys.leader, self.holder_id, nx=True, px=self.ttl_ms))
+        return bool(await self.redis.set(self.key, self.holder_id, nx=True, px=self.ttl_ms))
 
     async def release(self) -> bool:
         """Give the lease up at a clean shutdown so a standby takes over at once."""
-        return bool(int(await self._release(keys=[self.keys.leader], args=[self.holder_id])))
+        return bool(int(await self._release(keys=[self.key], args=[self.holder_id])))
 
     async def holder(self) -> str | None:
-        raw = await self.redis.get(self.keys.leader)
+        raw = await self.redis.get(self.key)
         return text(raw) if raw is not None else None

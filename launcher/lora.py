@@ -12,6 +12,9 @@ from collections.abc import Sequence
 import httpx
 
 from slurm.engine_args import EngineArgValue
+from warmpool.events import EventLog
+from warmpool.instance_store import InstanceStore
+from warmpool.instances import InstanceRecord
 from warmpool.specs import ModelSpec, adapters_of
 
 LORA_JOB_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
@@ -95,3 +98,36 @@ async def unload_adapter(
     raise AdapterLoadError(
         f"unloading adapter {adapter_name!r} failed: HTTP {response.status_code}: {response.text[:300]}"
     )
+
+
+class AdapterSync:
+    """Load the registered adapters a base instance does not serve yet, and note them in its record."""
+
+    def __init__(self, client: httpx.AsyncClient, instances: InstanceStore, events: EventLog) -> None:
+        self.client = client
+        self.instances = instances
+        self.events = events
+
+    async def sync(self, record: InstanceRecord, adapters: list[ModelSpec], now_s: float) -> None:
+        """`/v1/load_lora_adapter` for each adapter `record` lacks.
+
+        Runs before an instance is first routed to and on every health check for ready ones, so an
+        adapter registered while its base runs is served soon after. A refusal is an event, not a
+        failure: the base keeps serving its own requests.
+        """
+        if record.url is None or record.api_key is None:
+            return
+        missing = [a for a in adapters if a.client_name not in record.loaded_loras]
+        for adapter in missing:
+            try:
+                await ensure_adapter_loaded(
+                    record.url, record.api_key, adapter.client_name, adapter.source, self.client
+                )
+            except (AdapterLoadError, httpx.HTTPError) as exc:
+                await self.events.record(
+                    "adapter.failed", now_s=now_s, model=adapter.name, instance=record.id, error=str(exc)[:300]
+                )
+                continue
+            record.loaded_loras.append(adapter.client_name)
+            await self.instances.update(record.id, loaded_loras=record.loaded_loras)
+            await self.events.record("adapter.loaded", now_s=now_s, model=adapter.name, instance=record.id)

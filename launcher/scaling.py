@@ -332,6 +332,11 @@ def _held(live: Sequence[InstanceRecord]) -> tuple[list[InstanceRecord], list[In
     return active, [r for r in active if not (r.successor and r.successor in active_ids)]
 
 
+def capacity_of(live: Sequence[InstanceRecord]) -> int:
+    """How many instances a model's live records count as (`ScalePlan.capacity`), whatever their cluster."""
+    return len(_held(live)[1])
+
+
 def _with_records(plan: ScalePlan, live: Sequence[InstanceRecord]) -> ScalePlan:
     """`plan` holding this tick's copies of its instance records (acting on it changes them)."""
     active, capacity = _held(live)

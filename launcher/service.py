@@ -67,8 +67,9 @@ class LauncherService:
             watch_loading=True,
             tenant_limits=settings.registry.tenant_limits,
             model_roots=settings.model_roots,
+            launcher_id=self.id,
         )
-        self.lease = LeaderLease(self.redis, self.id, ttl_s=ls.lease_ttl_s, keys=self.keys)
+        self.lease = LeaderLease(self.redis, self.id, ttl_s=ls.lease_ttl_s, key=self.keys.cluster_leader(ls.cluster))
         self.is_leader = False
         self.leader_changed = asyncio.Event()
         self._demand_tasks: dict[str, asyncio.Task[str | None]] = {}
@@ -85,7 +86,10 @@ class LauncherService:
             asyncio.create_task(self._health_loop(stop), name="health"),
             asyncio.create_task(self._demand_loop(stop), name="demand"),
         ]
-        print(f"slurmless launcher {self.id} callbacks on {self.callback_url}", flush=True)
+        print(
+            f"slurmless launcher {self.id} (cluster {self.settings.launcher.cluster}) callbacks on {self.callback_url}",
+            flush=True,
+        )
         try:
             await stop.wait()
         finally:
@@ -124,7 +128,10 @@ class LauncherService:
                 print(f"slurmless launcher {self.id}: {'leader' if leader else 'standby'}", flush=True)
                 with contextlib.suppress(Exception):
                     await self.launcher.events.record(
-                        "launcher.leader" if leader else "launcher.standby", now_s=time.time(), instance=self.id
+                        "launcher.leader" if leader else "launcher.standby",
+                        now_s=time.time(),
+                        instance=self.id,
+                        cluster=self.settings.launcher.cluster,
                     )
             await _sleep_or_stop(stop, period_s)
 

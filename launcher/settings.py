@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 
 from policies.currency import DEFAULT_RATE
 from slurm.settings import SlurmSettings
+from warmpool.keys import DEFAULT_CLUSTER
 from warmpool.settings import SharedConfig
+from warmpool.specs import CLUSTER_NAME_RE
 
 
 class LauncherSettings(BaseModel):
@@ -96,6 +98,17 @@ class LauncherSettings(BaseModel):
     """How long records of gone and failed instances stay readable before they are purged."""
     launcher_id: str | None = None
     """Identity in the leader lease; a random one per process when unset."""
+    cluster: str = Field(DEFAULT_CLUSTER, pattern=CLUSTER_NAME_RE.pattern)
+    """The Slurm cluster this launcher submits to: one leader (plus standbys) per cluster, all sharing one
+    Redis and one set of gateways (docs/clusters.md). Single-cluster deployments keep "default"."""
+    cluster_estimate_ttl_s: float = Field(10.0, gt=0)
+    """Several clusters: how long a cluster's `sbatch --test-only` estimate for a model is reused and compared."""
+    cluster_estimate_wait_s: float = Field(2.0, ge=0)
+    """Several clusters: how long a placement waits for the other live clusters' estimates before it
+    decides among those that came (a launcher whose Slurm hangs must not hold up the others)."""
+    placement_claim_ttl_s: float = Field(10.0, gt=0)
+    """Several clusters: lease of the per-model claim a launcher holds while it writes a new instance,
+    so two clusters never submit the same replica."""
 
 
 class LauncherConfig(SharedConfig):

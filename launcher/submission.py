@@ -16,6 +16,7 @@ from policies.placement import PlacementOption, pick_placement
 from slurm.backend import SlurmBackend
 from slurm.errors import SlurmError
 from warmpool.instances import InstanceRecord
+from warmpool.keys import DEFAULT_CLUSTER
 from warmpool.specs import ModelSpec
 
 Placement = tuple[str | None, str | None]
@@ -23,12 +24,20 @@ Placement = tuple[str | None, str | None]
 
 
 def new_record(
-    spec: ModelSpec, iid: str, *, token: str, api_key: str, now_s: float, successor_of: str | None
+    spec: ModelSpec,
+    iid: str,
+    *,
+    token: str,
+    api_key: str,
+    now_s: float,
+    successor_of: str | None,
+    cluster: str = DEFAULT_CLUSTER,
 ) -> InstanceRecord:
     """The `requested` record written before `sbatch` runs (a launcher that dies in between leaves a trace)."""
     return InstanceRecord(
         id=iid,
         model=spec.name,
+        cluster=cluster,
         state=S.REQUESTED,
         api_key=api_key,
         token_sha256=sha256_hex(token),
@@ -40,19 +49,25 @@ def new_record(
 
 
 async def place(
-    slurm: SlurmBackend, spec: ModelSpec, render: Callable[[str | None, str | None], str], settings: LauncherSettings
+    slurm: SlurmBackend,
+    spec: ModelSpec,
+    render: Callable[[str | None, str | None], str],
+    settings: LauncherSettings,
+    *,
+    always_estimate: bool = False,
 ) -> tuple[Placement, float | None]:
     """The (partition, QOS) whose `sbatch --test-only` estimate starts soonest, and that estimate.
 
     `render(partition, qos)` is the job script in that placement; a placement Slurm refuses to
-    estimate is skipped; with none estimated, the first allowed placement and no estimate.
+    estimate is skipped; with none estimated, the first allowed placement and no estimate. A single
+    allowed placement is estimated only when `always_estimate` (clusters compare their estimates).
     """
     res = spec.resources
     preempt_p, preempt_q = set(settings.preemptible_partitions), set(settings.preemptible_qos)
     partitions: list[str | None] = sorted(res.partitions, key=lambda p: p not in preempt_p) or [None]
     qoses: list[str | None] = sorted(res.qos, key=lambda q: q not in preempt_q) or [None]
     choices = [(p, q) for p in partitions for q in qoses]
-    if len(choices) == 1:
+    if len(choices) == 1 and not always_estimate:
         return choices[0], None
     script = render(None, None)
     options: list[PlacementOption] = []

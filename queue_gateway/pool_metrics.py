@@ -141,7 +141,7 @@ def families(facts: PoolFacts) -> list[Metric]:
         ),
         _gauge(
             "slurmless_pool_launcher_leader_present",
-            "1 while some launcher holds the leader lease; 0 means nobody starts or stops instances.",
+            "1 while some launcher holds a leader lease (of any cluster); 0 means nobody starts or stops instances.",
             [],
             [([], 1.0 if facts.leader_present else 0.0)],
         ),
@@ -203,7 +203,12 @@ async def observe(
             pipe.zrange(keys.queue(name), 0, 0)
             pipe.hget(keys.model_stats(name), "last_cold_start_s")
         pipe.exists(keys.leader)
+        pipe.hkeys(keys.clusters)
         raw = await pipe.execute()
+    *raw, clusters = raw
+    if not raw[-1] and clusters:
+        # Several clusters: each one's launchers hold a lease of their own.
+        raw[-1] = await awaited(redis.exists(*(keys.cluster_leader(text(c)) for c in clusters)))
     heads = [raw[4 * i + 2] for i in range(len(names))]
     async with redis.pipeline(transaction=False) as pipe:
         for head in heads:

@@ -23,10 +23,15 @@ def gateway_command(
         raise typer.Exit(code)
 
 
-def launcher_command() -> None:
+def launcher_command(
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="The Slurm cluster this launcher submits to (default: launcher.cluster, 'default')."),
+    ] = None,
+) -> None:
     """Run one launcher process: the leader, or a standby that takes over when the leader dies."""
     import asyncio
 
     from launcher.__main__ import main
 
-    asyncio.run(main())
+    asyncio.run(main(cluster=cluster))

@@ -21,7 +21,7 @@ from warmpool.specs import ModelSpec
 
 SKIPPED = frozenset({"name", "kind", "base_model", "engine_args", "visibility", "created_s"})
 """Fields that are not options of their own: the argument, `--lora-of`, `--engine-arg`, `--tenant`/`--private`."""
-FLAGS = {"aliases": "--alias", "partitions": "--partition", "owner_tenant": "--owner"}
+FLAGS = {"aliases": "--alias", "partitions": "--partition", "clusters": "--cluster", "owner_tenant": "--owner"}
 """Option names that are not the field's: repeatable options are singular, and the shorter `--owner`."""
 PREFIXED = frozenset({"external"})
 """Sections whose options carry the section's name (`external.url` -> `--external-url`): their field names

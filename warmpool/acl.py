@@ -41,6 +41,8 @@ GATEWAY_READ = (
     "warm:*",
     "launcher:leader",
     "ibudget:*",
+    "launcher:leader:*",
+    "clusters",
 )
 _BATCHES = (
     *("file:*", "files:*", "batch:*", "batches:*", "bactive", "bactive:*"),
@@ -61,6 +63,11 @@ LAUNCHER_WRITE = (
     "desired",
     "events",
     "launcher:leader",
+    # Several clusters: each one's leader lease, status and start estimates, and the submission claim.
+    "launcher:leader:*",
+    "clusters",
+    "cest:*",
+    "claim:*",
     "schedules:*",
     "warm:*",
     "tgpu:*",

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from warmpool.keys import DEFAULT_CLUSTER
+
 
 class InstanceState(StrEnum):
     """The life of an instance (docs/architecture.md, "An instance's life")."""
@@ -44,6 +46,8 @@ class InstanceRecord(BaseModel):
 
     id: str
     model: str
+    cluster: str = DEFAULT_CLUSTER
+    """The cluster whose launcher submitted the job and owns it (records from before clusters: "default")."""
     state: InstanceState = InstanceState.REQUESTED
     job_id: str | None = None
     host: str | None = None

@@ -29,7 +29,11 @@
 {p}uisess:{sha256(sid)}    string a status-page session (UiSession JSON), expires
 {p}desired                 hash   model -> desired replicas JSON (with reasons)
 {p}events                  stream decisions and lifecycle events
-{p}launcher:leader         string leader lease (launcher id)
+{p}launcher:leader         string leader lease (launcher id) of the cluster named "default"
+{p}launcher:leader:{c}     string leader lease of the launchers of cluster c (any other name)
+{p}clusters                hash   cluster -> ClusterStatus JSON: its leader, last tick, whether Slurm answered
+{p}cest:{model}            hash   cluster -> ClusterEstimate JSON: when a new job for the model would start there
+{p}claim:{model}           string the cluster whose launcher is submitting for the model now (short lease)
 {p}schedules:{model}       hash   schedule id -> ScheduleSpec JSON
 {p}warm:{model}            string WarmRequest JSON (`models warm`); expires when the request does
 {p}tenants                 hash   tenant -> TenantSpec JSON
@@ -65,6 +69,8 @@ DEMAND_SLOT_S = 600
 """Width of a demand-history time slot: the trace windows are 600 s too."""
 DEMAND_RETENTION_SLOTS = 4 * 7 * 86_400 // DEMAND_SLOT_S
 """Demand slots kept per model (four weeks; the launcher's forecast reads three): older ones are trimmed."""
+DEFAULT_CLUSTER = "default"
+"""The cluster of a single-cluster deployment (and of instance records written before clusters had names)."""
 IDLE_HIST_MAX_MIN = 1440
 """Idle gaps of a day or longer share this one bucket, so a model's idle histogram has at most 1441 fields."""
 
@@ -179,6 +185,20 @@ class Keys:
     @property
     def leader(self) -> str:
         return f"{self.prefix}launcher:leader"
+
+    def cluster_leader(self, cluster: str) -> str:
+        """The leader lease of one cluster's launchers; the "default" cluster keeps the single-cluster key."""
+        return self.leader if cluster == DEFAULT_CLUSTER else f"{self.prefix}launcher:leader:{cluster}"
+
+    @property
+    def clusters(self) -> str:
+        return f"{self.prefix}clusters"
+
+    def cluster_estimates(self, model: str) -> str:
+        return f"{self.prefix}cest:{model}"
+
+    def placement_claim(self, model: str) -> str:
+        return f"{self.prefix}claim:{model}"
 
     def schedules(self, model: str) -> str:
         return f"{self.prefix}schedules:{model}"

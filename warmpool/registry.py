@@ -364,6 +364,10 @@ def check_resources(
             check_constraint(resources.constraint)
     except ScriptValidationError as exc:
         raise RegistryError(str(exc), param="resources") from None
+    unknown = [c for c in resources.clusters if settings.clusters and c not in settings.clusters]
+    if unknown:
+        known = ", ".join(settings.clusters)
+        raise RegistryError(f"unknown cluster {unknown[0]!r} (known: {known})", param="resources.clusters")
     parts: list[str | None] = list(resources.partitions) or [None]
     limits = [(p or "default", partition_limits(p, settings)) for p in parts]
     notes: list[str] = []

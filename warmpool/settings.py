@@ -23,6 +23,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 CONFIG_ENV = "SLURMLESS_CONFIG"
 DEFAULT_CONFIG_FILE = Path("slurmless.toml")
 
+from warmpool.specs import ClusterName
+
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 """URL schemes every process (gateway, launcher with arq, admin API, `slurmless up`) can use."""
 
@@ -147,6 +149,8 @@ class RegistrySettings(BaseModel):
 
     partitions: dict[str, PartitionLimits] = Field(default_factory=dict)
     """Known partitions and their limits; when non-empty, other partitions are refused."""
+    clusters: list[ClusterName] = Field(default_factory=list)
+    """The site's clusters (each launcher's `launcher.cluster`); when non-empty, a model naming another is refused."""
     default_limits: PartitionLimits = Field(default_factory=PartitionLimits)
     """Limits assumed for the cluster default partition and when `partitions` is empty."""
     allow_hub_ids: bool = False

@@ -21,6 +21,9 @@ SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 """Served names and aliases may look like hub ids (`meta-llama/Llama-3.1-8B-Instruct`)."""
 
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_RE.pattern)]
+CLUSTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+"""Cluster names (`launcher.cluster`) end up in Redis keys, events and instance records."""
+ClusterName = Annotated[str, Field(pattern=CLUSTER_NAME_RE.pattern)]
 
 
 class ModelKind(StrEnum):
@@ -46,6 +49,8 @@ class Resources(BaseModel):
     """Memory per node in MB."""
     partitions: list[str] = Field(default_factory=list)
     """Allowed partitions, tried in order of estimated start; empty means the cluster default."""
+    clusters: list[str] = Field(default_factory=list)
+    """Clusters the model may run on (their launchers' `launcher.cluster`); empty means any."""
     qos: list[str] = Field(default_factory=list)
     """Allowed QOS."""
     account: str | None = None
@@ -56,6 +61,14 @@ class Resources(BaseModel):
     """Job time limit in minutes."""
     time_min_min: int | None = Field(None, ge=1)
     """`--time-min` in minutes: lets backfill start the job early with a shorter limit."""
+
+    @field_validator("clusters")
+    @classmethod
+    def _cluster_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not CLUSTER_NAME_RE.match(name):
+                raise ValueError(f"cluster name {name!r} must match {CLUSTER_NAME_RE.pattern}")
+        return value
 
     @model_validator(mode="after")
     def _time_min_below_limit(self) -> Resources:
