@@ -55,7 +55,8 @@ async def test_one_clusters_controller_down(redis_server: LocalRedis) -> None:
         noticed_s = time.monotonic() - killed_s
         unavailable = await EventLog(site.redis, site.keys).recent(count=500, kind="slurm.unavailable")
         record(
-            "one cluster's controller down (slurmctld of a killed; a and b behind one gateway)",
+            f"one cluster's controller down (slurmctld of a killed; a {site.clusters['a'].slurm_version} and "
+            f"b {site.clusters['b'].slurm_version} behind one gateway)",
             "both clusters' ready instances keep serving; new demand is placed on b",
             f"new model {response.status_code} from cluster {placed} {recovery_s:.1f}s after the kill; "
             f"ready ones served {served}; a reported 'Slurm unavailable' after {noticed_s:.1f}s",
