@@ -17,6 +17,7 @@ from launcher.scaling import capacity_of
 from launcher.settings import LauncherSettings
 from launcher.submission import Placement, place
 from slurm.backend import SlurmBackend
+from slurm.errors import SlurmError, SlurmTimeout, SlurmUnavailable
 from warmpool.clusters import ClusterBoard, ClusterEstimate, ClusterStatus
 from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
@@ -69,16 +70,22 @@ class ClusterPlacer:
         mine = (await self.board.estimates(spec.name)).get(self.cluster)
         if mine is not None and 0 <= now_s - mine.at_s <= self.settings.cluster_estimate_ttl_s:
             return (mine.partition, mine.qos), mine.est_start_s
-        placement, est_s = await place(self.slurm, spec, render, self.settings, always_estimate=True)
+        errors: list[SlurmError] = []
+        placement, est_s = await place(self.slurm, spec, render, self.settings, always_estimate=True, errors=errors)
         estimate = ClusterEstimate(
             cluster=self.cluster,
             est_start_s=est_s,
             at_s=now_s,
             partition=placement[0],
             qos=placement[1],
-            detail=None if est_s is not None else NO_START,
+            detail=None if est_s is not None else (str(errors[-1])[:300] if errors else NO_START),
         )
         await self.board.publish_estimate(spec.name, estimate, ttl_s=2 * self.settings.cluster_estimate_ttl_s)
+        if est_s is None and errors and all(isinstance(e, SlurmUnavailable | SlurmTimeout) for e in errors):
+            # Tell the others now rather than at the next squeue, which will wait out the same timeouts.
+            launcher_id = self._reported.launcher if self._reported is not None else self.settings.launcher_id
+            await self.report(launcher_id or "launcher", now_s, str(errors[-1])[:300])
+            await self.events.record("slurm.unavailable", now_s=now_s, model=spec.name, error=str(errors[-1])[:300])
         return placement, est_s
 
     async def submit_if_chosen(

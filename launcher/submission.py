@@ -55,12 +55,14 @@ async def place(
     settings: LauncherSettings,
     *,
     always_estimate: bool = False,
+    errors: list[SlurmError] | None = None,
 ) -> tuple[Placement, float | None]:
     """The (partition, QOS) whose `sbatch --test-only` estimate starts soonest, and that estimate.
 
     `render(partition, qos)` is the job script in that placement; a placement Slurm refuses to
-    estimate is skipped; with none estimated, the first allowed placement and no estimate. A single
-    allowed placement is estimated only when `always_estimate` (clusters compare their estimates).
+    estimate is skipped (what Slurm said instead is appended to `errors`); with none estimated, the
+    first allowed placement and no estimate. A single allowed placement is estimated only when
+    `always_estimate` (clusters compare their estimates).
     """
     res = spec.resources
     preempt_p, preempt_q = set(settings.preemptible_partitions), set(settings.preemptible_qos)
@@ -74,7 +76,9 @@ async def place(
     for partition, qos in choices:
         try:
             est = await slurm.estimate_start(script, partition=partition, qos=qos)
-        except SlurmError:
+        except SlurmError as exc:
+            if errors is not None:
+                errors.append(exc)
             continue
         options.append(
             PlacementOption(

@@ -54,6 +54,7 @@ async def test_one_clusters_controller_down(redis_server: LocalRedis) -> None:
         await wait_for(a_down, timeout_s=90, what="a's launcher to report Slurm unavailable")
         noticed_s = time.monotonic() - killed_s
         unavailable = await EventLog(site.redis, site.keys).recent(count=500, kind="slurm.unavailable")
+        status = (await board.statuses())["a"]
         record(
             f"one cluster's controller down (slurmctld of a killed; a {site.clusters['a'].slurm_version} and "
             f"b {site.clusters['b'].slurm_version} behind one gateway)",
@@ -65,4 +66,5 @@ async def test_one_clusters_controller_down(redis_server: LocalRedis) -> None:
         assert served == [200, 200, 200, 200]
         assert response.status_code == 200 and placed == "b", response.text
         assert unavailable and "Slurm unavailable" in str(unavailable[0].detail)
+        assert "Slurm unavailable" in (status.error or ""), status
         assert [r.cluster for r in await site.instances("anywhere")] == ["b"]

@@ -207,3 +207,20 @@ async def test_the_pool_metrics_see_a_leader_of_any_cluster(site: Site) -> None:
     assert await lease.acquire_or_renew()
     assert (await observe(site.redis, site.keys, [], [], now_s=T0, default_cold_budget_s=60)).leader_present
     assert await site.redis.exists(site.keys.leader) == 0  # b's lease is its own, not the single-cluster key
+
+
+async def test_an_estimate_the_controller_did_not_answer_reports_the_cluster_down_at_once(site: Site) -> None:
+    await site.tick_all(T0)
+    await site.register("m")
+    board = ClusterBoard(site.redis, site.keys)
+    site.slurm["a"].down = True  # before a's next squeue: only its estimate finds out
+    assert await site.launchers["a"].on_demand("m", now_s=T0 + 0.1) is None
+    status = (await board.statuses())["a"]
+    assert not status.slurm_ok and "Slurm unavailable" in (status.error or "")
+    mine = (await board.estimates("m"))["a"]
+    assert mine.est_start_s is None and "Slurm unavailable" in (mine.detail or "")
+    # b no longer waits for a: it submits as a single cluster would.
+    iid = await site.launchers["b"].on_demand("m", now_s=T0 + 0.2)
+    [record] = await site.records("m")
+    assert (record.id, record.cluster) == (iid, "b")
+    assert site.slurm["b"].calls["estimate_start"] == 0
