@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from pydantic import ValidationError
+from typer.main import get_command
+from typer.testing import CliRunner
 
 from launcher.__main__ import with_cluster
 from launcher.clusters import TIE_S, Verdict, choose_cluster, rivals
@@ -21,6 +23,8 @@ from launcher.submission import place
 from slurm.errors import SlurmUnavailable
 from slurm.fake import FakeSlurm
 from slurm.types import StartEstimate
+from slurmless.cli import app
+from slurmless.cli_spec import SPEC_OPTIONS
 from slurmless.settings import Settings, SettingsError
 from warmpool.clusters import ClusterEstimate, ClusterStatus
 from warmpool.errors import RegistryError
@@ -245,3 +249,13 @@ def test_registration_refuses_a_cluster_the_site_does_not_have() -> None:
     with pytest.raises(RegistryError, match="unknown cluster 'west'"):
         check_resources(Resources(clusters=["west"]), site)
     check_resources(Resources(clusters=["west"]), RegistrySettings())  # no list: any name
+
+
+def test_the_cli_names_the_cluster_of_a_launcher_and_of_a_model() -> None:
+    group = get_command(app)
+    launcher = group.commands["launcher"]  # type: ignore[attr-defined]
+    assert any("--cluster" in p.opts for p in launcher.params)
+    [option] = [o for o in SPEC_OPTIONS if o.flag == "--cluster"]
+    assert option.path == ("resources", "clusters")
+    result = CliRunner().invoke(app, ["launcher", "--cluster", "Bad Name"])
+    assert result.exit_code != 0 and "--cluster 'Bad Name'" in str(result.exception or result.output)
