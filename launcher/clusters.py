@@ -1,7 +1,7 @@
 """Several clusters behind one gateway: which cluster's launcher submits a model's next instance.
 
 Every cluster has its own launcher (a leader plus standbys) and all of them share one Redis. Each
-leader publishes its cluster's status every tick (`ClusterStatus`: alive, Slurm answering) and, when
+leader publishes its cluster's status from its ticks (`ClusterStatus`: alive, Slurm answering) and, when
 a model needs another instance, its `sbatch --test-only` start estimate for it (`ClusterEstimate`).
 `choose_cluster` is the pure decision every launcher takes over the same facts: the cluster whose job
 would start first among those that may run the model, are alive and whose Slurm answers; a tie (starts
@@ -9,7 +9,7 @@ within `TIE_S` of each other) goes to the cluster whose name sorts first. A laun
 not chosen submits nothing; the chosen one takes a short per-model claim (`warmpool.clusters`) while it
 writes the instance, so that two clusters that briefly saw different facts still submit once.
 
-A cluster whose controller is down stops publishing a good status (its squeue fails), so the others
+A cluster whose controller is down stops publishing a good status (its squeue or an estimate fails), so the others
 stop waiting for it at once; a cluster whose launcher died stops being alive after `alive_s`.
 """
 
