@@ -680,4 +680,3 @@ class Launcher:
     async def check_ready(self, *, now_s: float) -> dict[str, str]:
         """Probe every ready instance and act on the answers (`HealthCheck.run`); the instances failed."""
         return await self.health.run(now_s=now_s)
-

@@ -20,10 +20,10 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from warmpool.specs import ClusterName
+
 CONFIG_ENV = "SLURMLESS_CONFIG"
 DEFAULT_CONFIG_FILE = Path("slurmless.toml")
-
-from warmpool.specs import ClusterName
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 """URL schemes every process (gateway, launcher with arq, admin API, `slurmless up`) can use."""
