@@ -29,7 +29,6 @@ from warmpool.specs import ModelSpec, Policy, Resources
 pytestmark = pytest.mark.slurm
 
 LOAD_TIME_S = 2.0
-SQUEUE_RESOLUTION_S = 1.0
 """squeue reports job start times in whole seconds."""
 
 
@@ -69,7 +68,7 @@ async def instances_in(client: aioredis.Redis, settings: Settings, state: Instan
     return [r for r in await store.all() if r.state is state]
 
 
-async def test_fifty_demand_signals_make_one_job_ready_within_load_time(
+async def test_fifty_demand_signals_make_one_job_that_grants_the_waiting_ticket(
     env: tuple[Settings, aioredis.Redis],
 ) -> None:
     settings, client = env
@@ -96,16 +95,13 @@ async def test_fifty_demand_signals_make_one_job_ready_within_load_time(
         jobs = await active_jobs(settings)
         assert len(jobs) == 1
         assert jobs[0].instance_id == ready.id
-        # Ready within the simulator's load time + 1 s of the job's start. Slurm reports the start in
-        # whole seconds, rounded down: the job really started in [job_start, job_start + 1), so the
-        # bound is checked against the latest start that report allows (one more second).
+        # How soon after the job's start it is ready is a speed, measured by `python -m bench.cold_start`
+        # (ratios in one run), not asserted here: on a loaded machine any bound is a coin toss.
         ts = ready.timestamps
-        from_job_start_s = ts["ready"] - ts[JOB_START]
         print(
-            f"\nSlurm's job start (whole s) -> ready {from_job_start_s:.2f}s; "
+            f"\nSlurm's job start (whole s) -> ready {ts['ready'] - ts[JOB_START]:.2f}s; "
             f"registered -> ready {ts['ready'] - ts['loading']:.2f}s; load time {LOAD_TIME_S}s"
         )
-        assert from_job_start_s <= LOAD_TIME_S + 1.0 + SQUEUE_RESOLUTION_S, ts
         ticket = await routing.ticket("req1")
         assert ticket.get("state") == "granted" and ticket.get("iid") == ready.id
         # Later ticks never submit a second job for the same demand.
