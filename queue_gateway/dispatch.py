@@ -10,7 +10,11 @@ aborts it) and the request goes where the admit says.
 
 When no slot is free, the ticket is held (`hold.Holder`) until granted FIFO or until its wait
 budget runs out. A failure of the engine before its first byte reached the client is retried on
-another slot (`upstream_retries` times).
+another slot (`upstream_retries` times). An engine that dies (its connection breaks) with a request
+that has produced nothing yet is taken out of routing and the request goes back to the head of the
+model's queue: the replacement serves it, within the model's wait budgets (at-least-once for requests
+without output; a stream that has sent tokens ends with an SSE error event, at-most-once). The
+response's status and headers go out with its first byte, so until then nothing is committed.
 """
 
 from __future__ import annotations
@@ -83,6 +87,10 @@ class Call:
     held_start: bool = False
     """The response's headers went out while the request was still queued."""
     first_byte_sent: bool = False
+    requeued: bool = False
+    """Its engine died before answering: the next admit queues it at the head of the model's queue."""
+    granted_said: bool = False
+    """The `: slurmless granted` comment went out (once, even if the request is retried)."""
     content_type: bytes = b"application/json"
 
     @property
@@ -289,15 +297,16 @@ class Dispatcher:
         tid = uuid.uuid4().hex
         grant = self.hub.expect(tid)
         now = self.clock()
+        queue_max = call.target.spec.policy.queue_max or self.queue_max_per_model
         try:
-            adm = await self.hot.admit(
-                model,
-                gw,
-                tid,
-                now_s=now,
-                queue_max=call.target.spec.policy.queue_max or self.queue_max_per_model,
-                global_max=self.queue_max_global,
-            )
+            if call.requeued:
+                adm = await self.routing.admit(
+                    model, gw, tid, now_s=now, queue_max=queue_max, global_max=self.queue_max_global, head=True
+                )
+            else:
+                adm = await self.hot.admit(
+                    model, gw, tid, now_s=now, queue_max=queue_max, global_max=self.queue_max_global
+                )
         except BaseException:
             self.hub.forget(tid)
             raise
@@ -370,6 +379,15 @@ class Dispatcher:
         await settle(self.routing.deactivate(model, iid))
         await settle(self.routing.redis.publish(self.routing.keys.demand_channel, model))
 
+    async def _engine_died(self, call: Call, iid: str) -> None:
+        """The engine broke a request off before its first byte: unroute it and queue the request first."""
+        self.upstreams.forget(iid)
+        with contextlib.suppress(RedisError, OSError):
+            # Unrouting only spares the next requests a try on the dead engine; the retry must not wait on it.
+            await self._unroute(call.target.instance_model, iid)
+        call.requeued = True
+        self.metrics.requeued.labels(call.metrics_model).inc()
+
     async def _proxy(self, call: Call, sink: Sink, iid: str, opened: EngineResponse | None = None) -> None:
         model = call.metrics_model
         try:
@@ -377,6 +395,12 @@ class Dispatcher:
         except UpstreamUnreachable as exc:
             self.metrics.upstream_errors.labels(model, "connect").inc()
             await self._unroute(call.target.instance_model, iid)
+            raise _Retry(exc) from None
+        except UpstreamFailed as exc:
+            # The connection broke before the engine answered: it died with the request (kill, node
+            # loss, scancel). Nothing reached the client, so the request is served elsewhere.
+            self.metrics.upstream_errors.labels(model, "broken").inc()
+            await self._engine_died(call, iid)
             raise _Retry(exc) from None
         except GatewayError:
             self.metrics.upstream_errors.labels(model, "timeout").inc()
@@ -395,13 +419,15 @@ class Dispatcher:
                     detail = EngineRejected(status, raw).message
                     raise _Retry(UpstreamFailed(f"The engine failed with status {status}: {detail}"))
                 raise EngineRejected(status, raw)
-            if sink.started:
-                await sink.write(granted_comment(cold_start=call.cold_start, queue_wait_ms=call.queue_wait_ms))
-            else:
-                await sink.start(status, forward_headers(response) + call.headers())
             try:
                 # One piece per socket read: chunks that arrived together go out in one write.
                 chunk = await response.read()
+                if sink.started:
+                    if not call.granted_said:
+                        call.granted_said = True
+                        await sink.write(granted_comment(cold_start=call.cold_start, queue_wait_ms=call.queue_wait_ms))
+                else:
+                    await sink.start(status, forward_headers(response) + call.headers())
                 if chunk:
                     call.first_byte_sent = True
                     self.metrics.ttfb.labels(model).observe(time.perf_counter() - call.arrived_perf)
@@ -418,6 +444,7 @@ class Dispatcher:
                 failure = UpstreamFailed("The engine's response broke off.")
                 if call.first_byte_sent:
                     raise failure from exc
+                await self._engine_died(call, iid)
                 raise _Retry(failure) from exc
             await sink.end()
         finally:

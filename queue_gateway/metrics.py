@@ -53,11 +53,16 @@ class GatewayMetrics:
             ["model"], buckets=_TTFB_BUCKETS_S, registry=r,
         )  # fmt: skip
         self.upstream_errors = Counter(
-            "slurmless_gateway_upstream_errors", "Engine failures, by kind (connect, timeout, status, stream).",
+            "slurmless_gateway_upstream_errors", "Engine failures, by kind (connect, broken, timeout, status, stream).",
             ["model", "kind"], registry=r,
         )  # fmt: skip
         self.retries = Counter(
             "slurmless_gateway_upstream_retries", "Requests retried on another instance before the first byte.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.requeued = Counter(
+            "slurmless_gateway_requeued",
+            "Requests whose engine died before their first byte, put back at the head of the model's queue.",
             ["model"], registry=r,
         )  # fmt: skip
         self.speculation = Counter(

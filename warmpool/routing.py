@@ -85,7 +85,8 @@ end
 """.replace("%(default_cap)d", str(DEFAULT_CAP))
 
 # KEYS: none (all built from the prefix). ARGV: prefix, model, gw, rid, queue_max, global_max,
-# now_s, slot, first_ticket_signal(0/1)
+# now_s, slot, first_ticket_signal(0/1), head(0/1: a request its engine died on, queued first and never
+# refused for a full queue)
 _ADMIT = (
     (
         _PUMP
@@ -126,10 +127,13 @@ if qlen == 0 and nready > 0 then
     return {'slot', best[1], 0, nready, load + 1, cap}
   end
 end
-if qlen >= queue_max then return {'full', '', qlen, nready} end
+local head = ARGV[10] == '1'
+if qlen >= queue_max and not head then return {'full', '', qlen, nready} end
 local total = tonumber(redis.call('GET', prefix .. 'qtotal') or '0')
-if total >= global_max then return {'full_global', '', qlen, nready} end
-local seq = redis.call('INCR', prefix .. 'seq')
+if total >= global_max and not head then return {'full_global', '', qlen, nready} end
+local seq
+local first = head and redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES') or {}
+if #first > 0 then seq = tonumber(first[2]) - 1 else seq = redis.call('INCR', prefix .. 'seq') end
 redis.call('ZADD', queue, seq, rid)
 redis.call('INCR', prefix .. 'qtotal')
 redis.call('SADD', prefix .. 'qmodels', model)
@@ -295,11 +299,12 @@ def admit_args(
     queue_max: int,
     global_max: int,
     signal_demand: bool,
+    head: bool = False,
 ) -> list[str | int]:
     """The admit script's ARGV (see `_ADMIT`), for every client that runs it."""
     slot = int(now_s // DEMAND_SLOT_S)
     flag = 1 if signal_demand else 0
-    return [prefix, model, gateway_id, request_id, queue_max, global_max, repr(now_s), slot, flag]
+    return [prefix, model, gateway_id, request_id, queue_max, global_max, repr(now_s), slot, flag, int(head)]
 
 
 def admission(reply: list[Any]) -> Admission:
@@ -343,8 +348,13 @@ class Routing:
         queue_max: int,
         global_max: int,
         signal_demand: bool = True,
+        head: bool = False,
     ) -> Admission:
-        """Take a slot, or else enqueue a ticket `request_id` (one round trip)."""
+        """Take a slot, or else enqueue a ticket `request_id` (one round trip).
+
+        `head`: the request was sent to an engine that died before answering a byte; it is queued
+        ahead of every waiting ticket, and a full queue does not refuse it (it was admitted once).
+        """
         res: list[Any] = await self._admit(
             args=admit_args(
                 self.prefix,
@@ -355,6 +365,7 @@ class Routing:
                 queue_max=queue_max,
                 global_max=global_max,
                 signal_demand=signal_demand,
+                head=head,
             )
         )
         return admission(res)
