@@ -20,12 +20,15 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from launcher.callbacks import callback_app
+from launcher.clusters import allowed_here
 from launcher.controller import Launcher
+from launcher.feasibility import check_spec
 from launcher.lease import LeaderLease
 from launcher.metrics import LauncherMetrics
 from launcher.settings import LauncherConfig
 from slurm.backend import SlurmBackend
 from slurm.backends import make_backend
+from warmpool.feasibility import answer, question_of
 from warmpool.keys import Keys
 from warmpool.redisio import text
 
@@ -158,17 +161,41 @@ class LauncherService:
         while not stop.is_set():
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.keys.demand_channel)
+                    await pubsub.subscribe(self.keys.demand_channel, self.keys.feasibility_channel)
                     while not stop.is_set():
                         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if msg is not None and msg.get("type") == "message":
-                            model = text(msg.get("data"))
-                            task = asyncio.create_task(self._demand_quietly(model))
-                            self._background.add(task)
-                            task.add_done_callback(self._background.discard)
+                        if msg is None or msg.get("type") != "message":
+                            continue
+                        if text(msg.get("channel")) == self.keys.feasibility_channel:
+                            work = self._answer_quietly(msg.get("data"))
+                        else:
+                            work = self._demand_quietly(text(msg.get("data")))
+                        task = asyncio.create_task(work)
+                        self._background.add(task)
+                        task.add_done_callback(self._background.discard)
             except (aioredis.RedisError, OSError) as exc:
                 log.warning("demand listener: %s", exc)
                 await _sleep_or_stop(stop, 1.0)
+
+    async def _answer_quietly(self, data: object) -> None:
+        """Answer the admin API's "can the cluster run this spec?" (leader only: one answer per question)."""
+        question = question_of(data)
+        cluster = self.settings.launcher.cluster
+        if question is None or not self.is_leader or not allowed_here(question.spec.resources.clusters, cluster):
+            return
+        try:
+            # The job the tenant's instances would get: under its Slurm account.
+            spec = await self.launcher.tenant_budget.with_account(question.spec)
+            verdict = await check_spec(
+                self.slurm,
+                spec,
+                self.settings.launcher,
+                callback_url=self.callback_url,
+                model_roots=self.settings.model_roots,
+            )
+            await answer(self.redis, self.keys, question.request_id, verdict)
+        except Exception:
+            log.exception("feasibility check of %s failed", question.spec.name)
 
     async def _demand_quietly(self, model: str) -> None:
         try:

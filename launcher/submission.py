@@ -7,20 +7,56 @@ preferring preemptible capacity on a tie. `Launcher._submit` writes the record a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from launcher.jobs import sha256_hex
+from launcher.jobs import job_spec, sha256_hex
 from launcher.lifecycle import S
 from launcher.settings import LauncherSettings
 from policies.placement import PlacementOption, pick_placement
 from slurm.backend import SlurmBackend
 from slurm.errors import SlurmError
+from slurm.jobscript import render_job_script
 from warmpool.instances import InstanceRecord
 from warmpool.keys import DEFAULT_CLUSTER
 from warmpool.specs import ModelSpec
 
 Placement = tuple[str | None, str | None]
 """(partition, QOS); None leaves it to the cluster's default."""
+Render = Callable[[str | None, str | None], str]
+"""The job script of one instance in a placement: `render(partition, qos)`."""
+
+
+def job_renderer(
+    spec: ModelSpec,
+    iid: str,
+    *,
+    token: str,
+    api_key: str,
+    settings: LauncherSettings,
+    callback_url: str,
+    enable_lora: bool = False,
+    model_roots: Sequence[Path] = (),
+) -> Render:
+    """How instance `iid` of `spec` is rendered in any placement (validated: `ScriptValidationError`)."""
+
+    def render(partition: str | None, qos: str | None) -> str:
+        return render_job_script(
+            job_spec(
+                spec,
+                instance_id=iid,
+                settings=settings,
+                callback_url=callback_url,
+                callback_token=token,
+                engine_api_key=api_key,
+                partition=partition,
+                qos=qos,
+                enable_lora=enable_lora,
+                model_roots=model_roots,
+            )
+        )
+
+    return render
 
 
 def new_record(
@@ -51,7 +87,7 @@ def new_record(
 async def place(
     slurm: SlurmBackend,
     spec: ModelSpec,
-    render: Callable[[str | None, str | None], str],
+    render: Render,
     settings: LauncherSettings,
     *,
     always_estimate: bool = False,

@@ -15,6 +15,7 @@ from queue_gateway.admin_status import status_rows
 from queue_gateway.errors import Forbidden, json_response
 from warmpool.errors import AlreadyExists, Missing, NotPermitted, RegistryError
 from warmpool.external import check_external
+from warmpool.feasibility import ask as ask_feasible
 from warmpool.registry import (
     check_model_dir,
     check_name,
@@ -136,6 +137,21 @@ class ModelsApi(AdminApi):
             check_spec(spec, await self.tenant_limits(who.tenant), who.tenant)
         return spec, notes
 
+    async def _runnable(self, spec: ModelSpec) -> list[str]:
+        """Ask the launcher whether the cluster can ever run `spec` (`warmpool.feasibility`): refuse it if
+        Slurm says never; the warnings to return if it could not be checked."""
+        timeout_s = self.settings.gateway.registration_check_s
+        if spec.external is not None or spec.kind is not ModelKind.BASE or timeout_s <= 0:
+            return []
+        verdict = await ask_feasible(self.redis, self.keys, spec, timeout_s=timeout_s)
+        if verdict.runnable is False:
+            raise RegistryError(
+                f"the cluster cannot run this model: {verdict.reason}", param="resources", code="model_unrunnable"
+            )
+        if verdict.runnable is None:
+            return [f"not checked against the cluster ({verdict.reason}): the model may never start"]
+        return []
+
     def _prepare_external(self, who: Principal, spec: ModelSpec) -> tuple[ModelSpec, list[str]]:
         """An external route: admins only (it sends the site's key to a URL of their choosing), no resources."""
         assert spec.external is not None
@@ -171,9 +187,11 @@ class ModelsApi(AdminApi):
         gpus_given = isinstance(resources, dict) and "gpus" in resources
         spec, notes = await self._prepare(who, data, gpus_given=gpus_given, existing=None)
         await self._check_owner_exists(spec)
+        warnings = await self._runnable(spec)
         await self.models.put(spec, owner_quota=await self._owner_quota(who, spec))
         await self.events.record("model_registered", now_s=self.clock(), model=spec.name, by=who.label)
-        return json_response({"model": spec.model_dump(mode="json"), "notes": notes}, status=201)
+        body = {"model": spec.model_dump(mode="json"), "notes": notes, "warnings": warnings}
+        return json_response(body, status=201)
 
     async def update_model(self, request: Request, who: Principal) -> Response:
         name = request.path_params["name"]
@@ -192,12 +210,13 @@ class ModelsApi(AdminApi):
         merged = _merge(existing.model_dump(mode="json"), patch)
         spec, notes = await self._prepare(who, merged, gpus_given=gpus_given, existing=existing)
         await self._check_owner_exists(spec)
+        warnings = await self._runnable(spec) if spec.resources != existing.resources else []
         try:
             await self.models.put(spec, replace=True, owner_quota=await self._owner_quota(who, spec))
         except KeyError:
             raise Missing(f"model {name!r} does not exist", param="name", code="model_not_found") from None
         await self.events.record("model_updated", now_s=self.clock(), model=name, by=who.label)
-        return json_response({"model": spec.model_dump(mode="json"), "notes": notes})
+        return json_response({"model": spec.model_dump(mode="json"), "notes": notes, "warnings": warnings})
 
     async def remove_model(self, request: Request, who: Principal) -> Response:
         spec = await self.owned_model(who, request.path_params["name"])

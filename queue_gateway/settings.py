@@ -60,7 +60,11 @@ class GatewaySettings(BaseModel):
     upstream_max_connections: int = 2000
     """Connections to engines one gateway process keeps open at most."""
     upstream_retries: int = 1
-    """Retries on another instance when an engine fails before the first byte reached the client."""
+    """Retries on another instance when an engine fails before the first byte reached the client (or, for a
+    request that produced nothing yet, on the replacement of an engine that died)."""
+    registration_check_s: float = Field(20.0, ge=0)
+    """How long registering a model waits for the launcher's check that the cluster can run it (`sinfo`,
+    `sbatch --test-only`); no answer accepts it with a warning. 0 skips the check."""
     speculative_forward: bool = True
     """Send a request to its engine while its admit is on the way to Redis when the last admit left the model's
     only ready instance at most half full; the answer is used only if the admit gives that instance the slot."""

@@ -4,7 +4,8 @@ SlurmError
 ├── SlurmUnavailable        transient: controller unreachable, socket timed out (retried)
 ├── SlurmTimeout            a command exceeded its own timeout (retried like SlurmUnavailable)
 ├── SlurmCommandError       a command failed for a reason retrying will not fix
-│   └── JobNotFound         the job id is unknown to the controller
+│   ├── JobNotFound         the job id is unknown to the controller
+│   └── NotSupported        this backend cannot do it at all (no `--test-only` over REST or pyslurm)
 ├── SlurmParseError         a command's output did not have the shape we expect
 └── ScriptValidationError   a job-script value failed validation; nothing was submitted
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 __all__ = [
     "JobNotFound",
+    "NotSupported",
     "ScriptValidationError",
     "SlurmCommandError",
     "SlurmError",
@@ -56,6 +58,10 @@ class SlurmTimeout(SlurmError):
 
 class JobNotFound(SlurmCommandError):
     """The job id is not (or no longer) known to the controller."""
+
+
+class NotSupported(SlurmCommandError):
+    """The backend has no way to do this (slurmrestd and pyslurm have no `sbatch --test-only`)."""
 
 
 class SlurmParseError(SlurmError):

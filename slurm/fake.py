@@ -12,6 +12,8 @@ lines (name, comment, time limit, time-min, partition, QOS) like `sbatch` does; 
 - `preempt(job_id)`: it ends in `PREEMPTED` (or is queued again with `requeue=True`);
 - `cancel(job_id)` (the interface's scancel): `CANCELLED`; cancelling an ended job is not an error;
 - `fail_submissions(n, error)`: the next n `submit` calls raise `error` (default: Slurm unreachable);
+- `unavailable = error`: every query and submission raises it until set back to None;
+- `estimate_refusals[(partition, qos)] = message`: `estimate_start` fails there as `sbatch --test-only` does;
 - `estimates[(partition, qos)] = start_s`: what `estimate_start` (`sbatch --test-only`) answers;
 - `addresses[node] = (...)`: what `node_addresses` adds to the node's name.
 
@@ -26,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from slurm.errors import JobNotFound, SlurmError, SlurmUnavailable
+from slurm.errors import JobNotFound, SlurmCommandError, SlurmError, SlurmUnavailable
 from slurm.types import JobState, NodeInfo, Partition, SlurmJob, StartEstimate
 
 __all__ = ["FakeSlurm"]
@@ -68,6 +70,8 @@ class FakeSlurm:
         nodes: tuple[str, ...] = ("n01",),
         partition: str = "gpu",
         gpus_per_node: int = 4,
+        cpus_per_node: int = 32,
+        mem_per_node_mb: int = 256_000,
         min_job_age_s: float = 300.0,
     ) -> None:
         self.now_s = now_s
@@ -75,6 +79,12 @@ class FakeSlurm:
         self.node_names = nodes
         self.partition = partition
         self.gpus_per_node = gpus_per_node
+        self.cpus_per_node = cpus_per_node
+        self.mem_per_node_mb = mem_per_node_mb
+        self.unavailable: SlurmError | None = None
+        """When set, every query and submission raises it (a controller that is down or times out)."""
+        self.estimate_refusals: dict[tuple[str | None, str | None], str] = {}
+        """Placements whose `sbatch --test-only` fails, with sbatch's message."""
         self.min_job_age_s = min_job_age_s
         self.estimates: dict[tuple[str | None, str | None], float] = {}
         self.addresses: dict[str, tuple[str, ...]] = {}
@@ -89,6 +99,7 @@ class FakeSlurm:
 
     async def submit(self, script: str) -> int:
         self.calls["submit"] += 1
+        self._reachable()
         if self._refusals:
             raise self._refusals.pop(0)
         opts = {m.group(1): (m.group(2) or "") for m in _SBATCH.finditer(script)}
@@ -113,6 +124,7 @@ class FakeSlurm:
 
     async def jobs(self) -> list[SlurmJob]:
         self.calls["jobs"] += 1
+        self._reachable()
         self._settle()
         return [j.job for j in self._jobs.values() if j.job.name.startswith(self.job_name_prefix)]
 
@@ -142,6 +154,10 @@ class FakeSlurm:
         self, script: str, *, partition: str | None = None, qos: str | None = None
     ) -> StartEstimate:
         self.calls["estimate_start"] += 1
+        self._reachable()
+        refusal = self.estimate_refusals.get((partition, qos))
+        if refusal is not None:
+            raise SlurmCommandError("sbatch", 1, refusal)
         start_s = self.estimates.get((partition, qos), self.now_s)
         return StartEstimate(
             start_time=_at(start_s),
@@ -153,13 +169,17 @@ class FakeSlurm:
 
     async def nodes(self) -> list[NodeInfo]:
         self.calls["nodes"] += 1
+        self._reachable()
         return [
             NodeInfo(
                 name=name,
                 state=("mixed",),
                 partitions=(self.partition,),
+                cpus_total=self.cpus_per_node,
+                mem_total_mb=self.mem_per_node_mb,
                 gpus_total=self.gpus_per_node,
                 gpus_used=0,
+                gres=f"gpu:{self.gpus_per_node}",
             )
             for name in self.node_names
         ]
@@ -243,6 +263,10 @@ class FakeSlurm:
         return [j.job for j in self._jobs.values() if j.job.state.is_active]
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _reachable(self) -> None:
+        if self.unavailable is not None:
+            raise self.unavailable
 
     def _set(self, job_id: int, **fields: object) -> None:
         held = self._jobs[job_id]

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from slurm.cli_backend import CommandHook, SlurmCLI
 from slurm.errors import (
     JobNotFound,
+    NotSupported,
     ScriptValidationError,
     SlurmCommandError,
     SlurmError,
@@ -143,8 +144,8 @@ class SlurmPyslurm:
     async def estimate_start(
         self, script: str, *, partition: str | None = None, qos: str | None = None
     ) -> StartEstimate:
-        """pyslurm 24.11 exposes no will-run call: always `SlurmCommandError` (placement keeps its first choice)."""
-        raise SlurmCommandError("pyslurm", 0, "no start estimates through pyslurm (no will-run call)")
+        """pyslurm 24.11 exposes no will-run call: always `NotSupported` (placement keeps its first choice)."""
+        raise NotSupported("pyslurm", 0, "no start estimates through pyslurm (no will-run call)")
 
     async def nodes(self) -> list[NodeInfo]:
         def run(ps: Any) -> list[NodeInfo]:

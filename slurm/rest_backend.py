@@ -29,7 +29,7 @@ import httpx
 import orjson
 
 from slurm.cli_backend import CommandHook
-from slurm.errors import JobNotFound, SlurmCommandError, SlurmParseError, SlurmUnavailable
+from slurm.errors import JobNotFound, NotSupported, SlurmCommandError, SlurmParseError, SlurmUnavailable
 from slurm.parse import parse_sinfo, parse_squeue, partitions_from_nodes
 from slurm.rest_job import job_description
 from slurm.retry import slurm_retrying
@@ -152,8 +152,8 @@ class SlurmRest:
     async def estimate_start(
         self, script: str, *, partition: str | None = None, qos: str | None = None
     ) -> StartEstimate:
-        """slurmrestd has no `--test-only`: always `SlurmCommandError` (placement then keeps its first choice)."""
-        raise SlurmCommandError("slurmrestd", 0, "no start estimates over REST (sbatch --test-only has no endpoint)")
+        """slurmrestd has no `--test-only`: always `NotSupported` (placement then keeps its first choice)."""
+        raise NotSupported("slurmrestd", 0, "no start estimates over REST (sbatch --test-only has no endpoint)")
 
     async def nodes(self) -> list[NodeInfo]:
         api = await self.api()

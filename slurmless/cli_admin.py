@@ -158,6 +158,8 @@ LoraOf = Annotated[str | None, typer.Option("--lora-of", help="Register a LoRA a
 def _print_notes(result: dict[str, Any]) -> None:
     for note in result.get("notes") or []:
         console.print(f"  note: {note}", markup=False, highlight=False)
+    for warning in result.get("warnings") or []:
+        console.print(f"  warning: {warning}", markup=False, highlight=False, style="yellow")
 
 
 @models_app.command("register")

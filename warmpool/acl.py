@@ -7,8 +7,9 @@ Built from the key schema (`warmpool.keys`): every pattern is a key family of on
   changed, `dirty`), per-key limits, async requests, status-page sessions, files and batches. It
   cannot write instance records, the registry, API keys or tenants: a compromised gateway cannot
   redirect traffic or mint keys.
-- `launcher`: reads the registry and tenants; writes instances, routing, phases, history and its
-  lease (plus arq's own keys). It never reads `async:*` (async prompts and answers) nor API keys.
+- `launcher`: reads the registry and tenants; writes instances, routing, phases, history, its
+  lease and its answers to feasibility questions (plus arq's own keys). It never reads `async:*`
+  (async prompts and answers) nor API keys.
 - `admin`: the admin API and `slurmless up`'s bootstrap: every key of the deployment.
 
 Scripts are checked too: Redis applies a user's key permissions to each command a Lua script runs.
@@ -75,6 +76,8 @@ LAUNCHER_WRITE = (
     "ibudget:*",
     "tl:*",
     "cold:*",
+    # Answers to the admin API's "can the cluster run this spec?" (`warmpool.feasibility`).
+    "feas:*",
     # The launcher's arq queue lives under the prefix (`launcher.worker.queue_name`), with its health-check key.
     "arq:*",
 )

@@ -150,6 +150,15 @@ class Keys:
     def demand_channel(self) -> str:
         return f"{self.prefix}demand"
 
+    @property
+    def feasibility_channel(self) -> str:
+        """Where the admin API asks the launcher whether the cluster can run a spec (`warmpool.feasibility`)."""
+        return f"{self.prefix}feasibility"
+
+    def feasibility_reply(self, request_id: str) -> str:
+        """The launcher's answer to one feasibility question (a list of one verdict, expiring)."""
+        return f"{self.prefix}feas:{request_id}"
+
     def demand(self, model: str) -> str:
         return f"{self.prefix}dem:{model}"
 

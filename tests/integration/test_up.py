@@ -203,6 +203,13 @@ def test_up_streams_after_cold_start_and_ctrl_c_cleans_up() -> None:
         assert "second" in jobs, jobs
         bad = cli("models", "register", "x;rm", "--source", "org/x")
         assert bad.returncode == 1 and bad.stderr.startswith("slurmless: "), bad.stderr
+        # A new user's first try: a checkpoint with the default estimate (16,000 MB), which the dev node
+        # cannot hold. Refused in one line with the reason, and nothing registered.
+        too_big = cli("models", "register", "my-ft", "--source", "org/my-ft")
+        assert too_big.returncode == 1, too_big.stdout + too_big.stderr
+        assert too_big.stderr.startswith("slurmless: ") and too_big.stderr.count("\n") == 1, too_big.stderr
+        assert "cannot run this model" in too_big.stderr and "16000 MB memory" in too_big.stderr, too_big.stderr
+        assert "my-ft" not in cli("models", "list").stdout
 
         ours |= descendants(up.pid) | mentions(base)  # now including the job's engine
         up.send_signal(signal.SIGINT)

@@ -11,7 +11,7 @@ from warmpool.acl import GATEWAY_READ, GATEWAY_WRITE, LAUNCHER_READ, LAUNCHER_WR
 from warmpool.keys import Keys
 
 PREFIX = "sl:"
-CHANNELS = {"gw_channel", "demand_channel"}
+CHANNELS = {"gw_channel", "demand_channel", "feasibility_channel"}
 """Pub/sub channels, granted by the `&prefix*` channel rule rather than key patterns."""
 ADMIN_ONLY: set[str] = set()
 """Key families only the admin API touches (none today: the gateway reads keys and tenants to authenticate)."""
