@@ -60,6 +60,7 @@ from queue_gateway.hold import GrantHub, Holder, Lease, ModelWatch
 from queue_gateway.limits import KeyLimits
 from queue_gateway.metrics import GatewayMetrics
 from queue_gateway.openapi import openapi_document
+from queue_gateway.progress import failed_comment
 from queue_gateway.proxy import Upstreams
 from queue_gateway.redis_pipe import HotRouting, RedisPipe
 from queue_gateway.request_body import MAX_MULTIPART_BYTES, parse_request
@@ -265,6 +266,9 @@ async def write_error(sink: Sink, exc: GatewayError, call: Call | None, stream: 
         await sink.start(exc.status, headers)
         await sink.end(body)
     elif stream:
+        if exc.code == "model_failed":
+            # Held streams read the reason in a comment too, like the progress comments before it.
+            await sink.write(failed_comment(exc.message))
         # OpenAI's clients raise an APIError for a `data:` event carrying an "error" object.
         await sink.end(b"data: " + body + b"\n\n")
 

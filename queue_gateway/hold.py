@@ -224,6 +224,23 @@ def effective_phase(state: ModelState) -> ModelPhase:
     return state.phase
 
 
+FAILED_RETRY_AFTER_S = 60
+"""Retry-After of a refusal because the model cannot start (an admin must act, or its backoff run out)."""
+
+
+def model_failure(model: str, state: ModelState, now_s: float) -> Unavailable | None:
+    """The error for requests held for a model that cannot start (broken, or its job refused by Slurm),
+    None while it may still come: waiting clients are told at once, not at the end of their budget."""
+    if not state.known or state.ready > 0 or state.phase.phase is not Phase.FAILED:
+        return None
+    why = state.phase.detail or "its starts keep failing"
+    return Unavailable(
+        f"The model `{model}` cannot start: {why}",
+        code="model_failed",
+        retry_after_s=FAILED_RETRY_AFTER_S,
+    )
+
+
 @dataclass(eq=False, slots=True)
 class _Held:
     """One held request, as the ticker sees it."""
@@ -329,6 +346,10 @@ class Holder:
         while self._due and self._due[0][0] <= now:
             _, _, held = heapq.heappop(self._due)
             if held.grant.done():
+                continue
+            failure = model_failure(held.model, held.state, now)
+            if failure is not None:
+                held.grant.set_exception(failure)
                 continue
             deadline = self._deadline(held)
             if now >= deadline:

@@ -39,6 +39,8 @@ class ModelPhase(BaseModel):
     ready_instances: int = 0
     coming_instances: int = 0
     detail: str | None = None
+    ended_by: str | None = None
+    """How the model's last instance ended, while no instance is ready, when clients should know ("preempted")."""
     updated_s: float = 0.0
 
     def visible(self) -> tuple[object, ...]:

@@ -39,6 +39,10 @@ def test_progress_comment() -> None:
     assert queue_comment(3, phase, now_s=NOW) == (
         b": slurmless queue position=3 phase=pending reason=Resources start_in_s=60 eta_s=74\n\n"
     )
+    replaced = ModelPhase(phase=Phase.PENDING, slurm_reason="Resources", ended_by="preempted")
+    assert queue_comment(0, replaced, now_s=NOW) == (
+        b": slurmless queue position=0 phase=pending reason=Resources ended_by=preempted eta=unknown\n\n"
+    )
     odd = ModelPhase(phase=Phase.PENDING, slurm_reason="a b\nc")
     assert queue_comment(None, odd, now_s=NOW) == b": slurmless queue phase=pending reason=a_b_c eta=unknown\n\n"
     assert granted_comment(cold_start=True, queue_wait_ms=1500) == (
