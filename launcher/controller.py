@@ -33,7 +33,7 @@ from launcher.healthcheck import HealthCheck
 from launcher.history import HistoryStore
 from launcher.idle_budgets import IdleBudgets
 from launcher.jobhost import HostCheck
-from launcher.jobs import Refusal, job_spec, new_instance_id, new_token, token_ok
+from launcher.jobs import Refusal, new_instance_id, new_token, token_ok
 from launcher.lifecycle import CANCEL_SENT, JOB_DRAIN, Step
 from launcher.lora import AdapterSync
 from launcher.metrics import LauncherMetrics
@@ -42,10 +42,10 @@ from launcher.report import Stopwatch, TickReport
 from launcher.scale_step import ScaleStep
 from launcher.scaling import ModelActions, ScalePlan
 from launcher.settings import LauncherSettings
-from launcher.submission import new_record, place
+from launcher.submission import job_renderer, new_record, place
+from launcher.submit_gate import SubmitGate
 from slurm.backend import SlurmBackend
-from slurm.errors import ScriptValidationError, SlurmError
-from slurm.jobscript import render_job_script
+from slurm.errors import ScriptValidationError, SlurmCommandError, SlurmError
 from slurm.limits import submit_limit
 from slurm.types import JobState, SlurmJob
 from warmpool.batches import Batches
@@ -110,6 +110,9 @@ class Actuator:
         """The registry as the last tick read it."""
         self.unhealthy: dict[str, int] = {}
         """Health probes missed in a row, per ready instance."""
+        self.gate = SubmitGate(self.history, self.events, settings)
+        self.stalled_s: dict[str, float] = {}
+        """When each model's last submission failed or was held back: its other missing replicas wait."""
 
     async def apply(self, record: InstanceRecord, step: Step, now_s: float, report: TickReport) -> None:
         """Carry out an instance's step, in order, noting what it did in `report`."""
@@ -145,8 +148,8 @@ class Actuator:
                 case lc.Ended(reason):
                     await self.drain(record, now_s, reason, cancel=False)
                     await self.gone(record, now_s, report)
-                case lc.Gone():
-                    await self.gone(record, now_s, report)
+                case lc.Gone(reason):
+                    await self.gone(record, now_s, report, reason)
                 case lc.Cancel():
                     await self.cancel(record, now_s)
                     report.cancelled.append(record.id)
@@ -169,6 +172,9 @@ class Actuator:
             if iid:
                 report.submitted.append(iid)
                 capacity += 1
+            elif self.stalled_s.get(plan.spec.name) == now_s:
+                # Not tried again for the next missing replica: a refused 64-replica spec costs one sbatch.
+                break
         for order in [o for o in actions.drains if o.record.cluster == self.cluster]:  # others drain theirs
             await self.drain(order.record, now_s, order.reason, cancel=order.cancel)
             report.draining.append(order.record.id)
@@ -206,6 +212,9 @@ class Actuator:
         With other live clusters, a new replica goes where it starts first (`ClusterPlacer.submit_if_chosen`)."""
         if not allowed_here(spec.resources.clusters, self.cluster):
             return None
+        if not await self.gate.allows(spec.name, now_s):
+            self.stalled_s[spec.name] = now_s
+            return None
         rival = await self.placer.rivals(spec, now_s) if successor_of is None else []
         iid, token, api_key = new_instance_id(), new_token(), new_token()
         spec = await self.tenant_budget.with_account(spec)
@@ -213,24 +222,16 @@ class Actuator:
             spec, iid, token=token, api_key=api_key, now_s=now_s, successor_of=successor_of, cluster=self.cluster
         )
         try:
-            enable_lora = bool(adapters_of(spec.name, await self.models.all()))
-
-            def render(partition: str | None, qos: str | None) -> str:
-                return render_job_script(
-                    job_spec(
-                        spec,
-                        instance_id=iid,
-                        settings=self.settings,
-                        callback_url=self.callback_url,
-                        callback_token=token,
-                        engine_api_key=api_key,
-                        partition=partition,
-                        qos=qos,
-                        enable_lora=enable_lora,
-                        model_roots=self.model_roots,
-                    )
-                )
-
+            render = job_renderer(
+                spec,
+                iid,
+                token=token,
+                api_key=api_key,
+                settings=self.settings,
+                callback_url=self.callback_url,
+                enable_lora=bool(adapters_of(spec.name, await self.models.all())),
+                model_roots=self.model_roots,
+            )
             estimating = self.placer.estimate(spec, render, now_s) if rival else None
             placement, est_s = await (estimating or place(self.slurm, spec, render, self.settings))
             script = render(*placement)
@@ -259,12 +260,16 @@ class Actuator:
         try:
             job_id = await self.slurm.submit(script)
         except SlurmError as exc:
+            self.stalled_s[spec.name] = now_s
             held = submit_limit(str(exc), account=record.account, qos=record.qos)
             if held is not None:
                 await self.tenant_budget.refund(spec, iid, now_s=now_s)
                 await self.limit_held(record, now_s, held)
-            else:
-                await self.fail(record, now_s, f"submission failed: {exc}"[:500])
+                return None
+            reason = f"submission failed: {exc}"[:500]
+            if isinstance(exc, SlurmCommandError):  # refused outright: waiting clients are told at once
+                await self.history.refused(spec.name, reason)
+            await self.fail(record, now_s, reason)
             return None
         await self.history.submission_accepted(spec.name)
         await self.transition(record, S.PENDING, now_s, job_id=str(job_id))
@@ -352,9 +357,9 @@ class Actuator:
         with contextlib.suppress(SlurmError):
             await self.slurm.cancel(job_id)
 
-    async def gone(self, record: InstanceRecord, now_s: float, report: TickReport) -> None:
+    async def gone(self, record: InstanceRecord, now_s: float, report: TickReport, why: str | None = None) -> None:
         await self.routing.deactivate(record.model, record.id)
-        await self.transition(record, S.GONE, now_s)
+        await self.transition(record, S.GONE, now_s, **({"reason": why} if why else {}))
         report.gone.append(record.id)
 
     async def limit_held(self, record: InstanceRecord, now_s: float, reason: str) -> None:
@@ -382,6 +387,7 @@ class Actuator:
         if record.successor_of:
             await self.instances.update(record.successor_of, successor=None)
         # A crash after serving is resubmitted at once; starts that fail are backed off and counted.
+        self.gate.failed(now_s, start=not was_ready)
         failures = await self.history.start_failed(
             record.model,
             now_s=now_s,
@@ -550,7 +556,7 @@ class Launcher:
             record = await self.instances.get(iid)
             if record is None or not token_ok(record, token) or record.cluster != self.act.cluster:
                 return False
-            await self.act.apply(record, lc.deregister_step(record, reason), now_s, TickReport())
+            await self.act.apply(record, lc.deregister_step(record, reason, now_s, self.settings), now_s, TickReport())
             return True
 
     # --- the tick -----------------------------------------------------------------------------

@@ -23,6 +23,8 @@ BROKEN = "broken_reason"
 HOLDS = "limit_holds"
 """Submissions refused in a row by an accounting limit (`MaxSubmitJobs`): they back off, never break."""
 HELD = "held_reason"
+REFUSED = "refused_reason"
+"""Why Slurm refused the model's last submission outright; cleared by the next accepted one."""
 LAST_REQUEST = "last_request_s"
 LAST_DEMAND = "last_demand_s"
 """When the launcher last got a demand signal for the model (a gateway's first queued ticket)."""
@@ -60,6 +62,8 @@ class ModelHistory:
     held_reason: str | None = None
     """Why the last submission waits (an accounting limit refused it), until a job is accepted."""
     last_grant_s: float | None = None
+    refused_reason: str | None = None
+    """Why Slurm refused the last submission outright (not a limit), until a job is accepted."""
     load_p95_s: float | None = field(init=False, default=None)
     """p95 of `load_times_s` (None without samples), computed once: the tick asks for it per model."""
     queue_wait_p95_s: float | None = field(init=False, default=None)
@@ -82,6 +86,7 @@ class ModelHistory:
             last_demand_s=float(f[LAST_DEMAND]) if f.get(LAST_DEMAND) else None,
             held_reason=f.get(HELD) or None,
             last_grant_s=float(f[LAST_GRANT]) if f.get(LAST_GRANT) else None,
+            refused_reason=f.get(REFUSED) or None,
         )
 
     @property
@@ -132,13 +137,17 @@ class HistoryStore:
         return holds
 
     async def submission_accepted(self, model: str) -> None:
-        """Slurm took a job: an accounting hold, if any, is over."""
-        if await awaited(self.redis.hdel(self.keys.model_stats(model), HOLDS, HELD)):
+        """Slurm took a job: an accounting hold or an outright refusal, if any, is over."""
+        if await awaited(self.redis.hdel(self.keys.model_stats(model), HOLDS, HELD, REFUSED)):
             await awaited(self.redis.sadd(self.keys.dirty_models, model))
 
     async def mark_broken(self, model: str, reason: str) -> None:
         """The model cannot start at all (its job cannot be rendered): no retry until an admin resets it."""
         await self._write(model, {BROKEN: reason})
+
+    async def refused(self, model: str, reason: str) -> None:
+        """Slurm refused the model's job outright (`reason`); `submission_accepted` clears it."""
+        await self._write(model, {REFUSED: reason})
 
     async def demanded(self, model: str, now_s: float) -> None:
         """A gateway signalled demand for the model (its queue got a first ticket)."""
@@ -150,7 +159,7 @@ class HistoryStore:
 
     async def start_succeeded(self, model: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.model_stats(model), FAILURES, RETRY_AT, BROKEN)
+            pipe.hdel(self.keys.model_stats(model), FAILURES, RETRY_AT, BROKEN, REFUSED)
             pipe.sadd(self.keys.dirty_models, model)
             await pipe.execute()
 

@@ -115,7 +115,9 @@ class Ended:
 
 @dataclass(frozen=True, slots=True)
 class Gone:
-    """The job has ended after a drain."""
+    """The job has ended after a drain; `reason` replaces the drain's when Slurm told more (preempted)."""
+
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,9 @@ def _ended(record: InstanceRecord, state: InstanceState, job: SlurmJob) -> Actio
     if job.reason and job.state is not JobState.CANCELLED:
         why = f"{why}: {job.reason}"
     if state is S.DRAINING:
+        if job.state is JobState.PREEMPTED:
+            # Its warning or SIGTERM could have been the walltime's or an scancel's: now Slurm says.
+            return Gone(why)
         # A SIGTERM we did not send, ending in CANCELLED, was an scancel from outside.
         we_ended_it = CANCEL_SENT in record.timestamps
         terminated = (record.reason or "").startswith("terminated")
@@ -285,9 +290,19 @@ def drain_step(record: InstanceRecord, busy: float | None, now_s: float, setting
     return Step((Cancel(),)) if done else HOLD
 
 
-def deregister_step(record: InstanceRecord, reason: str) -> Step:
+WARNING_SLACK_S = 90.0
+"""Slurm may send `--signal` up to a minute before the lead it was given: a warning later than the lead plus
+this slack before the walltime is the walltime's; an earlier one is preemption's (`send_user_signal`)."""
+
+
+def deregister_step(record: InstanceRecord, reason: str, now_s: float, settings: LauncherSettings) -> Step:
     """A job's own word that it stops serving: it refused to start, its engine exited, Slurm warned or
-    terminated it."""
+    terminated it.
+
+    The job gets the same USR1 for its walltime and, with `PreemptParameters=send_user_signal`, for a
+    preemption; a warning long before the walltime Slurm gave the job (its start plus its limit: a
+    preemption moves squeue's end time to the end of the grace time, not the limit) is the preemption's.
+    """
     if record.state not in LIVE_STATES or record.state is S.DRAINING:
         return HOLD
     if reason.startswith("refused:"):
@@ -297,7 +312,12 @@ def deregister_step(record: InstanceRecord, reason: str) -> Step:
     if reason.startswith("engine-exited"):
         code = reason.partition(":")[2] or "?"
         return Step((Fail(f"engine exited with code {code}"),))
-    if reason == "walltime-warning":
+    start_s, limit_s = record.timestamps.get(JOB_START), record.time_limit_s
+    end_s = start_s + limit_s if start_s is not None and limit_s is not None else record.end_time_s
+    left_s = None if end_s is None else end_s - now_s
+    if reason == "walltime-warning" and left_s is not None and left_s > settings.signal_lead_s + WARNING_SLACK_S:
+        why = f"preempted (Slurm's warning came {left_s:.0f} s before the walltime)"
+    elif reason == "walltime-warning":
         why = "walltime warning from Slurm"
     elif reason == "terminated":
         why = "terminated by Slurm (scancel or preemption)"

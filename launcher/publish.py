@@ -1,9 +1,10 @@
 """What clients and operators see of the launcher: each model's phase, instance counts, desired replicas.
 
 A model's phase (`model_phase`) is a pure function of its instance records and history: ready if
-one instance is, failed if the model is broken, otherwise the most advanced instance on its way
-says how long a client should expect to wait. `PhasePublisher` writes phases to Redis (only those
-that changed, or were last written `PHASE_REFRESH_S` ago) and the instance gauge; `DecisionBoard`
+one instance is, failed if the model is broken (or Slurm refused its last job and none is coming),
+otherwise the most advanced instance on its way says how long a client should expect to wait.
+`PhasePublisher` writes phases to Redis (only those that changed, or were last written
+`PHASE_REFRESH_S` ago) and the instance gauge; `DecisionBoard`
 writes each model's desired replicas and a `scale.decision` event when the number or the policies
 behind it change. Both are the launcher's published views, written from what was decided; neither
 decides anything about an instance.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -47,11 +49,15 @@ def model_phase(
     coming = [r for r in records if r.state in COMING_STATES]
     load_s = hist.load_p95_s or settings.default_load_s
     queue_s = hist.queue_wait_p95_s or settings.default_queue_wait_s
-    base = {"ready_instances": len(ready), "coming_instances": len(coming), "updated_s": now_s}
+    base: dict[str, Any] = {"ready_instances": len(ready), "coming_instances": len(coming), "updated_s": now_s}
     if ready:
         return ModelPhase(phase=Phase.READY, **base)
+    base["ended_by"] = _ended_by(records)
     if hist.broken_reason:
         return ModelPhase(phase=Phase.FAILED, detail=hist.broken_reason, **base)
+    if not coming and hist.refused_reason:
+        # Nothing is coming because Slurm refused the job: waiting clients are told at once.
+        return ModelPhase(phase=Phase.FAILED, detail=hist.refused_reason, **base)
     if not coming:
         if hist.held_reason and now_s < hist.retry_at_s + settings.tick_s:
             # An accounting limit refused the last submission; it is retried after its backoff.
@@ -75,6 +81,15 @@ def model_phase(
         ),
         **base,
     )
+
+
+def _ended_by(records: Sequence[InstanceRecord]) -> str | None:
+    """ "preempted" when the instance that stopped serving last was preempted (draining or gone)."""
+    ended = [r for r in records if r.state in (S.DRAINING, S.GONE)]
+    last = max(ended, key=lambda r: r.state_since_s, default=None)
+    if last is not None and (last.reason or "").startswith("preempted"):
+        return "preempted"
+    return None
 
 
 def instance_counts(records: Sequence[InstanceRecord]) -> dict[tuple[str, str], int]:

@@ -78,6 +78,11 @@ class LauncherSettings(BaseModel):
     """Wait before resubmitting after a failed start; doubles per consecutive failure."""
     max_backoff_s: float = 600.0
     """Longest wait between failed starts."""
+    failed_submissions_cap: int = Field(10, ge=1)
+    """Failed starts (over all models) in `failed_submissions_window_s` past which models that never served
+    or are failing submit nothing until the window has room (`policies.submit_cap`)."""
+    failed_submissions_window_s: float = Field(300.0, gt=0)
+    """The window of `failed_submissions_cap`."""
     default_keepalive_s: float = 600.0
     """Idle time before an unused model scales to zero, until its idle histogram says otherwise."""
     exchange_rate: float = Field(DEFAULT_RATE, gt=0, le=1000)

@@ -20,9 +20,11 @@ from slurm.types import JobState, SlurmJob
 from slurmless.localredis import LocalRedis
 from testing.launcher import active_jobs, cancel_all, records, slurm_for, wait_for
 from tests.matrix.conftest import MatrixEnv, pair_settings, start_cluster
+from warmpool.events import EventLog
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import Keys
 from warmpool.models import ModelStore
+from warmpool.phase import Phase, PhaseBoard
 from warmpool.routing import AdmitOutcome, Routing
 from warmpool.specs import ModelSpec, Policy, Resources
 
@@ -296,14 +298,21 @@ async def test_partition_priority_preemption_drains_within_the_grace_time(
         ended = await wait_for(lambda: _record(m, first.id, S.GONE), timeout_s=60, what="the instance gone")
         assert S.FAILED.value not in ended.timestamps, ended.reason
         # The job hears of its preemption through its own --signal (PreemptParameters=send_user_signal), the
-        # same USR1 as a walltime warning: the launcher cannot tell them apart and records it as such.
-        assert ended.reason in ("walltime warning from Slurm", "preempted"), ended.reason
+        # same USR1 as a walltime warning, but long before its walltime: the launcher records "preempted",
+        # and so does Slurm's final state when squeue still lists the job.
+        assert (ended.reason or "").startswith("preempted"), ended.reason
+        events = await EventLog(m.client, keys).recent(count=200, model="victim")
+        said = [(e.kind, str(e.detail.get("reason", ""))) for e in events if e.instance == first.id]
+        assert any(why.startswith("preempted") for _, why in said), said
         victim = next(j for j in await slurm_for(settings).jobs() if j.job_id == int(first.job_id or 0))
         assert victim.state in (JobState.PREEMPTED, JobState.CANCELLED, JobState.COMPLETED), victim
         coming = await wait_for(
             lambda: _in(m, S.PENDING, first.id), timeout_s=60, what="a replacement waiting for room"
         )
         assert coming.id != first.id
+        # Clients waiting for the model are told why it is coming again (`ended_by=preempted` in their comments).
+        phase = await PhaseBoard(m.client, keys).get("victim")
+        assert phase.phase is not Phase.READY and phase.ended_by == "preempted", phase
         print(
             f"\n{pair}: out of routing {left_s:.1f}s after the research job's submission; it started "
             f"{started.start_time.timestamp() - preempted_s:+.0f}s; instance ended: {ended.reason}"

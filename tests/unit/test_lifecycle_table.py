@@ -202,6 +202,18 @@ ROWS = [
         (lc.Fail("job vanished from Slurm"),),
         gone_from_squeue=True,
     ),
+    Row(
+        "draining after its warning, then PREEMPTED: gone, and why is kept",
+        ran(lambda f, j: f.preempt(j)),
+        record(S.DRAINING, reason="walltime warning from Slurm", timestamps={"job_start": T0, lc.JOB_DRAIN: T0}),
+        (lc.Gone("preempted"),),
+    ),
+    Row(
+        "draining after a SIGTERM we did not send, then PREEMPTED: gone as preempted, not a failure",
+        ran(lambda f, j: f.preempt(j)),
+        record(S.DRAINING, reason=TERMINATED, timestamps={"job_start": T0}),
+        (lc.Gone("preempted"),),
+    ),
     Row("draining, job vanished: gone", nothing, record(S.DRAINING), (lc.Gone(),), gone_from_squeue=True),
     Row("failed records are history", ran(nothing), record(S.FAILED), ()),
 ]
@@ -286,6 +298,11 @@ def test_drain_step(
         (S.STARTING, "refused:model path", (lc.Fail(REFUSED), lc.Broken(REFUSED))),
         (S.READY, "walltime-warning", (lc.Drain("walltime warning from Slurm", cancel=False, by_job=True),)),
         (
+            S.READY,
+            "walltime-warning:3600",
+            (lc.Drain("preempted (Slurm's warning came 3600 s before the walltime)", cancel=False, by_job=True),),
+        ),
+        (
             S.LOADING,
             "terminated",
             (lc.Drain("terminated by Slurm (scancel or preemption)", cancel=False, by_job=True),),
@@ -296,4 +313,23 @@ def test_drain_step(
     ],
 )
 def test_deregister_step(state: InstanceState, reason: str, expect: tuple[lc.Action, ...]) -> None:
-    assert lc.deregister_step(record(state), reason).actions == expect
+    # `walltime-warning:N`: the record's job ends N s after the warning (default: the warning's lead).
+    reason, _, left = reason.partition(":") if reason.startswith("walltime") else (reason, "", "")
+    end_s = T0 + (float(left) if left else SETTINGS.signal_lead_s)
+    assert lc.deregister_step(record(state, end_time_s=end_s), reason, T0, SETTINGS).actions == expect
+
+
+def test_a_warning_after_slurm_moved_the_end_to_the_grace_time_is_a_preemption() -> None:
+    """Once preempted, squeue's end time is the end of the grace time; the limit the job got is unchanged."""
+    hit = record(
+        S.READY, end_time_s=T0 + 20, time_limit_s=3600.0, timestamps={S.PENDING.value: T0 - 100, lc.JOB_START: T0 - 100}
+    )
+    [drain] = lc.deregister_step(hit, "walltime-warning", T0, SETTINGS).actions
+    assert drain == lc.Drain("preempted (Slurm's warning came 3500 s before the walltime)", cancel=False, by_job=True)
+
+
+def test_a_warning_up_to_a_minute_early_is_still_the_walltime() -> None:
+    """Slurm may send --signal up to 60 s before the lead it was given (its event resolution)."""
+    early = record(S.READY, end_time_s=T0 + SETTINGS.signal_lead_s + 60)
+    [drain] = lc.deregister_step(early, "walltime-warning", T0, SETTINGS).actions
+    assert drain == lc.Drain("walltime warning from Slurm", cancel=False, by_job=True)
