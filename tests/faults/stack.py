@@ -251,13 +251,16 @@ class FaultStack:
         time_limit_min: int = 60,
         max_concurrency: int = 64,
         cold_wait_budget_s: float | None = None,
+        mem_mb: int = 256,
+        engine_args: dict[str, str | int | float | bool] | None = None,
     ) -> str:
         """Register a fresh model (a unique name per test, so tests do not see each other's state)."""
         name = f"{stem}-{secrets.token_hex(3)}"
         spec = ModelSpec(
             name=name,
             source="org/sim",
-            resources=Resources(gpus=1, cpus=1, mem_mb=256, time_limit_min=time_limit_min),
+            resources=Resources(gpus=1, cpus=1, mem_mb=mem_mb, time_limit_min=time_limit_min),
+            engine_args=engine_args or {},
             policy=Policy(
                 max_replicas=1,
                 keepalive_min_s=keepalive_s,

@@ -127,8 +127,9 @@ async def test_kill_9_engine_mid_stream(fault_stack: FaultStack, http: httpx.Asy
     assert cut.kind == "event upstream_failed", cut
     assert cut_s < 5, "a dead engine's stream must end at once"
 
-    # Until the launcher hears of the death (the job's deregister callback, or a failed probe),
-    # the instance is still routed to: a request then gets a clean 502 and nothing hangs.
+    # Until the launcher hears of the death (the job's deregister callback, or a failed probe), the
+    # instance may still be routed to: a request sent there finds it dead before any output and goes back
+    # to the queue for the replacement (a clean 502 only if its retries run out); nothing hangs.
     after, recovery_s, failures = await _recover(fs, http, model, t0, allowed=frozenset({"http 502 upstream_failed"}))
     assert recovery_s < RECOVERY_BOUND_S
     failed = next(r for r in await fs.instances(model) if r.id == inst.id)
