@@ -26,6 +26,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from launcher import lifecycle as lc
+from launcher.batch_scaling import batch_time_min_min
 from launcher.cluster_placer import ClusterPlacer
 from launcher.clusters import allowed_here
 from launcher.health import Health, Prober, probe_all
@@ -48,7 +49,6 @@ from slurm.backend import SlurmBackend
 from slurm.errors import ScriptValidationError, SlurmCommandError, SlurmError
 from slurm.limits import submit_limit
 from slurm.types import JobState, SlurmJob
-from warmpool.batches import Batches
 from warmpool.events import EventLog
 from warmpool.instance_store import InstanceStore
 from warmpool.instances import LIVE_STATES, InstanceRecord, InstanceState
@@ -168,7 +168,7 @@ class Actuator:
         active = {r.id: r for r in plan.active}
         capacity = len(plan.capacity)
         for sub in [s for s in actions.submissions if s.successor_of is None]:
-            iid = await self.submit(plan.spec, now_s=now_s, why=sub.why, capacity_seen=capacity)
+            iid = await self.submit(plan.spec, now_s=now_s, why=sub.why, capacity_seen=capacity, batch=sub.batch)
             if iid:
                 report.submitted.append(iid)
                 capacity += 1
@@ -206,22 +206,27 @@ class Actuator:
         why: str,
         successor_of: str | None = None,
         capacity_seen: int | None = None,
+        batch: bool = False,
     ) -> str | None:
         """Write a `requested` record, place and render its job, `sbatch` it; the new instance id, or None.
 
-        With other live clusters, a new replica goes where it starts first (`ClusterPlacer.submit_if_chosen`)."""
+        With other live clusters, a new replica goes where it starts first (`ClusterPlacer.submit_if_chosen`).
+        `batch`: a batch job (`launcher.batch_scaling`), placed on preemptible capacity and fitted by backfill."""
         if not allowed_here(spec.resources.clusters, self.cluster):
             return None
         if not await self.gate.allows(spec.name, now_s):
             self.stalled_s[spec.name] = now_s
             return None
-        rival = await self.placer.rivals(spec, now_s) if successor_of is None else []
+        # A batch job takes this cluster's gaps: it is not placed against other clusters.
+        rival = await self.placer.rivals(spec, now_s) if successor_of is None and not batch else []
         iid, token, api_key = new_instance_id(), new_token(), new_token()
         spec = await self.tenant_budget.with_account(spec)
         record = new_record(
             spec, iid, token=token, api_key=api_key, now_s=now_s, successor_of=successor_of, cluster=self.cluster
         )
+        record.batch = batch
         try:
+            load_p95_s = (await self.history.get(spec.name)).load_p95_s if batch else None
             render = job_renderer(
                 spec,
                 iid,
@@ -231,9 +236,10 @@ class Actuator:
                 callback_url=self.callback_url,
                 enable_lora=bool(adapters_of(spec.name, await self.models.all())),
                 model_roots=self.model_roots,
+                batch_time_min_min=batch_time_min_min(spec, load_p95_s, self.settings) if batch else None,
             )
             estimating = self.placer.estimate(spec, render, now_s) if rival else None
-            placement, est_s = await (estimating or place(self.slurm, spec, render, self.settings))
+            placement, est_s = await (estimating or place(self.slurm, spec, render, self.settings, batch=batch))
             script = render(*placement)
         except ScriptValidationError as exc:
             # A spec that cannot be rendered will never start: say so instead of retrying.
@@ -273,7 +279,8 @@ class Actuator:
             return None
         await self.history.submission_accepted(spec.name)
         await self.transition(record, S.PENDING, now_s, job_id=str(job_id))
-        self.metrics.submissions.labels(spec.name, "renewal" if successor_of else "scale").inc()
+        kind = "renewal" if successor_of else "batch" if record.batch else "scale"
+        self.metrics.submissions.labels(spec.name, kind).inc()
         await self.events.record(
             "instance.submitted",
             now_s=now_s,
@@ -284,6 +291,7 @@ class Actuator:
             partition=placement[0],
             qos=placement[1],
             why=why,
+            batch=record.batch,
         )
         return iid
 
@@ -624,11 +632,6 @@ class Launcher:
             step("publish")
         for model in await self.routing.queued_models():
             await self.routing.pump(model)
-        if self.settings.batch_cold_starts:
-            # Opt-in: batch lines that found no instance start one (by default batch demand never does).
-            for model in await Batches(self.redis, self.keys).waiting_models(since_s=now_s - 2 * self.settings.tick_s):
-                if iid := await self.on_demand(model, now_s=now_s):
-                    report.submitted.append(iid)
         await self.routing.reap(now_s=now_s)
         step("routing")
         self.metrics.tick_s.observe(sum(report.steps_ms.values()) / 1000)

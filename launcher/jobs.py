@@ -55,15 +55,23 @@ def job_spec(
     qos: str | None,
     enable_lora: bool = False,
     model_roots: Sequence[Path] = (),
+    batch_time_min_min: int | None = None,
 ) -> JobSpec:
     """The validated job of one instance of `spec` (a base model: adapters are served by their base).
 
     Right before submission, so also for specs registered long ago: the job directory must be private
     and every model path must still resolve under `model_roots` (`ScriptValidationError` otherwise).
+    A batch job (`batch_time_min_min` given, `launcher.batch_scaling.batch_time_min_min`) may be cut
+    down by backfill to that `--time-min`, and is ended by the launcher `batch_signal_lead_s` before
+    its end (not warned by Slurm, whose warning may come half a minute early): it is never renewed,
+    and its lines are short and retried, so it serves until nearly its last second.
     """
     res = spec.resources
-    shortest_s = 60 * (res.time_min_min or res.time_limit_min)
-    lead, settle, drain, kill = signal_timing(settings.signal_lead_s, shortest_s)
+    batch = batch_time_min_min is not None
+    time_min = batch_time_min_min if batch else res.time_min_min
+    shortest_s = 60 * (time_min or res.time_limit_min)
+    lead_s = settings.batch_signal_lead_s if batch else settings.signal_lead_s
+    lead, settle, drain, kill = signal_timing(lead_s, shortest_s)
     engine_args = dict(spec.engine_args)
     engine_env = dict(settings.engine_env)
     if enable_lora:
@@ -87,8 +95,10 @@ def job_spec(
             "account": res.account,
             "constraint": res.constraint,
             "time_limit_min": res.time_limit_min,
-            "time_min_min": res.time_min_min,
+            "time_min_min": time_min,
             "signal_lead_s": lead,
+            # A batch job is ended by the launcher `batch_signal_lead_s` before its end (`launcher.lifecycle`).
+            "walltime_signal": not batch,
             "settle_s": settle,
             "drain_s": drain,
             "kill_grace_s": kill,

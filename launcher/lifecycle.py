@@ -32,6 +32,8 @@ JOB_DRAIN = "job_drain"
 """Timestamp key: when the job said it stops (walltime warning, SIGTERM); it ends by itself."""
 JOB_START = "job_start"
 """Timestamp key: the job's start as Slurm reports it (whole seconds, rounded down)."""
+BATCH_END = "batch job at its walltime"
+"""Why a batch job was drained and cancelled `batch_signal_lead_s` before its end."""
 SUBMIT_GRACE_S = 120.0
 """How long a `requested` record without a job may wait for its job to show up in squeue."""
 
@@ -221,6 +223,10 @@ def _running(
         )
     elif state is S.STARTING and now_s - record.state_since_s > settings.register_timeout_s:
         actions.append(Fail(f"registration never came within {settings.register_timeout_s:.0f}s"))
+    elif state is S.READY and record.batch and end_s is not None and now_s >= end_s - settings.batch_signal_lead_s:
+        # Slurm does not warn batch jobs (its warning may come half a minute early): ended on time here, the
+        # lines they run are retried.
+        actions.append(Drain(BATCH_END, cancel=True))
     return actions
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
+from launcher.batch_scaling import NO_BATCH, batch_needs, pending_by_model
 from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
 from launcher.history import ModelHistory
 from launcher.idle_budgets import IdleBudgets
@@ -24,6 +25,7 @@ from launcher.scaling import HistoryCache, ModelInputs, Planner, live_by_model, 
 from launcher.scaling import expected_cold_start_s as cold_start_s_of
 from launcher.settings import LauncherSettings
 from policies.types import Occurrence
+from warmpool.batches import Batches
 from warmpool.instances import InstanceRecord
 from warmpool.keys import Keys
 from warmpool.snapshot import ModelSnapshot, SnapshotCache
@@ -50,6 +52,7 @@ class ScaleStep:
         self.act = act
         self.snapshots = snapshots
         self.inputs = PolicyInputs(redis, keys)
+        self.batches = Batches(redis, keys)
         self.planner = Planner(settings)
         self.hist_cache = HistoryCache()
         self._leads_s: dict[str, float] = {}
@@ -146,6 +149,10 @@ class ScaleStep:
         self._demands_seen = demands
         self._rates_seen = rates
         due = names if full else self._due(names, base_set, now_s, snaps, live, occurrences, report)
+        # A batch backlog is read every tick (one round trip, only with batch jobs on): its models are looked at.
+        backlog = pending_by_model(await self.batches.backlog(), specs) if self.settings.batch_cold_starts else {}
+        if not full and backlog:
+            due = sorted(set(due) | {m for m in backlog if m in base_set and m in snaps})
         self.looked_at += len(due)
         warm = live_warm_requests({name: snaps[name].warm for name in due}, now_s)
         await self.act.board.recall(due)
@@ -164,6 +171,7 @@ class ScaleStep:
         ]
         plans = self.planner.plan(inputs, live, now_s, partial=not full)
         fitted = fit_to_budget([p.ask for p in plans], self.settings.gpu_budget)
+        needs = batch_needs(plans, fitted, backlog, self.settings)
         if full:
             self._awake = set()
             self._wake = []
@@ -174,7 +182,8 @@ class ScaleStep:
         for plan in plans:
             decision = fitted[plan.spec.name]
             name = plan.spec.name
-            if not plan.active and decision.replicas == 0 and self.act.board.recorded(name, decision):
+            need = needs.get(name, NO_BATCH)
+            if not (plan.active or decision.replicas or need.replicas) and self.act.board.recorded(name, decision):
                 # Nothing held, nothing wanted, nothing new to record: most models, most ticks.
                 report.desired[name] = 0
                 if name in live or name in warm or occurrences.get(name):
@@ -185,7 +194,8 @@ class ScaleStep:
                     heapq.heappush(self._wake, (self.planner.until_s(name) or now_s, name))
                 continue
             self._awake.add(name)
-            actions = model_actions(plan, decision, now_s, self.settings)
+            actions = model_actions(plan, decision, now_s, self.settings, need)
+            decision = actions.decision
             if not (actions.submissions or actions.drains) and self.act.board.recorded(plan.spec.name, decision):
                 report.desired[plan.spec.name] = decision.replicas  # as it was: nothing to do or record
                 continue

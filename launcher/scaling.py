@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from launcher.batch_scaling import NO_BATCH, BatchNeed, with_batch
 from launcher.desired import (
     BudgetAsk,
     DecisionMemo,
@@ -69,6 +70,8 @@ class Submission:
 
     why: str
     successor_of: str | None = None
+    batch: bool = False
+    """A batch job (`launcher.batch_scaling`): preemptible, backfill-fitted, never renewed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,32 +359,47 @@ def _same_inputs(a: ModelInputs, b: ModelInputs) -> bool:
     )
 
 
-def model_actions(plan: ScalePlan, decision: Decision, now_s: float, settings: LauncherSettings) -> ModelActions:
+def model_actions(
+    plan: ScalePlan, decision: Decision, now_s: float, settings: LauncherSettings, batch: BatchNeed = NO_BATCH
+) -> ModelActions:
     """What `plan`'s model needs once its decision is fitted into the budget: submissions, drains, renewals.
 
-    A model that is broken or backing off gets no submission (neither more capacity nor renewals).
+    `batch` is what the model's batch backlog asks for (`launcher.batch_scaling`): instances beyond
+    the interactive decision are batch jobs; batch instances count for interactive work only once
+    ready (a batch job waiting for a gap must not hold interactive requests up); while lines are
+    pending no ready instance is drained; batch instances are never renewed. A model that is broken
+    or backing off gets no submission (neither more capacity nor renewals).
     """
-    desired, capacity, hist = decision.replicas, plan.capacity, plan.hist
+    interactive, capacity, hist = decision.replicas, plan.capacity, plan.hist
+    decision = with_batch(decision, batch, settings)
+    desired = decision.replicas
     may_start = not hist.broken_reason and now_s >= hist.retry_at_s
     submissions: list[Submission] = []
     drains: tuple[DrainOrder, ...] = ()
-    if desired > len(capacity):
+    serving = [r for r in capacity if not r.batch or r.state is S.READY]
+    more = max(0, interactive - len(serving))
+    more_batch = max(0, batch.replicas - len(capacity) - more)
+    if more or more_batch:
         if not may_start:
             return ModelActions(plan.spec.name, decision)
-        submissions = [Submission(decision.explain()[:300])] * (desired - len(capacity))
+        submissions = [Submission(decision.explain()[:300])] * more
+        submissions += [Submission(f"batch backlog: {batch.pending} lines pending", batch=True)] * more_batch
     elif desired < len(capacity):
         drains = scale_down(capacity, plan.inflight, len(capacity) - desired)
+        if batch.pending:
+            # Ready instances are running the backlog's lines: only jobs not serving yet may go.
+            drains = tuple(d for d in drains if d.cancel)
     lead_s = renewal_lead_s(plan.spec, hist, settings)
     if may_start:
-        submissions += [
-            Submission(f"renewal of {r.id}", successor_of=r.id) for r in due_renewals(plan.active, lead_s, now_s)
-        ]
+        due = [r for r in due_renewals(plan.active, lead_s, now_s) if not r.batch]
+        submissions += [Submission(f"renewal of {r.id}", successor_of=r.id) for r in due]
     return ModelActions(plan.spec.name, decision, tuple(submissions), drains, lead_s)
 
 
 def scale_down(capacity: Sequence[InstanceRecord], inflight: Mapping[str, int], excess: int) -> tuple[DrainOrder, ...]:
-    """The `excess` instances to let go: the newest still coming first (cancelled), then the idlest ready ones."""
-    coming = sorted((r for r in capacity if r.state in COMING_STATES), key=lambda r: -r.created_s)
+    """The `excess` instances to let go: the newest still coming first (cancelled; batch jobs before the
+    others, since they serve nobody waiting), then the idlest ready ones."""
+    coming = sorted((r for r in capacity if r.state in COMING_STATES), key=lambda r: (not r.batch, -r.created_s))
     ready = sorted((r for r in capacity if r.state is S.READY), key=lambda r: inflight.get(r.id, 0))
     return tuple(
         DrainOrder(r, "no demand: cancelling before it serves", cancel=True)

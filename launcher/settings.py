@@ -71,7 +71,17 @@ class LauncherSettings(BaseModel):
     signal_lead_s: int = 120
     """Seconds of warning (USR1) a job gets before its walltime ends; it deregisters and drains then."""
     batch_cold_starts: bool = False
-    """Let batch lines that find no ready instance start one (by default batch work only uses warm instances)."""
+    """Let batch backlogs start batch jobs: preemptible, backfill-fitted instances that take lines until their
+    walltime (by default batch work only uses warm instances' idle capacity)."""
+    batch_max_instances: int = Field(4, ge=0)
+    """Most instances one model holds for batch backlog (interactive demand may hold more)."""
+    batch_lines_per_instance_hour: float = Field(1000.0, gt=0)
+    """Batch lines one instance is counted to run in an hour: a backlog asks one instance per this many lines."""
+    batch_time_min_min: int = Field(10, ge=1)
+    """Longest `--time-min` of a batch job (Slurm's backfill may cut its limit down to it); lower when the model
+    sets a lower one or loads in a quarter of it (`launcher.batch_scaling.batch_time_min_min`)."""
+    batch_signal_lead_s: int = Field(10, ge=10)
+    """Walltime warning of a batch job: its lines are short and retried, so it serves until nearly the end."""
     pending_cancel_grace_s: float = 30.0
     """A pending job is cancelled when nobody has waited for its model this long (and no policy wants it)."""
     failure_backoff_s: float = 10.0

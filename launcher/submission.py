@@ -37,8 +37,10 @@ def job_renderer(
     callback_url: str,
     enable_lora: bool = False,
     model_roots: Sequence[Path] = (),
+    batch_time_min_min: int | None = None,
 ) -> Render:
-    """How instance `iid` of `spec` is rendered in any placement (validated: `ScriptValidationError`)."""
+    """How instance `iid` of `spec` is rendered in any placement (validated: `ScriptValidationError`);
+    a batch job's with `batch_time_min_min` (`launcher.jobs.job_spec`)."""
 
     def render(partition: str | None, qos: str | None) -> str:
         return render_job_script(
@@ -53,6 +55,7 @@ def job_renderer(
                 qos=qos,
                 enable_lora=enable_lora,
                 model_roots=model_roots,
+                batch_time_min_min=batch_time_min_min,
             )
         )
 
@@ -84,6 +87,14 @@ def new_record(
     )
 
 
+def batch_choices(allowed: Sequence[str], preemptible: Sequence[str]) -> list[str | None]:
+    """Where a batch job may go: the model's preemptible partitions (or QOS) when it lists some, the site's
+    when it lists none, else what it allows (a batch job takes capacity nobody else uses, so it may yield)."""
+    if not allowed:
+        return list(preemptible) or [None]
+    return [p for p in allowed if p in preemptible] or list(allowed)
+
+
 async def place(
     slurm: SlurmBackend,
     spec: ModelSpec,
@@ -92,18 +103,23 @@ async def place(
     *,
     always_estimate: bool = False,
     errors: list[SlurmError] | None = None,
+    batch: bool = False,
 ) -> tuple[Placement, float | None]:
     """The (partition, QOS) whose `sbatch --test-only` estimate starts soonest, and that estimate.
 
     `render(partition, qos)` is the job script in that placement; a placement Slurm refuses to
     estimate is skipped (what Slurm said instead is appended to `errors`); with none estimated, the
     first allowed placement and no estimate. A single allowed placement is estimated only when
-    `always_estimate` (clusters compare their estimates).
+    `always_estimate` (clusters compare their estimates). A batch job goes only to preemptible
+    placements when there are any (`batch_choices`).
     """
     res = spec.resources
     preempt_p, preempt_q = set(settings.preemptible_partitions), set(settings.preemptible_qos)
     partitions: list[str | None] = sorted(res.partitions, key=lambda p: p not in preempt_p) or [None]
     qoses: list[str | None] = sorted(res.qos, key=lambda q: q not in preempt_q) or [None]
+    if batch:
+        partitions = batch_choices(res.partitions, settings.preemptible_partitions)
+        qoses = batch_choices(res.qos, settings.preemptible_qos)
     choices = [(p, q) for p in partitions for q in qoses]
     if len(choices) == 1 and not always_estimate:
         return choices[0], None

@@ -115,6 +115,9 @@ class JobSpec(BaseModel):
     time_min_min: int | None = Field(default=None, ge=1)
     #: Seconds between the USR1 warning and the end of the walltime.
     signal_lead_s: int = Field(default=120, ge=10, le=65_535)
+    #: Let Slurm send the warning (`--signal`): off for jobs whose owner ends them on time itself (Slurm checks
+    #: time limits periodically, so its warning may come up to ~30 s before the lead).
+    walltime_signal: bool = True
     #: Seconds after deregistering before draining starts, so routers stop sending work.
     settle_s: int = Field(default=5, ge=0, le=300)
     #: Most seconds to wait for in-flight requests on USR1; default: what the lead time leaves.
@@ -349,7 +352,7 @@ def _header(spec: JobSpec) -> list[str]:
         f"#SBATCH --cpus-per-task={spec.cpus_per_task}",
         f"#SBATCH --mem={spec.mem_mb}M",
         f"#SBATCH --time={spec.time_limit_min}",
-        f"#SBATCH --signal=B:USR1@{spec.signal_lead_s}",
+        *([f"#SBATCH --signal=B:USR1@{spec.signal_lead_s}"] if spec.walltime_signal else []),
         f"#SBATCH --output={spec.output_dir.rstrip('/')}/{name}-%j.out",
         f"#SBATCH --chdir={spec.output_dir}",
         "#SBATCH --export=NONE",

@@ -12,12 +12,14 @@ A batch's requests live on disk (the gateway's files directory); Redis holds onl
   output is assembled because its token is not the recorded one. So each line's result appears
   exactly once.
 - Batch lines take slots only from idle capacity: `take` refuses while any interactive ticket waits
-  for the model or while the least-loaded ready instance has `fraction` of its cap or more in
-  flight; it never enqueues a ticket, never counts interactive demand and never signals the
-  launcher. A line that finds no ready instance is recorded as batch demand (`{p}bdem:{model}`,
-  `{p}bwait`), a class of its own that the launcher ignores unless told otherwise. Lines in flight are
-  listed per model (`{p}bflight:{model}`), so that the launcher's snapshot leaves them out of the
-  load it scales on: batch work never makes the launcher add or keep an instance.
+  for the model, while the least-loaded ready instance has `fraction` of its cap or more in
+  flight, or while that instance also serves interactive requests and already runs `beside` batch
+  lines (a batch line's tokens cost its neighbours' latency); it never enqueues a ticket, never
+  counts interactive demand and never signals the launcher. A line that finds no ready instance is
+  recorded as batch demand (`{p}bdem:{model}`, `{p}bwait`). Lines in flight are listed per model
+  (`{p}bflight:{model}`), so that the launcher's snapshot leaves them out of the interactive load
+  it scales on; the launcher reads a batch's pending lines (`backlog`) as a class of its own
+  (`launcher.batch_scaling`): with batch jobs off it never adds or keeps an instance for them.
 
 Statuses follow OpenAI's: validating (lines being loaded) -> in_progress -> finalizing ->
 completed | expired | cancelled (cancelling drains the lines in flight first); failed when no
@@ -168,7 +170,7 @@ end
 return status
 """
 
-# ARGV: prefix, bid, model, gw, now, lease_s, fraction, demand_slot
+# ARGV: prefix, bid, model, gw, now, lease_s, fraction, demand_slot, beside (-1: no limit)
 _TAKE = (
     PUMP_LUA
     + """
@@ -188,10 +190,18 @@ if #best == 0 then
 end
 local limit = math.max(1, math.floor(cap_of(prefix, model) * tonumber(ARGV[7])))
 if tonumber(best[2]) >= limit then return {'busy'} end
+local flight = prefix .. 'bflight:' .. model
+local beside = tonumber(ARGV[9])
+if beside >= 0 then
+  local mine = 0
+  for _, iid in ipairs(redis.call('HVALS', flight)) do
+    if iid == best[1] then mine = mine + 1 end
+  end
+  if mine >= beside and tonumber(best[2]) > mine then return {'busy'} end
+end
 local token = bid .. ':' .. redis.call('HINCRBY', key, 'claims', 1)
 local line = free[1]
 local own = prefix .. 'bown:' .. bid
-local flight = prefix .. 'bflight:' .. model
 local lapsed = redis.call('HGET', own, line)
 if lapsed then redis.call('HDEL', flight, lapsed) end
 redis.call('ZINCRBY', ready, 1, best[1])
@@ -347,6 +357,20 @@ class Take(BaseModel):
     """The claim's token: the key of the line's result and of its slot (`Routing.release(gw, token)`)."""
 
 
+_RUNNING = frozenset({BatchStatus.VALIDATING.value, BatchStatus.IN_PROGRESS.value})
+"""Statuses whose lines still want to run (a cancelling batch starts no more lines)."""
+
+
+class BatchBacklog(BaseModel):
+    """One running batch's lines still to do, for the launcher."""
+
+    bid: str
+    model: str
+    resolved: bool
+    """True when `model` is the base model its lines ran on; False: the client's name, to be resolved."""
+    pending: int
+
+
 class Batches:
     """The atomic steps of batches and their lines."""
 
@@ -378,12 +402,25 @@ class Batches:
         return BatchStatus(text(await self._load(args=[self.prefix, bid, good, chunk, repr(now_s)])))
 
     async def take(
-        self, bid: str, model: str, gateway_id: str, *, now_s: float, lease_s: float, fraction: float
+        self,
+        bid: str,
+        model: str,
+        gateway_id: str,
+        *,
+        now_s: float,
+        lease_s: float,
+        fraction: float,
+        beside: int | None = None,
     ) -> Take:
-        """Claim a free line together with an idle slot on the model's least-loaded instance (one round trip)."""
+        """Claim a free line together with an idle slot on the model's least-loaded instance (one round trip).
+
+        `beside`: batch lines that instance may run while it also serves interactive requests (None: up
+        to `fraction` of its cap like an idle one).
+        """
         slot = int(now_s // DEMAND_SLOT_S)
+        limit = -1 if beside is None else beside
         res: list[Any] = await self._take(
-            args=[self.prefix, bid, model, gateway_id, repr(now_s), repr(lease_s), repr(fraction), slot]
+            args=[self.prefix, bid, model, gateway_id, repr(now_s), repr(lease_s), repr(fraction), slot, limit]
         )
         outcome = TakeOutcome(text(res[0]))
         if outcome is not TakeOutcome.LINE:
@@ -458,6 +495,28 @@ class Batches:
 
     async def pending_lines(self, bid: str) -> int:
         return int(await self.redis.zcard(self.keys.batch_pending(bid)))
+
+    async def backlog(self) -> list[BatchBacklog]:
+        """Every running batch's lines without a recorded result (free or leased), in two round trips.
+
+        `model` is the model the batch's lines ran on (`imodel`, a base model), or the client's name
+        while no line has run yet (the caller resolves it).
+        """
+        bids = await self.active()
+        if not bids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in bids:
+                pipe.hmget(self.keys.batch(bid), ["status", "imodel", "doc"])
+                pipe.zcard(self.keys.batch_pending(bid))
+            rows = await pipe.execute()
+        out: list[BatchBacklog] = []
+        for bid, (status, imodel, doc), pending in zip(bids, rows[::2], rows[1::2], strict=True):
+            if status is None or text(status) not in _RUNNING or doc is None:
+                continue
+            model = text(imodel) if imodel is not None else BatchDoc.model_validate_json(text(doc)).model
+            out.append(BatchBacklog(bid=bid, model=model, resolved=imodel is not None, pending=int(pending)))
+        return out
 
     async def waiting_models(self, *, since_s: float) -> list[str]:
         """Models a batch line found without a ready instance since `since_s` (batch demand)."""

@@ -75,6 +75,9 @@ class InstanceRecord(BaseModel):
     successor_of: str | None = None
     successor: str | None = None
     loaded_loras: list[str] = Field(default_factory=list)
+    batch: bool = False
+    """Started for a batch backlog: a preemptible, backfill-fitted job that serves until its walltime and
+    is never renewed (the lines it runs when it ends are retried)."""
 
     @property
     def url(self) -> str | None:

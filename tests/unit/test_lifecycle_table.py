@@ -85,6 +85,14 @@ def running_since(minutes: int) -> Callable[[FakeSlurm, int], object]:
     return act
 
 
+def running_for_s(seconds: float) -> Callable[[FakeSlurm, int], object]:
+    def act(fake: FakeSlurm, job_id: int) -> None:
+        fake.start(job_id, node="n01")
+        fake.advance(seconds)
+
+    return act
+
+
 def noted_run(fake_start_s: float, limit_min: int) -> lc.Note:
     return lc.Note((("end_time_s", fake_start_s + 60 * limit_min), ("time_limit_s", 60.0 * limit_min), ("node", "n01")))
 
@@ -151,6 +159,18 @@ ROWS = [
         running_since(121),
         record(S.READY, **RUN_FACTS),
         (lc.Ended("walltime reached"),),
+    ),
+    Row(
+        "ready batch instance, its walltime within batch_signal_lead_s: drained and cancelled",
+        running_for_s(60 * 120 - 5),
+        record(S.READY, batch=True, **RUN_FACTS),
+        (lc.Drain(lc.BATCH_END, cancel=True),),
+    ),
+    Row(
+        "ready batch instance, its walltime further off: nothing",
+        running_for_s(60 * 120 - SETTINGS.batch_signal_lead_s - 1),
+        record(S.READY, batch=True, **RUN_FACTS),
+        (),
     ),
     Row("ready, preempted", ran(lambda f, j: f.preempt(j)), record(S.READY, **RUN_FACTS), (lc.Ended("preempted"),)),
     Row(

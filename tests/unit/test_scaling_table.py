@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from launcher.batch_scaling import batch_needs
 from launcher.desired import fit_to_budget
 from launcher.history import ModelHistory
 from launcher.scaling import DrainOrder, ModelInputs, Planner, Submission, live_by_model, model_actions
@@ -28,6 +29,7 @@ SETTINGS = LauncherSettings(default_keepalive_s=600.0, pending_cancel_grace_s=5.
 
 
 SHORT_KEEPALIVE: dict[str, object] = {"keepalive_min_s": 10, "keepalive_max_s": 20}
+BATCH_JOBS: dict[str, object] = {"batch_cold_starts": True, "batch_lines_per_instance_hour": 1000.0}
 
 
 def spec(name: str = "m", policy: dict[str, object] | None = None) -> ModelSpec:
@@ -39,7 +41,9 @@ def spec(name: str = "m", policy: dict[str, object] | None = None) -> ModelSpec:
     )
 
 
-def instance(fake: FakeSlurm, iid: str, state: InstanceState, *, runs_for_min: int | None = None) -> InstanceRecord:
+def instance(
+    fake: FakeSlurm, iid: str, state: InstanceState, *, runs_for_min: int | None = None, batch: bool = False
+) -> InstanceRecord:
     """A record in `state` whose job FakeSlurm holds; a ready one runs, ending at its walltime."""
     script = (
         f"#!/bin/bash\n#SBATCH --job-name=slurmless-m-{iid}\n#SBATCH --comment=slurmless:{iid}\n#SBATCH --time=120\n"
@@ -58,6 +62,7 @@ def instance(fake: FakeSlurm, iid: str, state: InstanceState, *, runs_for_min: i
         created_s=fake.now_s,
         state_since_s=fake.now_s,
         end_time_s=end_s,
+        batch=batch,
     )
 
 
@@ -78,6 +83,13 @@ class Row:
     """Each submission's instance to renew (None: more capacity)."""
     drains: tuple[tuple[str, bool], ...] = ()
     """(instance id, cancelled at once)."""
+    batch: tuple[bool, ...] = ()
+    """Which of `states` are batch instances (default none)."""
+    batch_lines: int = 0
+    """Lines pending in the model's running batches."""
+    settings: dict[str, object] = field(default_factory=dict)
+    batch_submissions: int = 0
+    """How many of `submissions` are batch jobs (the last ones)."""
 
 
 ROWS = [
@@ -127,6 +139,94 @@ ROWS = [
         desired=1,
         submissions=("i0",),
     ),
+    Row("a backlog with batch jobs off: nothing (warm instances only)", batch_lines=5000, desired=0),
+    Row(
+        "a backlog scales batch jobs by lines per instance-hour",
+        batch_lines=2500,
+        settings=BATCH_JOBS,
+        desired=3,
+        submissions=(None, None, None),
+        batch_submissions=3,
+    ),
+    Row(
+        "a backlog beyond batch_max_instances: capped",
+        batch_lines=50_000,
+        settings={**BATCH_JOBS, "batch_max_instances": 2},
+        desired=2,
+        submissions=(None, None),
+        batch_submissions=2,
+    ),
+    Row(
+        "a backlog within the GPU budget: one busy interactive instance, one batch job",
+        states=(S.READY,),
+        inflight={"i0": 2},
+        idle_for_s=1.0,
+        batch_lines=5000,
+        settings={**BATCH_JOBS, "gpu_budget": 2},
+        desired=2,
+        submissions=(None,),
+        batch_submissions=1,
+    ),
+    Row(
+        "a backlog on a warm instance: one more batch job beside it",
+        states=(S.READY,),
+        idle_for_s=1.0,
+        batch_lines=1500,
+        settings=BATCH_JOBS,
+        desired=2,
+        submissions=(None,),
+        batch_submissions=1,
+    ),
+    Row(
+        "a batch instance near its walltime: not renewed (it ends, its lines are retried)",
+        states=(S.READY,),
+        batch=(True,),
+        runs_for_min=2,
+        batch_lines=500,
+        settings=BATCH_JOBS,
+        desired=1,
+    ),
+    Row(
+        "an idle instance while lines are pending: busy, not drained",
+        states=(S.READY,),
+        idle_for_s=5000.0,
+        policy=SHORT_KEEPALIVE,
+        batch_lines=10,
+        settings=BATCH_JOBS,
+        desired=1,
+    ),
+    Row(
+        "lines pending: ready instances stay, a batch job not needed any more is cancelled",
+        states=(S.READY, S.READY, S.PENDING),
+        batch=(True, False, True),
+        idle_for_s=5000.0,
+        policy=SHORT_KEEPALIVE,
+        batch_lines=10,
+        settings=BATCH_JOBS,
+        desired=1,
+        drains=(("i2", True),),
+    ),
+    Row(
+        "backlog done: batch instances drain once idle like any",
+        states=(S.READY,),
+        batch=(True,),
+        idle_for_s=5000.0,
+        policy=SHORT_KEEPALIVE,
+        settings=BATCH_JOBS,
+        desired=0,
+        drains=(("i0", False),),
+    ),
+    Row(
+        "a batch job waiting for a gap does not hold an interactive request up",
+        states=(S.PENDING,),
+        batch=(True,),
+        queue_depth=1,
+        idle_for_s=0.0,
+        batch_lines=100,
+        settings=BATCH_JOBS,
+        desired=1,
+        submissions=(None,),
+    ),
     Row(
         "successor already coming: no second one",
         states=(S.READY, S.PENDING),
@@ -139,8 +239,13 @@ ROWS = [
 
 
 def run_row(row: Row) -> tuple[int, tuple[Submission, ...], tuple[DrainOrder, ...]]:
+    settings = SETTINGS.model_copy(update=row.settings)
     fake = FakeSlurm(now_s=T0)
-    records = [instance(fake, f"i{n}", state, runs_for_min=row.runs_for_min) for n, state in enumerate(row.states)]
+    batch = row.batch or (False,) * len(row.states)
+    records = [
+        instance(fake, f"i{n}", state, runs_for_min=row.runs_for_min, batch=b)
+        for n, (state, b) in enumerate(zip(row.states, batch, strict=True))
+    ]
     if row.successor:
         records[0].successor, records[1].successor_of = records[1].id, records[0].id
     now_s = fake.now_s
@@ -155,10 +260,11 @@ def run_row(row: Row) -> tuple[int, tuple[Submission, ...], tuple[DrainOrder, ..
     )
     model = spec(policy=row.policy)
     inputs = ModelInputs(model, snap, ModelHistory.from_fields(stats), None, (), None)
-    [plan] = Planner(SETTINGS).plan([inputs], live_by_model(records), now_s)
-    decision = fit_to_budget([plan.ask], SETTINGS.gpu_budget)["m"]
-    actions = model_actions(plan, decision, now_s, SETTINGS)
-    return decision.replicas, actions.submissions, actions.drains
+    [plan] = Planner(settings).plan([inputs], live_by_model(records), now_s)
+    fitted = fit_to_budget([plan.ask], settings.gpu_budget)
+    needs = batch_needs([plan], fitted, {"m": row.batch_lines} if row.batch_lines else {}, settings)
+    actions = model_actions(plan, fitted["m"], now_s, settings, *[needs[m] for m in needs])
+    return actions.decision.replicas, actions.submissions, actions.drains
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
@@ -166,7 +272,13 @@ def test_plan(row: Row) -> None:
     desired, submissions, drains = run_row(row)
     assert desired == row.desired
     assert [s.successor_of for s in submissions] == list(row.submissions)
+    assert [s.batch for s in submissions] == [False] * (len(submissions) - row.batch_submissions) + [
+        True
+    ] * row.batch_submissions
     for sub in submissions:
+        if sub.batch:
+            assert sub.why == f"batch backlog: {row.batch_lines} lines pending"
+            continue
         assert sub.why.startswith(f"renewal of {sub.successor_of}" if sub.successor_of else f"desired={desired}:")
     assert [(d.record.id, d.cancel) for d in drains] == list(row.drains)
 
