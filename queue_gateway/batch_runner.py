@@ -8,8 +8,10 @@ dies are run again by another once their lease lapses, and a result is recorded 
 that owns the line (see `warmpool.batches`, `batch_output`).
 
 Priority: `take` gives a slot only when no interactive ticket waits for the model and the instance
-has less than `headroom_fraction` of its cap in flight; a line never queues. So batch work fills
-gaps and never delays an interactive request by more than the engine's own cost of the extra load.
+has less than `headroom_fraction` of its cap in flight, and, while the instance also serves
+interactive requests, when it runs fewer than `beside_interactive` batch lines; a line never queues.
+So batch work fills gaps at full pace on instances nobody else uses, trickles beside interactive
+work, and never delays an interactive request by more than the engine's own cost of the extra load.
 One step (`step`) looks at every active batch: it loads a validating batch's lines, fills free
 room with lines, and finalizes a batch that is done, expired, or cancelled and drained.
 """
@@ -185,6 +187,7 @@ class BatchRunner:
                     now_s=self.clock(),
                     lease_s=self.settings.line_lease_s,
                     fraction=self.settings.headroom_fraction,
+                    beside=self.settings.beside_interactive,
                 )
             finally:
                 self._taking -= 1

@@ -31,6 +31,10 @@ class BatchSettings(BaseModel):
     """Batch lines one gateway process runs at once (more is faster but costs interactive TTFT: bench/batch_gaps.py)."""
     headroom_fraction: float = Field(0.5, gt=0, le=1)
     """A batch line takes a slot only while the instance's requests in flight are below this fraction of its cap."""
+    beside_interactive: int | None = Field(2, ge=0)
+    """Batch lines one instance runs while it also serves interactive requests (an instance without any runs
+    up to `headroom_fraction` of its cap); every batch line's tokens add to its neighbours' latency. None:
+    no limit but the headroom."""
     line_lease_s: float = Field(30.0, gt=0)
     """A claimed line whose runner has not renewed its lease for this long is run again by another runner."""
     line_attempts: int = Field(3, ge=1)

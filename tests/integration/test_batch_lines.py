@@ -68,6 +68,26 @@ async def test_a_line_takes_only_idle_capacity(redis_client: aioredis.Redis) -> 
     assert (await SnapshotReader(redis_client).read(["m"]))["m"].batch_in_flight == 0
 
 
+async def test_beside_interactive_requests_batch_lines_only_trickle(redis_client: aioredis.Redis) -> None:
+    b = await started(redis_client, good=6)
+    routing = Routing(redis_client)
+    await routing.activate("m", "i1", cap=16)
+
+    async def take() -> TakeOutcome:
+        return (await b.take("batch-a", "m", "gw1", now_s=NOW, lease_s=10, fraction=0.5, beside=1)).outcome
+
+    # Nobody else on the instance: up to the headroom (8 of 16), more than `beside`.
+    assert [await take() for _ in range(2)] == [TakeOutcome.LINE] * 2
+    # An interactive request arrives: the two lines run on, no third joins them.
+    assert (await routing.admit("m", "gw1", "r0", now_s=NOW, queue_max=9, global_max=9)).instance_id == "i1"
+    assert await take() is TakeOutcome.BUSY
+    await routing.release("gw1", "r0")
+    assert await take() is TakeOutcome.LINE
+    # Without `beside`, only the headroom counts.
+    assert (await routing.admit("m", "gw1", "r1", now_s=NOW, queue_max=9, global_max=9)).instance_id == "i1"
+    assert (await b.take("batch-a", "m", "gw1", now_s=NOW, lease_s=10, fraction=0.5)).outcome is TakeOutcome.LINE
+
+
 async def test_a_lapsed_lease_moves_the_line_and_the_old_result_is_refused(redis_client: aioredis.Redis) -> None:
     b = await started(redis_client, good=1)
     await Routing(redis_client).activate("m", "i1", cap=8)
@@ -121,3 +141,18 @@ async def test_tenant_cap_counts_active_batches(redis_client: aioredis.Redis) ->
     assert not await b.create(doc("batch-3"), cap=2)
     assert await b.create(doc("batch-4", tenant="chemistry"), cap=2)
     assert await b.get("batch-3") is None
+
+
+async def test_the_backlog_counts_free_and_leased_lines_of_running_batches(redis_client: aioredis.Redis) -> None:
+    b = await started(redis_client, good=3)
+    [row] = await b.backlog()
+    # No line ran yet: the batch names the client's model, for the launcher to resolve.
+    assert (row.bid, row.model, row.resolved, row.pending) == ("batch-a", "m", False, 3)
+    await Routing(redis_client).activate("m", "i1", cap=4)
+    take = await b.take("batch-a", "m", "gw1", now_s=NOW, lease_s=10, fraction=1)
+    [row] = await b.backlog()
+    assert (row.model, row.resolved, row.pending) == ("m", True, 3)  # a leased line is still to do
+    assert await b.finish("batch-a", take.line, take.token, ok=True, gateway_id="gw1")
+    assert [r.pending for r in await b.backlog()] == [2]
+    assert await b.cancel("batch-a", now_s=NOW) is BatchStatus.CANCELLING
+    assert await b.backlog() == []  # a cancelled batch starts no more lines
