@@ -1,13 +1,14 @@
 """A large batch in the gaps: interactive warm-path TTFT with and without a batch running, and the batch's integrity.
 
 One engine simulator (model `m`, instance cap `--cap`), Redis and one `python -m queue_gateway` (its
-batch runner on, `--max-in-flight` lines at once, `--headroom` of the cap). The interactive load is
-the warm-path benchmark's closed loop (`bench.warm_path.run_level`, our raw-socket client) at
+batch runner on, `--max-in-flight` lines at once, `--headroom` of the cap, at most `--beside` lines on
+an instance that also serves interactive requests; `off`: only the headroom, as before that limit).
+The interactive load is the warm-path benchmark's closed loop (`bench.warm_path.run_level`, our raw-socket client) at
 `--streams` streams. Windows alternate: without a batch (before it is created), with the batch
 running, and without again once it finished; the ratio is TTFT with / TTFT without, medians of the
 windows, in the same run. Then the batch's output is checked: every `custom_id` exactly once.
 
-    .venv/bin/python -m bench.batch_gaps [--lines 10000] [--streams 10] [--windows 3] [--duration-s 4]
+    .venv/bin/python -m bench.batch_gaps [--lines 10000] [--streams 10] [--runner gateway] [--beside 2 off] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,7 +57,19 @@ def parse_args() -> argparse.Namespace:
         choices=["gateway", "worker"],
         help="who runs the batch lines: the gateway process, or a niced `queue_gateway.batch_worker` (one run each)",
     )
+    p.add_argument(
+        "--beside",
+        nargs="+",
+        default=["2"],
+        help="gateway.batch.beside_interactive for each mode (`off`: no limit but the headroom); modes alternate",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs of each mode, modes alternating")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="with --runner worker: alternate windows with the worker paused (SIGSTOP) and running, so that "
+        "the machine's drift over minutes cancels out; the ratio is then running / paused",
+    )
     p.add_argument("--no-pin", action="store_true")
     return p.parse_args()
 
@@ -97,7 +111,7 @@ async def window(target: Target, args: argparse.Namespace, body: dict[str, objec
     return sample
 
 
-async def run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+async def run(target: Target, args: argparse.Namespace, pause: Callable[[bool], None] | None = None) -> dict[str, Any]:
     body: dict[str, object] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "interactive prompt"}],
@@ -124,7 +138,16 @@ async def run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         await until(h, bid, lambda d: d["request_counts"]["completed"] >= args.max_in_flight)
         during: list[Sample] = []
         overlapped: list[bool] = []
+        paused: list[Sample] = []
         for i in range(args.windows):
+            if pause is not None:
+                # The worker stopped: its lines in flight end on the engine within a line's time, and
+                # nothing else of the batch runs; its leases (30 s) outlast the window.
+                pause(True)
+                await asyncio.sleep(0.5)
+                paused.append(await window(target, args, body, f"paused {i}"))
+                pause(False)
+                await asyncio.sleep(0.5)
             during.append(await window(target, args, body, f"with batch {i}"))
             overlapped.append((await h.get(f"/v1/batches/{bid}")).json()["status"] == "in_progress")
             if not overlapped[-1]:
@@ -145,13 +168,16 @@ async def run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         "windows_inside_batch": overlapped,
         "without": [asdict(s) for s in before + after],
         "with": [asdict(s) for s, inside in zip(during, overlapped, strict=True) if inside],
+        "paused": [asdict(s) for s, inside in zip(paused, overlapped, strict=False) if inside],
     }
 
 
-def run_mode(runner: str, args: argparse.Namespace, layout: Layout, log_dir: Path) -> dict[str, Any]:
+def run_mode(runner: str, beside: str, args: argparse.Namespace, layout: Layout, log_dir: Path) -> dict[str, Any]:
     """A fresh engine, Redis and gateway (and worker), one measurement."""
     files_dir = Path(tempfile.mkdtemp(prefix="bench-batch-files-"))
     env = {
+        # `off`: a limit the headroom always reaches first, which is the runner without the limit.
+        "SLURMLESS_GATEWAY__BATCH__BESIDE_INTERACTIVE": str(args.cap) if beside == "off" else str(int(beside)),
         "SLURMLESS_GATEWAY__BATCH__FILES_DIR": str(files_dir),
         "SLURMLESS_GATEWAY__BATCH__MAX_IN_FLIGHT": str(args.max_in_flight),
         "SLURMLESS_GATEWAY__BATCH__HEADROOM_FRACTION": str(args.headroom),
@@ -176,7 +202,14 @@ def run_mode(runner: str, args: argparse.Namespace, layout: Layout, log_dir: Pat
                 cwd=files_dir,
             )
             wait_line(worker, "batch worker ", 60)
-        return uvloop.run(run(target, args))
+        pause = None
+        if worker is not None and args.paired:
+            pid = worker.proc.pid
+
+            def pause(stop: bool) -> None:
+                os.killpg(pid, signal.SIGSTOP if stop else signal.SIGCONT)
+
+        return uvloop.run(run(target, args, pause))
     finally:
         if worker is not None:
             worker.stop()
@@ -194,10 +227,13 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     results: dict[str, dict[str, Any]] = {}
     tables: list[str] = []
-    for runner, rnd in [(r, i) for i in range(args.repeat) for r in args.runner]:
-        print(f"batch lines run by: {runner} (run {rnd})", flush=True)
-        result = results[f"{runner}-{rnd}"] = run_mode(runner, args, layout, log_dir)
-        without, with_ = result["without"], result["with"]
+    modes = [(r, b, i) for i in range(args.repeat) for r in args.runner for b in args.beside]
+    for runner, beside, rnd in modes:
+        print(f"batch lines run by: {runner}, beside interactive: {beside} (run {rnd})", flush=True)
+        result = results[f"{runner}-{beside}-{rnd}"] = run_mode(runner, beside, args, layout, log_dir)
+        result["load_avg"] = os.getloadavg()
+        without, with_ = result["paused"] or result["without"], result["with"]
+        baseline = "paused (interleaved)" if result["paused"] else "without batch"
         rows = []
         for metric in ("ttft_p50_ms", "ttft_p99_ms", "req_s"):
             a = median([s[metric] for s in without])
@@ -205,10 +241,11 @@ def main() -> None:
             rows.append([metric, a, b, b / a if a else float("nan")])
         result["table"] = rows
         tables.append(
-            f"Run {rnd}, batch lines run by the {runner}: {result['batch']['status']} in {result['batch_s']:.1f} s "
+            f"Run {rnd}, batch lines run by the {runner}, beside interactive {beside}, load average "
+            f"{result['load_avg'][0]:.1f}: {result['batch']['status']} in {result['batch_s']:.1f} s "
             f"({result['lines_per_s']:.0f} lines/s), {result['results']} results, {result['lost']} lost, "
             f"{result['duplicates']} duplicated; interactive windows inside the batch: "
-            f"{result['windows_inside_batch']}\n" + table(["metric", "without batch", "with batch", "ratio"], rows)
+            f"{result['windows_inside_batch']}\n" + table(["metric", baseline, "with batch", "ratio"], rows)
         )
     print()
     print(

@@ -6,8 +6,9 @@ exit, not on Slurm's 30 s limit check) and a 4-GPU "research" job waits behind i
 until the research job starts are the gap. Model `gap` (1 GPU, asks 60 minutes with
 `--time-min=2`, so backfill may fit it into the gap) is cold; a batch of `--lines` chat lines is
 created through the gateway's Batches API when the research job's start is planned. With
-`launcher.batch_cold_starts` the launcher starts an instance for batch demand; the gateway's batch
-runner fills it. Nothing else asks for GPUs.
+`launcher.batch_cold_starts` the launcher starts batch jobs for the backlog (`launcher.batch_scaling`);
+the gateway's batch runner fills them. Nothing else asks for GPUs. `--preempt-grace-s` makes the
+cluster's `preempt` partition preemptible and the launcher's batch jobs go there.
 
 Measured, over the gap [batch created, research job started]:
 - available = free GPUs x gap length;
@@ -15,7 +16,7 @@ Measured, over the gap [batch created, research job started]:
 - serving = GPU-seconds of slurmless instances ready (engine loaded, taking lines) inside the gap;
 - lines completed in the gap, and whether the research job started on time (its planned start).
 
-    .venv/bin/python -m bench.gap_use [--blocker-min 3] [--lines 3000] [--inter-token-ms 20]
+    .venv/bin/python -m bench.gap_use [--blocker-min 3] [--lines 3000] [--inter-token-ms 20] [--preempt-grace-s 15]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.report import table, write_json
 from launcher.service import LauncherService
 from slurm.cli_backend import SlurmCLI
 from slurm.localcluster import LocalCluster
+from slurm.localcluster_conf import PREEMPT_PARTITION
 from slurm.types import JobState, SlurmJob
 from slurmless.localredis import LocalRedis
 from testing.launcher import cancel_all, local_settings, records
@@ -61,6 +63,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--inter-token-ms", type=float, default=20.0, help="the engine simulator's pacing")
     p.add_argument("--load-time-s", type=float, default=5.0, help="the engine simulator's model load time")
     p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument(
+        "--preempt-grace-s",
+        type=int,
+        default=None,
+        help="make the cluster's `preempt` partition preemptible (the research job's cancels its jobs after this "
+        "grace) and tell the launcher: batch jobs go there",
+    )
     return p.parse_args()
 
 
@@ -119,6 +128,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, redis_url: str, w
         tick_s=2.0,
         health_poll_s=0.5,
         batch_cold_starts=True,
+        preemptible_partitions=[PREEMPT_PARTITION] if args.preempt_grace_s is not None else [],
     )
     settings.launcher.engine_command = [
         *settings.launcher.engine_command, "--sim-inter-token-ms", str(args.inter_token_ms)
@@ -235,7 +245,7 @@ async def run(args: argparse.Namespace, cluster: LocalCluster, redis_url: str, w
 def main() -> None:
     args = parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-gap-"))
-    cluster = LocalCluster(gpus=CLUSTER_GPUS, backfill_interval_s=1)
+    cluster = LocalCluster(gpus=CLUSTER_GPUS, backfill_interval_s=1, preempt_grace_s=args.preempt_grace_s)
     cluster.start()
     server = LocalRedis()
     server.start()
