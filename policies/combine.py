@@ -67,9 +67,14 @@ def decide(state: ModelState, now_s: float) -> Decision:
     if mix.keepalive == "currency":
         start_s = load.last_activity_s if load.last_activity_s is not None else now_s
         utc_offset_s = state.forecast.utc_offset_s if state.forecast is not None else 0.0
-        keepalive_s, label = currency.keepalive_s(state.gaps, spec, mix.exchange_rate, start_s, utc_offset_s)
+        rate = mix.exchange_rate
+        if mix.budget_margin is not None:
+            rate = min(rate, currency.budget_rate(state.gaps, spec, mix.budget_margin))
+        keepalive_s, label = currency.keepalive_s(state.gaps, spec, rate, start_s, utc_offset_s)
+        if mix.budget_margin is not None:
+            label += f", budget {mix.budget_margin:g} x a 10-min keep-alive"
         if state.forecast is not None and threshold is None:
-            threshold = currency.prewarm_threshold(state.gaps, spec, mix.exchange_rate, state.forecast.slot_s)
+            threshold = currency.prewarm_threshold(state.gaps, spec, rate, state.forecast.slot_s)
     fc_replicas = 0
     if mix.forecast and state.forecast is not None:
         fc_replicas, fc_why, fc_recheck_s = fc_mod.prewarm(state.forecast, spec, now_s, threshold=threshold)

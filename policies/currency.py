@@ -59,6 +59,18 @@ DEFAULT_RATE = 0.03
 frontier grid whose idle GPU-hours stay at least 10% below a 10-minute keep-alive's on both tuning halves
 (even client ids of ServeGen m-mid and m-small, seed 0); see tracesim/README.md."""
 
+SHADOW_KEEPALIVE_S = 600.0
+"""The keep-alive whose idle spending is the default budget: a fixed 10 minutes, the policy replaced."""
+DEFAULT_BUDGET_SHARE = 0.9
+"""The default idle budget: this share of what `SHADOW_KEEPALIVE_S` would have spent on the site's
+recorded gaps (`site_rate`). Chosen on the tuning halves (see tracesim/README.md)."""
+DEFAULT_MARGIN = DEFAULT_BUDGET_SHARE
+"""The same share for a model budgeted on its own gaps (`budget_rate`, `PolicyMix.budget_margin`)."""
+RATE_GRID: FloatArray = 10.0 ** (np.arange(-48, 13, dtype=np.float64) / 12.0)
+"""Rates a budget chooses from: 1e-4 .. 10, twelve a decade."""
+SITE_RATES: FloatArray = RATE_GRID[RATE_GRID <= RATE_MAX * (1 + 1e-9)]
+"""The rates a site budget may choose (above 1 a model would hold hours for a few user-seconds)."""
+
 EDGES_S: FloatArray = GAP_MIN_S * GAP_RATIO ** np.arange(NBINS, dtype=np.float64)
 """Lower edge of every bin; the last bin is the overflow."""
 MIDS_S: FloatArray = np.append(np.sqrt(EDGES_S[:-1] * EDGES_S[1:]), 2.0 * EDGES_S[-1])
@@ -154,8 +166,93 @@ def wait_per_cold_s(hist: GapHistory | None, cold_s: float) -> float:
     return float(w.sum()) / total if total > 0 else cold_s
 
 
+def shadow_spend_s(counts: FloatArray, spec: ScalingSpec, keepalive_s: float = SHADOW_KEEPALIVE_S) -> float:
+    """Idle GPU-seconds a fixed `keepalive_s` spends on gaps binned as `counts` (any shape, last axis bins).
+
+    A gap shorter than the window is held through (its bin's middle); a longer one costs the window
+    and a reload.
+    """
+    per_gap = np.where(keepalive_s >= MIDS_S, MIDS_S, keepalive_s + spec.reload_idle_s)
+    return float((np.asarray(counts, dtype=np.float64).reshape(-1, NBINS) * per_gap).sum())
+
+
+def spend_curve_s(
+    hist: GapHistory | None, spec: ScalingSpec, rates: FloatArray = RATE_GRID, counts: FloatArray | None = None
+) -> FloatArray:
+    """Idle GPU-seconds the windows priced at each of `rates` spend on gaps binned as `counts`.
+
+    `counts` (`BUCKETS` x `NBINS`) defaults to the model's own shrunk distribution, i.e. its expected
+    spending over its history; a runner passes the gaps of a recent period to price those instead.
+    """
+    c, w = _tables(hist, spec.expected_cold_start_s)
+    windows = _windows(c, w, spec, np.asarray(rates, dtype=np.float64))
+    x = c if counts is None else np.asarray(counts, dtype=np.float64).reshape(BUCKETS, NBINS)
+    return _spend(x, windows, spec)
+
+
+def rate_for_budget(spend_s: FloatArray, budget_s: float, rates: FloatArray = RATE_GRID) -> float:
+    """The largest of `rates` whose expected spending `spend_s` stays within `budget_s`; the lowest if none."""
+    ok = np.flatnonzero(np.asarray(spend_s) <= budget_s * (1.0 + 1e-9))
+    return float(rates[int(ok[-1])]) if ok.size else float(rates[0])
+
+
+def budget_rate(hist: GapHistory | None, spec: ScalingSpec, margin: float = DEFAULT_MARGIN) -> float:
+    """The exchange rate that spends `margin` x what a 10-minute keep-alive would on this model's gaps.
+
+    Both spendings are expected values over the model's own (shrunk) gap distribution, so the rate is
+    a pure function of its history: the default budget needs no site-wide bookkeeping, and a model
+    never plans to hold more idle than the fixed keep-alive it replaces. Memoised like `_priced`.
+    """
+    key = (id(hist), id(spec), -margin)
+    hit = _RATE_CACHE.get(key)
+    if hit is not None and hit[0] is hist and hit[1] is spec:
+        return hit[2]
+    if len(_RATE_CACHE) >= _CACHE_MAX:
+        _RATE_CACHE.clear()
+    c, _w = _tables(hist, spec.expected_cold_start_s)
+    rate = rate_for_budget(spend_curve_s(hist, spec), margin * shadow_spend_s(c, spec))
+    _RATE_CACHE[key] = (hist, spec, rate)
+    return rate
+
+
+def budget_terms(hist: GapHistory | None, spec: ScalingSpec) -> tuple[FloatArray, float]:
+    """One model's share of a site budget: what its recorded gaps cost at each rate of `SITE_RATES`, and
+    what a 10-minute keep-alive would have spent on them. No gap recorded: nothing either way."""
+    if hist is None:
+        return np.zeros(SITE_RATES.size), 0.0
+    key = (id(hist), id(spec), 0.0)
+    hit = _TERMS_CACHE.get(key)
+    if hit is not None and hit[0] is hist and hit[1] is spec:
+        return hit[2]
+    if len(_TERMS_CACHE) >= _CACHE_MAX:
+        _TERMS_CACHE.clear()
+    counts = np.asarray(hist.counts, dtype=np.float64)
+    out = (spend_curve_s(hist, spec, SITE_RATES, counts=counts), shadow_spend_s(counts, spec))
+    _TERMS_CACHE[key] = (hist, spec, out)
+    return out
+
+
+def site_rate(models: Iterable[tuple[GapHistory | None, ScalingSpec]], share: float = DEFAULT_BUDGET_SHARE) -> float:
+    """The one exchange rate of a site whose idle budget is `share` x a 10-minute keep-alive's spending.
+
+    The largest rate at which every model's recorded gaps, held as the windows priced at that rate
+    hold them, would have cost at most `share` x what a fixed 10-minute keep-alive spent on the same
+    gaps (`budget_terms`, summed). A pure function of the models' histories: a site with busy models
+    whose bursts are worth holding for lets them spend more than ten minutes, and sparse models less.
+    """
+    curve = np.zeros(SITE_RATES.size)
+    shadow_s = 0.0
+    for hist, spec in models:
+        c, s = budget_terms(hist, spec)
+        curve += c
+        shadow_s += s
+    return rate_for_budget(curve, share * shadow_s, SITE_RATES)
+
+
 _Priced = tuple[tuple[float, ...], float, float]
+_TERMS_CACHE: dict[tuple[int, int, float], tuple[GapHistory | None, ScalingSpec, tuple[FloatArray, float]]] = {}
 _CACHE: dict[tuple[int, int, float], tuple[GapHistory | None, ScalingSpec, _Priced]] = {}
+_RATE_CACHE: dict[tuple[int, int, float], tuple[GapHistory | None, ScalingSpec, float]] = {}
 _CACHE_MAX = 4096
 
 
@@ -176,25 +273,54 @@ def _priced(hist: GapHistory | None, spec: ScalingSpec, rate: float) -> _Priced:
     return out
 
 
+def _tables(hist: GapHistory | None, cold_s: float) -> tuple[FloatArray, FloatArray]:
+    """`effective` for every bucket at once: shrunk gap counts and waits, `BUCKETS` x `NBINS`."""
+    model_c, model_w, _n = effective(hist, None, cold_s)
+    if hist is None:
+        return np.tile(model_c, (BUCKETS, 1)), np.tile(model_w, (BUCKETS, 1))
+    c = np.asarray(hist.counts, dtype=np.float64).reshape(BUCKETS, NBINS)
+    w = np.asarray(hist.waits_s, dtype=np.float64).reshape(BUCKETS, NBINS)
+    scale = BUCKET_PSEUDO / float(model_c.sum())
+    return c + scale * model_c, w + scale * model_w
+
+
+def _windows(c: FloatArray, w: FloatArray, spec: ScalingSpec, rates: FloatArray) -> FloatArray:
+    """Each bucket's window at each rate (`BUCKETS` x rates), from shrunk counts `c` and waits `w`.
+
+    Candidate K = EDGES_S[j]: gaps in bins below j are held through, the others cost K, a reload and
+    the wait at the exchange rate; the K of least expected cost, within the model's own bounds.
+    """
+    zero = np.zeros((c.shape[0], 1))
+    held = np.concatenate((zero, np.cumsum(c * MIDS_S, axis=1)), axis=1)[:, :NBINS]
+    beyond_n = c.sum(axis=1, keepdims=True) - np.concatenate((zero, np.cumsum(c, axis=1)), axis=1)[:, :NBINS]
+    beyond_w = w.sum(axis=1, keepdims=True) - np.concatenate((zero, np.cumsum(w, axis=1)), axis=1)[:, :NBINS]
+    base = held + beyond_n * (EDGES_S + spec.reload_idle_s)
+    cost = base[:, :, None] + rates[None, None, :] * beyond_w[:, :, None]
+    allowed = spec.max_keepalive_s + 1e-9 >= EDGES_S
+    if not allowed.any():
+        return np.full((c.shape[0], rates.size), spec.max_keepalive_s)
+    cost[:, ~allowed, :] = np.inf
+    best: FloatArray = EDGES_S[np.argmin(cost, axis=1)]
+    # An operator's explicit bounds on the model win over the price.
+    return np.minimum(np.maximum(best, spec.min_keepalive_s), spec.max_keepalive_s)
+
+
+def _spend(counts: FloatArray, windows: FloatArray, spec: ScalingSpec) -> FloatArray:
+    """Idle GPU-seconds `counts` (`BUCKETS` x `NBINS`) cost under `windows` (`BUCKETS` x rates), per rate."""
+    k = windows[:, None, :]
+    per_gap = np.where(MIDS_S[None, :, None] <= k, MIDS_S[None, :, None], k + spec.reload_idle_s)
+    spend: FloatArray = np.einsum("bj,bjr->r", counts, per_gap)
+    return spend
+
+
 def _compute_priced(hist: GapHistory | None, spec: ScalingSpec, rate: float) -> _Priced:
     cold_s = spec.expected_cold_start_s
     model_c, model_w, n_model = effective(hist, None, cold_s)
-    windows: list[float] = []
-    for b in range(BUCKETS):
-        c, w, _n = effective(hist, b, cold_s) if hist is not None else (model_c, model_w, n_model)
-        # Candidate K = EDGES_S[j]: gaps in bins below j are held through, the others cost K, a reload
-        # and the wait at the exchange rate.
-        held = np.concatenate(([0.0], np.cumsum(c * MIDS_S)))[:NBINS]
-        beyond_n = float(c.sum()) - np.concatenate(([0.0], np.cumsum(c)))[:NBINS]
-        beyond_w = float(w.sum()) - np.concatenate(([0.0], np.cumsum(w)))[:NBINS]
-        cost = held + beyond_n * (EDGES_S + spec.reload_idle_s) + rate * beyond_w
-        cost = np.where(spec.max_keepalive_s + 1e-9 >= EDGES_S, cost, np.inf)
-        best_s = float(EDGES_S[int(np.argmin(cost))]) if np.isfinite(cost).any() else spec.max_keepalive_s
-        # An operator's explicit bounds on the model win over the price.
-        windows.append(min(max(best_s, spec.min_keepalive_s), spec.max_keepalive_s))
+    c, w = _tables(hist, cold_s)
+    windows = _windows(c, w, spec, np.asarray([rate], dtype=np.float64))[:, 0]
     total = float(model_c.sum())
     wait_s = float(model_w.sum()) / total if total > 0 else cold_s
-    return tuple(windows), wait_s, n_model
+    return tuple(float(k) for k in windows), wait_s, n_model
 
 
 def prewarm_threshold(hist: GapHistory | None, spec: ScalingSpec, rate: float, slot_s: float) -> float:

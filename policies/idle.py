@@ -100,8 +100,9 @@ def observe_idle(
     overflow = int((~inside).sum())
     add = np.bincount(idx[inside], minlength=nbins)
     add_hits = np.bincount(idx[inside], weights=gap_hits[inside], minlength=nbins)
-    counts = tuple(int(c) for c in np.asarray(hist.counts, dtype=np.int64) + add)
-    new_hits = tuple(float(h) for h in np.asarray(hist.hits, dtype=np.float64) + add_hits)
+    # `tolist` gives Python ints and floats, as the tuples hold, without a Python loop over the bins.
+    counts = tuple((np.asarray(hist.counts, dtype=np.int64) + add).tolist())
+    new_hits = tuple((np.asarray(hist.hits, dtype=np.float64) + add_hits).tolist())
     new = replace(
         hist,
         counts=counts,

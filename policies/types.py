@@ -190,6 +190,9 @@ class PolicyMix:
     the idle-gap histogram (Shahrad et al.'s rule). keepalive "currency" is `policies.currency`: every
     hold and pre-warm priced at `exchange_rate` idle GPU-seconds per user-second of waiting; keepalive
     "oracle" is the simulator's clairvoyant bound at the same price (the runner supplies the window).
+    `budget_margin` (with "currency"), when set, replaces `exchange_rate` by the model's budget rate
+    (`policies.currency.budget_rate`): the rate whose expected idle spending is that share of what a
+    10-minute keep-alive would spend on the model's gaps.
     """
 
     keepalive: str = "histogram"
@@ -204,6 +207,7 @@ class PolicyMix:
     price_waits: bool = False
     keepalive_percentile: float | None = None
     exchange_rate: float = 1.0
+    budget_margin: float | None = None
 
 
 @dataclass(frozen=True)

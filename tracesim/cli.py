@@ -19,12 +19,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from tracesim.budget import run_budget
+from tracesim.budget import run_budget, run_policies
 from tracesim.coldstart import ColdStartModel
 from tracesim.frontier import FAMILIES, format_frontier, plot_frontiers, run_frontier, select_clients, slice_days
 from tracesim.lecture import format_lecture, run_lecture
 from tracesim.plot import plot_report
-from tracesim.run import BASELINES, SimConfig, format_table, mix_for, run_traces
+from tracesim.run import BASELINES, SimConfig, format_table, mix_for
 from tracesim.tenant_budget import format_rates, parse_tenant_budgets, run_tenant_budgets
 from tracesim.trace import TraceError, load_trace_dir
 
@@ -79,12 +79,17 @@ def simulate_command(
             "other clients: --budget or the fixed rate). See tracesim/tenant_budget.py."
         ),
     ] = None,
+    shadow_share: Annotated[
+        float | None,
+        typer.Option(help="slurmless under a budget of this share of a 10-min keep-alive's idle on the same gaps."),
+    ] = None,
 ) -> None:
     """Replay TRACE under every policy and report cold starts, waits and GPU-hours."""
     try:
         _simulate(
             trace, json_out, seed, plot, models, only, ics, policies, gpus_per_model, queue_median_s,
             load_median_s, workers, split, frontier, families, exchange_rate, budget, days, tenant_budgets,
+            shadow_share,
         )  # fmt: skip
     except (TraceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -111,6 +116,7 @@ def _simulate(
     budget: float | None,
     days: str | None,
     tenant_budgets: str | None = None,
+    shadow_share: float | None = None,
 ) -> None:
     tenants = parse_tenant_budgets(tenant_budgets) if tenant_budgets is not None else None
     if not trace.is_dir():
@@ -164,14 +170,14 @@ def _simulate(
         if json_out:
             print(json.dumps(report.as_json()))
         return
-    if budget is not None:
-        report, rates = run_budget(traces, config, budget, label=label)
+    if budget is not None or shadow_share is not None:
+        report, rates = run_budget(traces, config, budget, shadow_share=shadow_share, label=label)
         print(format_table(report), file=human)
         print(f"exchange rate: start {mix_for('slurmless').exchange_rate:g}, end {rates[-1]:.3g}", file=human)
         if json_out:
             print(json.dumps(report.as_json()))
         return
-    report = run_traces(traces, config, label=label)
+    report = run_policies(traces, config, label=label)
     print(format_table(report), file=human)
     doc: dict[str, object] = report.as_json()
     if ics is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -209,8 +210,10 @@ class _Replay:
         rng: np.random.Generator,
         occurrences: tuple[Occurrence, ...],
         record: bool,
+        shared: dict[tuple[str, int], object] | None = None,
     ) -> None:
         self.p = prep
+        self.shared = shared
         self.mix = mix
         self.spec = spec
         self.cold = cold
@@ -245,9 +248,12 @@ class _Replay:
         p = self.p
         if upto <= self.learnt_windows:
             return
+        net_of_forecast = self.mix.keepalive == "histogram" and self.mix.net_of_forecast and self.mix.forecast
+        if self.shared is not None and not net_of_forecast:
+            self._learn_shared(upto)
+            return
         lo, hi = int(p.window_bounds[self.learnt_windows]), int(p.window_bounds[upto])
         hits = (p.gap_wait_hits if self.mix.price_waits else p.gap_hits)[lo:hi]
-        net_of_forecast = self.mix.keepalive == "histogram" and self.mix.net_of_forecast and self.mix.forecast
         if net_of_forecast and hi > lo:
             hits = hits.copy()
         if self.fc is not None:
@@ -267,6 +273,41 @@ class _Replay:
             self.hist = observe_idle(self.hist, p.idle_gaps_s[lo:hi], self.spec, hits)
         if self.gaps is not None and hi > lo:
             self._learn_gaps(lo, hi)
+        self.learnt_windows = upto
+
+    def _learn_shared(self, upto: int) -> None:
+        """`_learn_until` one window at a time, sharing each step with the model's other policies.
+
+        What a policy learns (forecast, idle histogram, gap history) does not depend on its decisions,
+        so every policy of a model folds the same windows into the same states: the first to reach a
+        window computes the step, the others take it from `shared`, keyed by kind and window.
+        """
+        p, shared = self.p, self.shared
+        assert shared is not None
+        histogram = self.mix.keepalive == "histogram"
+        hits_all = p.gap_wait_hits if self.mix.price_waits else p.gap_hits
+        idle_kind = "idle-waits" if self.mix.price_waits else "idle-hits"
+        for w in range(self.learnt_windows, upto):
+            lo, hi = int(p.window_bounds[w]), int(p.window_bounds[w + 1])
+            if self.fc is not None:
+                fc = shared.get(("fc", w + 1))
+                if fc is None:
+                    fc = observe_slot(self.fc, w * WINDOW_S, float(p.window_counts[w]))
+                    shared[("fc", w + 1)] = fc
+                self.fc = cast(SeasonalForecast, fc)
+            if histogram and hi > lo:
+                hist = shared.get((idle_kind, w + 1))
+                if hist is None:
+                    hist = observe_idle(self.hist, p.idle_gaps_s[lo:hi], self.spec, hits_all[lo:hi])
+                    shared[(idle_kind, w + 1)] = hist
+                self.hist = cast(IdleHistogram, hist)
+            if self.gaps is not None and hi > lo:
+                gaps = shared.get(("gaps", w + 1))
+                if gaps is None:
+                    self._learn_gaps(lo, hi)
+                    shared[("gaps", w + 1)] = self.gaps
+                else:
+                    self.gaps = cast(GapHistory, gaps)
         self.learnt_windows = upto
 
     def _learn_gaps(self, lo: int, hi: int) -> None:

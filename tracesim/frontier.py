@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.currency import DEFAULT_RATE
-from tracesim.run import PolicySummary, SimConfig, SimReport, run_traces
+from tracesim.budget import run_policies
+from tracesim.run import PolicySummary, SimConfig, SimReport
 from tracesim.trace import ModelTrace, TraceError
 
 KEEPALIVE_MIN = (1, 2, 5, 10, 20, 30, 60, 120, 240)
@@ -36,7 +36,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 REFERENCE = "keepalive-10m"
 COMPARED = ("hybrid-histogram", "slurmless")
-"""Single points printed with the frontiers: the learnt ski-rental baseline and `slurmless` at its defaults."""
+"""Single points printed with the frontiers: the learnt ski-rental baseline and `slurmless` at its defaults
+(the site budget `policies.currency.DEFAULT_BUDGET_SHARE` x a 10-minute keep-alive's spending)."""
 
 
 def select_clients(traces: Sequence[ModelTrace], split: str) -> list[ModelTrace]:
@@ -105,7 +106,7 @@ def family_of(policy: str) -> str:
     for family, names in FAMILIES.items():
         if policy in names:
             return family
-    return policy
+    return f"{policy} (default)" if policy in FAMILIES else policy
 
 
 def run_frontier(
@@ -116,13 +117,9 @@ def run_frontier(
     if unknown:
         raise TraceError(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
     names = [p for f in families for p in FAMILIES[f]]
-    default = f"slurmless@{DEFAULT_RATE:g}"
-    # `slurmless` at its default rate is a point of its family: replayed once, reported under both names.
-    compared = [p for p in COMPARED if not (p == "slurmless" and default in names)]
-    policies = tuple(dict.fromkeys([*names, REFERENCE, *compared]))
-    report: SimReport = run_traces(traces, _with_policies(config, policies), label=label)
-    if "slurmless" in COMPARED and "slurmless" not in report.summaries and default in report.summaries:
-        report.summaries["slurmless"] = report.summaries[default]
+    policies = tuple(dict.fromkeys([*names, REFERENCE, *COMPARED]))
+    # `slurmless` (its default site budget) is replayed in lockstep over all models, the others model by model.
+    report: SimReport = run_policies(traces, _with_policies(config, policies), label=label)
     points: dict[str, list[Point]] = {}
     for name, s in report.summaries.items():
         fam = family_of(name)

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from policies.combine import POLICY_MIXES
+from policies.currency import RATE_GRID
 from policies.types import Occurrence, PolicyMix, ScalingSpec
 from tracesim.arrivals import DEFAULT_CAP, FloatArray, generate_arrivals, load_service_times
 from tracesim.coldstart import ColdStartModel
-from tracesim.engine import ModelResult, prepare, simulate_model
+from tracesim.engine import ModelResult, _Replay, prepare
 from tracesim.trace import ModelTrace, load_trace_dir
 
 TRACES_DIR = Path(__file__).resolve().parents[1] / "traces"
@@ -33,6 +34,8 @@ DEFAULT_AZURE_CSV = TRACES_DIR / "azure-llm-2023/AzureLLMInferenceTrace_conv.csv
 # event in the keep-alive. `VALUE_FACTOR` sets the per-event price of the forecast's pre-warm: the
 # first request's wait, one expected cold start (the burst behind it is not forecast per slot).
 VALUE_FACTOR = 1.0
+LOCKSTEP_S = 86_400.0
+"""A model's policies are replayed side by side, this much trace time at a time."""
 
 BASELINES = (
     "always-on",
@@ -51,7 +54,11 @@ def mix_for(name: str) -> PolicyMix:
     """The policy mix a simulator policy name stands for.
 
     Besides `POLICY_MIXES`: `keepalive-<minutes>m`, `hybrid-p<percentile>` (Shahrad et al.'s window),
-    `slurmless@<rate>` and `clairvoyant@<rate>` (the offline bound at that price).
+    `slurmless@<rate>` (a fixed exchange rate), `slurmless-site@<share>` (the site's one rate spends that
+    share of what a 10-minute keep-alive would on its gaps; `slurmless` is the default share; replayed
+    by `tracesim.budget.run_policies`), `slurmless-budget@<share>[:<rate cap>]` (the same, each model on
+    its own gaps) and
+    `clairvoyant@<rate>` (the offline bound at that price).
     """
     if name in POLICY_MIXES:
         return POLICY_MIXES[name]
@@ -64,6 +71,16 @@ def mix_for(name: str) -> PolicyMix:
             pct = float(name[len("hybrid-p") :])
             if 0 < pct <= 100:
                 return PolicyMix(keepalive="histogram", keepalive_percentile=pct, forecast=False, schedules=False)
+        elif name.startswith("slurmless-site@"):
+            # Replayed by `tracesim.budget.run_policies`, which sets the site's rate as it goes.
+            if float(name.partition("@")[2]) > 0:
+                return POLICY_MIXES["slurmless"]
+        elif name.startswith("slurmless-budget@"):
+            raw_margin, _, raw_cap = name.partition("@")[2].partition(":")
+            margin = float(raw_margin)
+            cap = float(raw_cap) if raw_cap else float(RATE_GRID[-1])
+            if 0 < margin <= 100 and cap > 0:
+                return replace(POLICY_MIXES["slurmless"], budget_margin=margin, exchange_rate=cap)
         elif name.startswith(("slurmless@", "clairvoyant@", "slurmless-keepalive@")):
             family, _, raw = name.partition("@")
             rate = float(raw)
@@ -72,12 +89,12 @@ def mix_for(name: str) -> PolicyMix:
                     return PolicyMix(keepalive="oracle", forecast=False, schedules=False, exchange_rate=rate)
                 if family == "slurmless-keepalive":
                     return PolicyMix(keepalive="currency", forecast=False, schedules=False, exchange_rate=rate)
-                return replace(POLICY_MIXES["slurmless"], exchange_rate=rate)
+                return replace(POLICY_MIXES["slurmless"], exchange_rate=rate, budget_margin=None)
     except ValueError:
         pass
     raise ValueError(
         f"unknown policy {name!r}; known: {sorted(POLICY_MIXES)}, keepalive-<min>m, hybrid-p<pct>, "
-        "slurmless@<rate>, clairvoyant@<rate>"
+        "slurmless@<rate>, slurmless-site@<share>, slurmless-budget@<share>[:<cap>], clairvoyant@<rate>"
     )
 
 
@@ -199,23 +216,35 @@ def simulate_one(
     spec = config.spec(trace.name, mean_service_s)
     prep = prepare(arrivals, trace.end_s, spec, config.cap)
     record = trace.name in config.record_models
-    out: list[ModelResult] = []
-    for policy in config.policies:
-        cold_rng = np.random.default_rng([config.seed, index, 1])
-        out.append(
-            simulate_model(
-                trace.name,
-                policy,
-                prep,
-                mix_for(policy),
-                spec,
-                config.cold,
-                cold_rng,
-                occurrences=occurrences,
-                record=record,
-            )
+    # What the policies learn is shared between them (`_Replay._learn_shared`); they advance a day at a
+    # time together so that the shared steps of days every policy has passed can be dropped.
+    shared: dict[tuple[str, int], object] = {}
+    replays = [
+        _Replay(
+            trace.name,
+            policy,
+            prep,
+            mix_for(policy),
+            spec,
+            config.cold,
+            np.random.default_rng([config.seed, index, 1]),
+            occurrences,
+            record,
+            shared,
         )
-    return out
+        for policy in config.policies
+    ]
+    for rep in replays:
+        rep.start()
+    stop_s = 0.0
+    while stop_s < prep.end_s:
+        stop_s = min(stop_s + LOCKSTEP_S, prep.end_s)
+        for rep in replays:
+            rep.advance(stop_s)
+        done_w = min(rep.learnt_windows for rep in replays)
+        for key in [k for k in shared if k[1] < done_w]:
+            del shared[key]
+    return [rep.finish() for rep in replays]
 
 
 def _worker(args: tuple[ModelTrace, int, SimConfig, FloatArray]) -> list[ModelResult]:

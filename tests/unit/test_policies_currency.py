@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,3 +137,81 @@ def test_decide_prewarms_a_slot_the_forecast_expects_when_the_rate_pays_for_it()
 def test_observe_rejects_cells_out_of_range() -> None:
     with pytest.raises(ValueError, match="out of range"):
         currency.observe(currency.empty_history(), [currency.CELLS], [1.0], [1.0])
+
+
+def test_a_ten_minute_shadow_holds_short_gaps_and_pays_window_and_reload_for_long_ones() -> None:
+    counts = np.zeros(currency.NBINS)
+    short, long = currency.gap_bin(120.0), currency.gap_bin(3 * 3600.0)
+    counts[short], counts[long] = 2.0, 1.0
+    expected = 2 * currency.MIDS_S[short] + currency.SHADOW_KEEPALIVE_S + SPEC.reload_idle_s
+    assert currency.shadow_spend_s(counts, SPEC) == pytest.approx(expected)
+
+
+def test_rate_for_budget_is_the_largest_rate_within_it() -> None:
+    rates = np.asarray([0.01, 0.1, 1.0])
+    assert currency.rate_for_budget(np.asarray([10.0, 20.0, 30.0]), 25.0, rates) == 0.1
+    assert currency.rate_for_budget(np.asarray([10.0, 20.0, 30.0]), 30.0, rates) == 1.0
+    assert currency.rate_for_budget(np.asarray([10.0, 20.0, 30.0]), 5.0, rates) == 0.01
+
+
+def test_the_vectorised_windows_are_the_single_rate_windows() -> None:
+    rng = np.random.default_rng(3)
+    hist = history(
+        [
+            (float(rng.uniform(0, 7 * 86_400)), float(g), float(rng.uniform(0, 3_000)))
+            for g in rng.exponential(2_000, 400) + 60
+        ]
+    )
+    c, w = currency._tables(hist, SPEC.expected_cold_start_s)
+    table = currency._windows(c, w, SPEC, currency.RATE_GRID)
+    for k, rate in enumerate(currency.RATE_GRID[::7]):
+        assert currency._compute_priced(hist, SPEC, float(rate))[0] == tuple(table[:, 7 * k])
+
+
+def test_the_budget_rate_spends_at_most_its_share_of_a_ten_minute_keepalive() -> None:
+    rng = np.random.default_rng(4)
+    # A model whose gaps of 5 to 60 minutes end in bursts: holding them is worth something.
+    gaps = [(WEEKDAY_NOON, float(g), 15 * 155.0) for g in np.exp(rng.uniform(np.log(300), np.log(3_600), 200))]
+    hist = history(gaps)
+    c, _w = currency._tables(hist, SPEC.expected_cold_start_s)
+    shadow = currency.shadow_spend_s(c, SPEC)
+    curve = currency.spend_curve_s(hist, SPEC)
+    rates = []
+    for margin in (0.5, 1.0, 3.0):
+        rate = currency.budget_rate(hist, SPEC, margin)
+        k = int(np.flatnonzero(rate == currency.RATE_GRID)[0])
+        assert curve[k] <= margin * shadow
+        # The next rate of the grid would overspend: the budget is used, not only respected.
+        assert k == currency.RATE_GRID.size - 1 or curve[k + 1] > margin * shadow
+        rates.append(rate)
+    assert rates[0] <= rates[1] <= rates[2] and rates[0] < rates[2]
+
+
+def test_a_model_budget_never_plans_more_idle_than_a_ten_minute_keepalive() -> None:
+    # Gaps of 15 minutes, each ending in a burst a cold start would make wait 200 x 155 s: at the default
+    # rate alone worth holding, but holding costs more than a 10-minute keep-alive would spend on them.
+    hist = history([(WEEKDAY_NOON, 900.0, 200 * 155.0)] * 100)
+    mix = replace(POLICY_MIXES["slurmless"], budget_margin=1.0)
+    assert currency.MIDS_S[currency.gap_bin(900.0)] > 600.0 + SPEC.reload_idle_s
+    assert currency.keepalive_s(hist, SPEC, mix.exchange_rate, WEEKDAY_NOON)[0] > 900.0
+    load = LoadSnapshot(held_replicas=1, ready_replicas=1, last_activity_s=WEEKDAY_NOON)
+    decision = decide(ModelState(spec=SPEC, load=load, mix=mix, gaps=hist), WEEKDAY_NOON + 1)
+    assert decision.keepalive_s is not None and decision.keepalive_s < 600.0
+
+
+def test_the_site_rate_lets_busy_models_outspend_ten_minutes_where_their_bursts_pay() -> None:
+    # One model's 15-minute gaps end in bursts (worth holding), another's 15-minute gaps end in one
+    # request each (not worth it). Alone the bursty one could not hold within a 10-minute budget; with
+    # the quiet model's unspent budget, the site's one rate holds the bursty model's gaps.
+    bursty = history([(WEEKDAY_NOON, 900.0, 200 * 155.0)] * 100)
+    quiet = history([(WEEKDAY_NOON, 900.0, 155.0)] * 100)
+    assert currency.keepalive_s(bursty, SPEC, currency.budget_rate(bursty, SPEC, 1.0), WEEKDAY_NOON)[0] < 900.0
+    rate = currency.site_rate([(bursty, SPEC), (quiet, SPEC)], 1.0)
+    assert currency.keepalive_s(bursty, SPEC, rate, WEEKDAY_NOON)[0] > 900.0
+    assert currency.keepalive_s(quiet, SPEC, rate, WEEKDAY_NOON)[0] < 900.0
+    # And the site's planned spending stays within its share of the 10-minute keep-alive's.
+    terms = [currency.budget_terms(h, SPEC) for h in (bursty, quiet)]
+    k = int(np.flatnonzero(rate == currency.SITE_RATES)[0])
+    assert sum(c[k] for c, _ in terms) <= sum(s for _, s in terms)
+    # Nothing recorded anywhere yet: nothing to ration, the rate is the highest a site may choose.
+    assert currency.site_rate([(None, SPEC)], 1.0) == currency.SITE_RATES[-1]

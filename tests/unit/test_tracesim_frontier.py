@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,41 @@ def test_an_idle_budget_moves_the_exchange_rate_until_spending_tracks_it(trace_d
     config = SimConfig(workers=2, service_csv=None)
     tight, tight_rates = run_budget(traces, config, 0.5)
     loose, loose_rates = run_budget(traces, config, 200.0)
-    assert tight_rates[-1] < tight_rates[0] < loose_rates[-1]
+    assert max(tight_rates) < min(loose_rates)
     (t,) = tight.summaries.values()
     (lo,) = loose.summaries.values()
     assert t.idle_gpu_hours < lo.idle_gpu_hours and t.cold_requests > lo.cold_requests
     with pytest.raises(ValueError, match="positive"):
         run_budget(traces, config, 0.0)
+
+
+def test_an_idle_budget_is_met_within_a_few_percent(trace_dir: Path) -> None:  # noqa: F811
+    from tracesim.budget import run_budget
+
+    traces = load_trace_dir(trace_dir)
+    config = SimConfig(workers=1, service_csv=None)
+    days = max(t.end_s for t in traces) / 86_400.0
+    # Budgets inside what the rates can spend: between the cheapest and the dearest rate's idle.
+    ends = run_traces(traces, replace(config, policies=("slurmless@0.0001", "slurmless@1")))
+    low, high = (ends.summaries[p].idle_gpu_hours / days for p in ("slurmless@0.0001", "slurmless@1"))
+    assert high > 1.5 * low
+    for budget in (low + 0.3 * (high - low), low + 0.7 * (high - low)):
+        report, _rates = run_budget(traces, config, budget)
+        (summary,) = report.summaries.values()
+        assert summary.idle_gpu_hours == pytest.approx(budget * days, rel=0.1)
+
+
+def test_a_share_of_the_ten_minute_keepalive_is_a_budget_that_follows_the_traffic(trace_dir: Path) -> None:  # noqa: F811
+    from tracesim.budget import run_budget
+
+    traces = load_trace_dir(trace_dir)
+    config = SimConfig(workers=1, service_csv=None)
+    small, small_rates = run_budget(traces, config, None, shadow_share=0.3)
+    large, large_rates = run_budget(traces, config, None, shadow_share=3.0)
+    assert sum(small_rates) < sum(large_rates)
+    assert all(s <= lg for s, lg in zip(small_rates, large_rates, strict=True))
+    (s,) = small.summaries.values()
+    (lg,) = large.summaries.values()
+    assert s.idle_gpu_hours < lg.idle_gpu_hours and s.cold_requests >= lg.cold_requests
+    with pytest.raises(ValueError, match="either"):
+        run_budget(traces, config, 1.0, shadow_share=1.0)
