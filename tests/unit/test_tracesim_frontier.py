@@ -35,7 +35,14 @@ def test_policy_names_carry_their_knob() -> None:
     assert mix_for("hybrid-p90").keepalive_percentile == 90.0
     assert mix_for("slurmless@0.5").exchange_rate == 0.5
     assert mix_for("clairvoyant@2").keepalive == "oracle"
-    for bad in ("keepalive-0m", "hybrid-p0", "slurmless@0", "clairvoyant@x", "nope"):
+    assert mix_for("slurmless@0.5").budget_margin is None
+    per_model = mix_for("slurmless-budget@1.5:0.1")
+    assert (per_model.budget_margin, per_model.exchange_rate) == (1.5, 0.1)
+    assert mix_for("slurmless-site@0.8").keepalive == "currency"
+    from tracesim.budget import site_share
+
+    assert site_share("slurmless-site@0.8") == 0.8 and site_share("slurmless@0.8") is None
+    for bad in ("keepalive-0m", "hybrid-p0", "slurmless@0", "clairvoyant@x", "nope", "slurmless-site@0"):
         with pytest.raises(ValueError, match="unknown policy"):
             mix_for(bad)
 
