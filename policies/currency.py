@@ -1,8 +1,11 @@
 """One currency for the warm pool: idle GPU-seconds traded against user-seconds of waiting.
 
 The operator states one exchange rate `rate` (idle GPU-seconds worth one user-second of waiting), or
-an idle budget that `adjust_rate` turns into that rate online (a Lagrange multiplier). Every term that
-keeps or starts a replica is priced with it:
+an idle budget that sets it. The default budget is `DEFAULT_BUDGET_SHARE` x what a fixed 10-minute
+keep-alive would have spent on the site's recorded gaps: `site_rate` is the largest rate of a grid whose
+counterfactual spending on those gaps (`budget_terms`, from the same histories) stays within it;
+`budget_rate` does it for one model; `adjust_rate` is the launcher's multiplicative controller for a
+budget in GPU-hours per day. Every term that keeps or starts a replica is priced with the rate:
 
 - Keep-alive: per model, a distribution of idle gaps conditioned on the time of week the gap starts
   (`GapHistory`), with the user-seconds a cold start at each gap's end would have made requests wait.

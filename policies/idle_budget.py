@@ -1,11 +1,12 @@
 """Idle GPU-hour budgets: each budget's exchange rate, moved online so that idle spending tracks it.
 
-A thin layer over `policies.currency.adjust_rate`, with the simulator's constants (`tracesim/budget.py`
-replays the site budget with the same step, window and gain): every `UPDATE_S` the idle GPU time spent
-over the trailing `WINDOW_S` (pro rata while less has passed since the budget began) is compared with
-the budget and the rate moves by exp(`GAIN` x log(budget / spent)), bounded. One `BudgetState` per
-budget: the site's, and one per tenant that has its own; a model is priced at its tenant's rate when its
-tenant has a budget, else at the site's.
+A thin layer over `policies.currency.adjust_rate` (`tracesim/tenant_budget.py` replays these controllers
+with the same step, window and gain; `tracesim/budget.py`'s `--budget` is a different controller, the
+counterfactual of `policies.currency.rate_for_budget`, not run by the launcher yet): every `UPDATE_S`
+the idle GPU time spent over the trailing `WINDOW_S` (pro rata while less has passed since the budget
+began) is compared with the budget and the rate moves by exp(`GAIN` x log(budget / spent)), bounded.
+One `BudgetState` per budget: the site's, and one per tenant that has its own; a model is priced at its
+tenant's rate when its tenant has a budget, else at the site's.
 
 Spending is kept per hour (`HOURS_KEPT` hours at most), so a state has a fixed size. Pure: state in, state out.
 """
