@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from launcher.batch_scaling import NO_BATCH, batch_needs, pending_by_model
-from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests
+from launcher.desired import PolicyInputs, fit_to_budget, live_warm_requests, policy_spec
 from launcher.history import ModelHistory
 from launcher.idle_budgets import IdleBudgets
 from launcher.report import TickReport
 from launcher.scaling import HistoryCache, ModelInputs, Planner, live_by_model, model_actions
 from launcher.scaling import expected_cold_start_s as cold_start_s_of
 from launcher.settings import LauncherSettings
+from launcher.site_rate import SiteRate
 from policies.types import Occurrence
 from warmpool.batches import Batches
 from warmpool.instances import InstanceRecord
@@ -65,6 +66,8 @@ class ScaleStep:
         """Quiet models by the instant their plan may change by itself (a heap; stale entries are harmless)."""
         self._demands_seen: object = None
         self._rates_seen: dict[str, float] = {}
+        self.site_rate = SiteRate(settings.idle_budget_share, settings.exchange_rate)
+        self._site_rate_seen: float | None = None
         self.incremental = True
         """False: every tick is a full pass (the reference the incremental step is tested against)."""
         self.looked_at = 0
@@ -138,6 +141,24 @@ class ScaleStep:
         rates = await self.idle_budgets.rates(
             {n: specs[n] for n in names}, records, {n: snaps[n].inflight for n in names}, now_s
         )
+        # The models no budget in GPU-hours prices: the site's default rate, chosen hourly from every
+        # model's gap history (`launcher.site_rate`), or the fixed rate.
+        site_rate = self.site_rate.at(
+            now_s,
+            lambda: (
+                (
+                    self.inputs.slot_gaps(n, snaps[n].gaps, now_s),
+                    policy_spec(
+                        specs[n],
+                        expected_cold_start_s=leads_s[n],
+                        default_keepalive_s=self.settings.default_keepalive_s,
+                    ),
+                )
+                for n in names
+            ),
+        )
+        if site_rate is not None:
+            self.idle_budgets.metrics.exchange_rate.labels("_default").set(site_rate)
         full = (
             full_pass
             or not self.incremental
@@ -145,9 +166,11 @@ class ScaleStep:
             or demands is not self._demands_seen  # a demand slot ended: every forecast moved
             or self.inputs.schedules_read_s != schedules_read_s  # schedules were read again
             or rates != self._rates_seen  # an idle budget moved its exchange rate
+            or site_rate != self._site_rate_seen  # so did the site's default budget
         )
         self._demands_seen = demands
         self._rates_seen = rates
+        self._site_rate_seen = site_rate
         due = names if full else self._due(names, base_set, now_s, snaps, live, occurrences, report)
         # A batch backlog is read every tick (one round trip, only with batch jobs on): its models are looked at.
         backlog = pending_by_model(await self.batches.backlog(), specs) if self.settings.batch_cold_starts else {}
@@ -165,7 +188,7 @@ class ScaleStep:
                 occurrences.get(n, ()),
                 warm.get(n),
                 self.inputs.slot_gaps(n, snaps[n].gaps, now_s),
-                rates.get(n),
+                rates.get(n, site_rate),
             )
             for n in due
         ]

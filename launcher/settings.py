@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from policies.currency import DEFAULT_RATE
+from policies.currency import DEFAULT_BUDGET_SHARE, DEFAULT_RATE
 from slurm.settings import SlurmSettings
 from warmpool.keys import DEFAULT_CLUSTER
 from warmpool.settings import SharedConfig
@@ -98,6 +98,11 @@ class LauncherSettings(BaseModel):
     exchange_rate: float = Field(DEFAULT_RATE, gt=0, le=1000)
     """Idle GPU-seconds worth one user-second of waiting: prices every keep-alive and pre-warm
     (`policies.currency`). Lower spends less idle GPU time for more cold starts."""
+    idle_budget_share: float | None = Field(DEFAULT_BUDGET_SHARE, gt=0, le=10)
+    """The default idle budget: this share of what a fixed 10-minute keep-alive would have spent on the gaps
+    every model recorded; the site's one rate is chosen every hour to stay within it (`launcher.site_rate`,
+    replayed by `slurmless simulate`'s default policy). None: the fixed `exchange_rate`. Budgets in
+    GPU-hours (below, and tenants') take precedence."""
     idle_budget_gpu_hours_per_day: float | None = Field(None, gt=0, le=1_000_000)
     """Idle GPU-hours a day the whole site's warm pool may spend: when set, `exchange_rate` is only where the
     rate starts, and the launcher moves it every hour so that idle spending over the last day tracks this

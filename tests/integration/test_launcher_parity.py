@@ -34,6 +34,8 @@ from launcher.controller import Launcher
 from launcher.desired import MIX, policy_spec
 from launcher.history import HistoryStore
 from launcher.settings import LauncherSettings
+from launcher.site_rate import HOUR_S
+from policies.currency import DEFAULT_BUDGET_SHARE, site_rate
 from policies.types import GapHistory
 from slurmless.localredis import LocalRedis
 from testing.fakecluster import FakeCluster
@@ -69,6 +71,8 @@ STEP_S = 1e-3
 """As the simulator does, an instant at which a decision would stand (a deadline hit exactly) is retried
 this much later."""
 TICKS: list[float] = []
+RATES: list[float] = []
+"""The site's default rates the simulator chose, hour by hour (the default's parity test)."""
 
 
 def _spec() -> ModelSpec:
@@ -106,18 +110,33 @@ class Timeline:
     prewarms: int = 0
 
 
-def simulated(times: np.ndarray, end_s: float) -> Timeline:
-    """The simulator's replay of the slice (`slurmless simulate`'s own engine)."""
+def simulated(times: np.ndarray, end_s: float, *, site_share: float | None = None) -> Timeline:
+    """The simulator's replay of the slice (`slurmless simulate`'s own engine): at the fixed `RATE`, or
+    with `site_share` as `slurmless simulate`'s default replays it (`tracesim.budget`): the rate chosen
+    again every hour by `policies.currency.site_rate` from the gap history as it stands, starting at
+    the default rate."""
     spec = _spec()
     pspec = policy_spec(spec, expected_cold_start_s=QUEUE_S + LOAD_S, default_keepalive_s=600.0)
     counts = np.bincount((times // 600.0).astype(np.int64), minlength=int(end_s // 600)).astype(np.float64)
     arr = Arrivals(times, np.ones(times.size), np.zeros(times.size), counts)
     prep = prepare(arr, end_s, pspec, 64)
     cold = ColdStartModel(QUEUE_S, 0.0, LOAD_S, 0.0)
+    rate = RATE if site_share is None else MIX.exchange_rate
     replay = _Replay(
-        "trace-69", "slurmless", prep, replace(MIX, exchange_rate=RATE), pspec, cold, np.random.default_rng(0), (), True
+        "trace-69", "slurmless", prep, replace(MIX, exchange_rate=rate), pspec, cold, np.random.default_rng(0), (), True
     )
-    res = replay.run()
+    if site_share is None:
+        res = replay.run()
+    else:
+        replay.start()
+        t = 0.0
+        while t < end_s:
+            t = min(t + HOUR_S, end_s)
+            replay.set_rate(rate)
+            replay.advance(t)
+            rate = site_rate([(replay.gaps, pspec)], site_share)
+            RATES.append(rate)
+        res = replay.finish()
     out = Timeline()
     for (t, held, ready_s), (_t, _h, why) in zip(res.timeline, res.events, strict=True):
         out.changes.append((t, held))
@@ -134,14 +153,17 @@ async def client(redis_server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
     await redis.aclose()
 
 
-async def launched(client: aioredis.Redis, prefix: str, times: np.ndarray, end_s: float) -> Timeline:
+async def launched(
+    client: aioredis.Redis, prefix: str, times: np.ndarray, end_s: float, *, site_share: float | None = None
+) -> Timeline:
     """The same slice through the real launcher (real Redis, `FakeSlurm`), on a fake clock."""
     keys = Keys(prefix)
     settings = LauncherSettings(
         job_name_prefix="par-",
         default_queue_wait_s=QUEUE_S,
         default_load_s=LOAD_S,
-        exchange_rate=RATE,
+        exchange_rate=RATE if site_share is None else MIX.exchange_rate,
+        idle_budget_share=site_share,
         allow_loopback_engines=True,
         gone_retention_s=30 * 86_400.0,
     )
@@ -267,6 +289,22 @@ async def test_the_launcher_holds_and_releases_what_the_simulator_does(client: a
         assert a[1] == b[1] and abs(a[0] - b[0]) <= 2 * STEP_S, (i, a, b)
     assert len(ours.changes) == len(sim.changes)
     np.testing.assert_allclose(ours.ready, sim.ready, atol=2 * STEP_S)
+
+
+async def test_the_default_site_budget_prices_what_the_simulator_does(client: aioredis.Redis) -> None:
+    """The default (no rate set): the site's rate chosen every hour from the gap history, by both."""
+    times, end_s = _arrivals()
+    RATES.clear()
+    sim = simulated(times, end_s, site_share=DEFAULT_BUDGET_SHARE)
+    assert len(set(RATES)) >= 3  # the rate really moves over the slice
+    ours = await launched(client, f"par{secrets.token_hex(3)}:", times, end_s, site_share=DEFAULT_BUDGET_SHARE)
+    assert len(sim.ready) >= 20
+    for i, (a, b) in enumerate(zip(ours.changes, sim.changes, strict=False)):
+        assert a[1] == b[1] and abs(a[0] - b[0]) <= 2 * STEP_S, (i, a, b)
+    assert len(ours.changes) == len(sim.changes)
+    # A replica started just before the slice's end is ready at its end in the replay (cut there), never
+    # in the launcher's drive, which stops at the end.
+    np.testing.assert_allclose(ours.ready, [r for r in sim.ready if r < end_s], atol=2 * STEP_S)
 
 
 async def test_hiding_the_recorded_waits_breaks_parity(client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
