@@ -2,23 +2,31 @@
 
 Every tick the launcher adds, per budget, the GPU-seconds its models' instances were held without serving
 since the last tick (started, loading, or ready with no request in flight: what the simulator counts as
-idle), moves each budget's exchange rate once an hour (`policies.idle_budget`) and prices every model at
-its budget's rate: its owner tenant's when that tenant has an idle budget, else the site's
-(`launcher.idle_budget_gpu_hours_per_day`), else the fixed `launcher.exchange_rate`. Each budget's state
-lives in Redis (`warmpool.idle_budgets`), so a standby launcher that takes over carries on with it.
+idle), chooses each budget's exchange rate again at every whole hour (`policies.idle_budget`, the
+controller `slurmless simulate --budget` and `--tenant-budgets` replay) and prices every model at its
+budget's rate: its owner tenant's when that tenant has an idle budget, else the site's
+(`launcher.idle_budget_gpu_hours_per_day`), else the fixed `launcher.exchange_rate`.
+
+At each hourly step a budget is handed the step curve of the gaps its models recorded since their
+previous step: only each model's gap counts at that step are kept, here in memory (after a restart the
+first step of a model prices nothing). Each budget's state (its rate, the last day's step curves and
+residuals) lives in Redis (`warmpool.idle_budgets`), so a standby launcher that takes over carries on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import redis.asyncio as aioredis
 
 from launcher.metrics import LauncherMetrics
 from launcher.settings import LauncherSettings
 from policies import idle_budget
+from policies.currency import FloatArray
 from policies.idle_budget import BudgetState
+from policies.types import GapHistory, ScalingSpec
 from warmpool.idle_budgets import decode, queue_write
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import SITE_BUDGET, Keys
@@ -33,6 +41,9 @@ MAX_STEP_S = 60.0
 """A longer time between two ticks is not counted: the launcher was away, and did not see what was held."""
 TENANT_REFRESH_S = 30.0
 """How often tenants' budgets are re-read."""
+
+Priced = Callable[[], Iterable[tuple[str, GapHistory | None, ScalingSpec]]]
+"""Every base model's gap history and policy view, read only when a budget steps."""
 
 
 def idle_gpu_s(
@@ -75,6 +86,8 @@ class IdleBudgets:
     _tenants: dict[str, float] = field(default_factory=dict)
     _tenants_read_s: float | None = None
     _last_s: float | None = None
+    _counts: dict[str, FloatArray] = field(default_factory=dict)
+    """Each budgeted model's gap counts at its budget's last step (in memory only)."""
 
     async def rates(
         self,
@@ -82,8 +95,10 @@ class IdleBudgets:
         records: Iterable[InstanceRecord],
         inflight: Mapping[str, Mapping[str, int]],
         now_s: float,
+        priced: Priced = lambda: (),
     ) -> dict[str, float]:
-        """Every model's exchange rate now, after counting the idle time since the last call."""
+        """Every model's exchange rate now, after counting the idle time since the last call (and, at a
+        whole hour, pricing the gaps `priced` says the models recorded since their budget's last step)."""
         if self._tenants_read_s is None or not 0 <= now_s - self._tenants_read_s < TENANT_REFRESH_S:
             tenants = await TenantStore(self.redis, self.keys).all()
             self._tenants = {t.name: t.idle_gpu_hours_per_day for t in tenants if t.idle_gpu_hours_per_day}
@@ -102,10 +117,17 @@ class IdleBudgets:
         for model, seconds in idle_gpu_s(records, specs, inflight, step_s).items():
             if (b := owner.get(model)) is not None:
                 spent[b] = spent.get(b, 0.0) + seconds
-        await self._advance(budgets, spent, now_s)
+        await self._advance(budgets, spent, owner, priced, now_s)
         return {model: self.states[b].rate for model, b in owner.items() if b is not None}
 
-    async def _advance(self, budgets: Mapping[str, float], spent: Mapping[str, float], now_s: float) -> None:
+    async def _advance(
+        self,
+        budgets: Mapping[str, float],
+        spent: Mapping[str, float],
+        owner: Mapping[str, str | None],
+        priced: Priced,
+        now_s: float,
+    ) -> None:
         unknown = [b for b in budgets if b not in self.states]
         if unknown:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -117,10 +139,15 @@ class IdleBudgets:
                 self.states[name] = (
                     got[0] if got is not None else idle_budget.new_state(self.settings.exchange_rate, now_s)
                 )
+        recorded = {name: idle_budget.record_idle(self.states[name], spent.get(name, 0.0)) for name in budgets}
+        stepping = {name for name, state in recorded.items() if idle_budget.due(state, now_s)}
+        curves = self._step_curves(stepping, {n: recorded[n].rate for n in stepping}, owner, priced)
         async with self.redis.pipeline(transaction=True) as pipe:
             for name, per_day in budgets.items():
                 old = self.states[name]
-                new = idle_budget.step(idle_budget.record_idle(old, now_s, spent.get(name, 0.0)), now_s, per_day)
+                new = recorded[name]
+                if name in stepping:
+                    new = idle_budget.step(new, now_s, per_day, curves[name])
                 queue_write(pipe, self.keys, name, old, new, per_day)
                 self.states[name] = new
                 self.metrics.exchange_rate.labels(name).set(new.rate)
@@ -129,3 +156,24 @@ class IdleBudgets:
             await pipe.execute()
         for name in [b for b in self.states if b not in budgets]:
             del self.states[name]  # a budget removed: its rate no longer applies
+
+    def _step_curves(
+        self, stepping: set[str], rates: Mapping[str, float], owner: Mapping[str, str | None], priced: Priced
+    ) -> dict[str, FloatArray]:
+        """Each stepping budget's step curve: its models' gaps recorded since their previous step, priced
+        by their windows now; those models' counts are kept for the next step."""
+        if not stepping:
+            return {}
+        steps: dict[str, list[tuple[GapHistory | None, ScalingSpec, FloatArray]]] = {b: [] for b in stepping}
+        for model, hist, spec in priced():
+            budget = owner.get(model)
+            if budget is None or budget not in stepping:
+                continue
+            now = np.asarray(hist.counts if hist is not None else (), dtype=np.float64)
+            before = self._counts.get(model)
+            if before is not None and before.shape == now.shape:
+                steps[budget].append((hist, spec, now - before))
+            self._counts[model] = now
+        for model in [m for m in self._counts if owner.get(m) is None]:
+            del self._counts[model]  # no longer registered or no longer budgeted
+        return {b: idle_budget.step_curve_s(steps[b], rates[b]) for b in stepping}

@@ -12,6 +12,7 @@ model's ask against all others).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -25,7 +26,7 @@ from launcher.scaling import HistoryCache, ModelInputs, Planner, live_by_model, 
 from launcher.scaling import expected_cold_start_s as cold_start_s_of
 from launcher.settings import LauncherSettings
 from launcher.site_rate import SiteRate
-from policies.types import Occurrence
+from policies.types import GapHistory, Occurrence, ScalingSpec
 from warmpool.batches import Batches
 from warmpool.instances import InstanceRecord
 from warmpool.keys import Keys
@@ -136,27 +137,23 @@ class ScaleStep:
         demands = await self.inputs.demand_many(names, now_s)
         schedules_read_s = self.inputs.schedules_read_s
         occurrences = await self.inputs.occurrences(names, now_s, leads_s)
+
         # Every model's rate in force (after counting the idle time since the last tick): idle budgets
         # move their rates hourly, and a moved rate changes the plan of every model it prices.
+        # Every model's gap history and policy view, read only when a rate is chosen (hourly).
+        def priced() -> Iterator[tuple[str, GapHistory | None, ScalingSpec]]:
+            for n in names:
+                spec = policy_spec(
+                    specs[n], expected_cold_start_s=leads_s[n], default_keepalive_s=self.settings.default_keepalive_s
+                )
+                yield n, self.inputs.slot_gaps(n, snaps[n].gaps, now_s), spec
+
         rates = await self.idle_budgets.rates(
-            {n: specs[n] for n in names}, records, {n: snaps[n].inflight for n in names}, now_s
+            {n: specs[n] for n in names}, records, {n: snaps[n].inflight for n in names}, now_s, priced
         )
         # The models no budget in GPU-hours prices: the site's default rate, chosen hourly from every
         # model's gap history (`launcher.site_rate`), or the fixed rate.
-        site_rate = self.site_rate.at(
-            now_s,
-            lambda: (
-                (
-                    self.inputs.slot_gaps(n, snaps[n].gaps, now_s),
-                    policy_spec(
-                        specs[n],
-                        expected_cold_start_s=leads_s[n],
-                        default_keepalive_s=self.settings.default_keepalive_s,
-                    ),
-                )
-                for n in names
-            ),
-        )
+        site_rate = self.site_rate.at(now_s, lambda: ((hist, spec) for _n, hist, spec in priced()))
         if site_rate is not None:
             self.idle_budgets.metrics.exchange_rate.labels("_default").set(site_rate)
         full = (

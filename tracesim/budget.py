@@ -1,36 +1,36 @@
 """`slurmless` under a site-wide idle GPU-hour budget: one exchange rate, chosen so spending meets it.
 
-All models are replayed in lockstep, `UPDATE_S` at a time. After each step the rate for the next one
-is chosen by `policies.currency.rate_for_budget` (a bisection over `RATE_GRID`): the largest rate at
-which the learnt gap histories say the gaps of the last day would have cost at most the budget minus
-the residual, where the residual is what was actually spent beyond what the histories predicted at
-the rates in force (pre-warms, idle inside bursts, the model's error). No multiplier is integrated,
-so nothing winds up while models have no history. Models stay independent between steps, so each
-worker process owns a share of them and advances them step by step.
+All models are replayed in lockstep, `UPDATE_S` at a time, and the rate for the next step is chosen by
+`policies.idle_budget`, the launcher's own controller: the largest rate at which the learnt gap
+histories say the gaps of the last day would have cost at most the budget minus the residual, the idle
+actually spent beyond what the histories predicted at the rates in force (pre-warms, idle inside bursts,
+the model's error). The day's gaps are the sum of the last 24 step curves, each the gaps recorded in one
+step priced by the windows of its time, exactly as the launcher accumulates them. No multiplier is
+integrated, so nothing winds up while models have no history. Models stay independent between steps,
+so each worker process owns a share of them and advances them step by step.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection
 
 import numpy as np
 
-from policies.currency import DEFAULT_BUDGET_SHARE, SITE_RATES, budget_terms, rate_for_budget, spend_curve_s
+from policies import idle_budget
+from policies.currency import DEFAULT_BUDGET_SHARE, budget_terms, rate_for_budget
 from tracesim.arrivals import FloatArray, generate_arrivals, load_service_times
 from tracesim.engine import ModelResult, _Replay, prepare
 from tracesim.run import SimConfig, SimReport, mix_for, run_traces, summarise
 from tracesim.trace import ModelTrace
 
-UPDATE_S = 3600.0
+UPDATE_S = idle_budget.UPDATE_S
 """How often the rate is chosen again."""
-WINDOW_S = 86_400.0
+WINDOW_S = idle_budget.WINDOW_S
 """The budget is per day: spending and the gaps priced are those of this trailing window."""
-RATES: FloatArray = SITE_RATES
-_STEPS = int(WINDOW_S // UPDATE_S)
+RATES: FloatArray = idle_budget.RATES
 
 
 def _replays(
@@ -67,36 +67,34 @@ def _counts(rep: _Replay) -> FloatArray:
 def _serve(conn: Connection, jobs: list[tuple[ModelTrace, int]], config: SimConfig, policy: str) -> None:
     """One worker: advance its models a step at the rate sent; answer with what the parent needs.
 
-    The answer: idle GPU-seconds spent so far, the spending the histories predict for the gaps of the
-    trailing day at every rate of `RATES`, and their prediction for the gaps of the step just replayed
-    at the rate that was in force.
+    The answer: idle GPU-seconds spent so far; under a budget in GPU-hours (`priced`), the step curve of
+    its models' gaps recorded in the step (`policies.idle_budget.step_curve_s`, from each model's counts
+    now minus at the previous step: only those are kept); else its models' share of the default budget
+    (`budget_terms`).
     """
     replays = _replays(jobs, config, load_service_times(config.service_csv), policy)
-    past: list[deque[FloatArray]] = [deque([_counts(r)], maxlen=_STEPS + 1) for r in replays]
+    before = [_counts(r) for r in replays]
     while True:
         msg = conn.recv()
         if msg is None:
             conn.send([r.finish() for r in replays])
             return
-        stop_s, rate = msg
-        curve = np.zeros(RATES.size)
+        stop_s, rate, priced = msg
         site = np.zeros(RATES.size)
-        predicted_s = shadow_s = 0.0
-        for r, seen in zip(replays, past, strict=True):
+        shadow_s = 0.0
+        steps = []
+        for k, r in enumerate(replays):
             r.set_rate(rate)
             r.advance(stop_s)
             now = _counts(r)
-            step = now - seen[-1]
-            seen.append(now)
-            if step.any():
-                predicted_s += float(spend_curve_s(r.gaps, r.spec, np.asarray([rate]), counts=step)[0])
-            day = now - seen[0]
-            if day.any():
-                curve += spend_curve_s(r.gaps, r.spec, RATES, counts=day)
-            site_curve, site_shadow_s = budget_terms(r.gaps, r.spec)
-            site += site_curve
-            shadow_s += site_shadow_s
-        conn.send((sum(r.res.idle_gpu_s for r in replays), curve, predicted_s, site, shadow_s))
+            steps.append((r.gaps, r.spec, now - before[k]))
+            before[k] = now
+            if not priced:
+                site_curve, site_shadow_s = budget_terms(r.gaps, r.spec)
+                site += site_curve
+                shadow_s += site_shadow_s
+        curve = idle_budget.step_curve_s(steps if priced else (), rate)
+        conn.send((sum(r.res.idle_gpu_s for r in replays), curve, site, shadow_s))
 
 
 def run_budget(
@@ -136,9 +134,8 @@ def run_budget(
         pipes.append(parent)
         procs.append(proc)
     end_s = max(t.end_s for t in traces)
-    budget_s = (budget_gpu_h_per_day or 0.0) * 3600.0
     rate = min(mix_for(policy).exchange_rate, float(RATES[-1]))
-    residuals: deque[float] = deque(maxlen=_STEPS)
+    state = idle_budget.new_state(rate, 0.0)
     spent_s = 0.0
     rates: list[float] = []
     t = 0.0
@@ -146,20 +143,19 @@ def run_budget(
         while t < end_s:
             t = min(t + UPDATE_S, end_s)
             for conn in pipes:
-                conn.send((t, rate))
+                conn.send((t, rate, shadow_share is None))
             answers = [conn.recv() for conn in pipes]
             total = float(sum(a[0] for a in answers))
-            curve = np.sum([a[1] for a in answers], axis=0)
-            predicted_s = float(sum(a[2] for a in answers))
-            residuals.append((total - spent_s) - predicted_s)
+            state = idle_budget.record_idle(state, total - spent_s)
             spent_s = total
             if shadow_share is not None:
                 # `policies.currency.site_rate`, summed across the workers.
-                site = np.sum([a[3] for a in answers], axis=0)
-                rate = rate_for_budget(site, shadow_share * float(sum(a[4] for a in answers)), RATES)
+                site = np.sum([a[2] for a in answers], axis=0)
+                rate = rate_for_budget(site, shadow_share * float(sum(a[3] for a in answers)), RATES)
             else:
-                window_s = min(t, WINDOW_S)
-                rate = rate_for_budget(curve, budget_s * window_s / WINDOW_S - sum(residuals), RATES)
+                # `policies.idle_budget`, the launcher's controller, on the step curves summed across the workers.
+                state = idle_budget.step(state, t, budget_gpu_h_per_day or 0.0, np.sum([a[1] for a in answers], axis=0))
+                rate = state.rate
             rates.append(rate)
         results: list[ModelResult] = []
         for conn in pipes:

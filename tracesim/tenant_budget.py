@@ -3,9 +3,10 @@
 `--tenant-budgets "chem=40@0-19,bio=12.5@20-39+41"` gives each tenant an idle budget (GPU-hours a day)
 and its clients: client ids (the trace's `chunk-<id>` numbers) as ids and ranges joined by `+`. A client
 of no tenant is priced by the site's budget (`--budget`) when one is given, else at the fixed default
-rate. Every budget is one controller of `policies.idle_budget`, the launcher's own (`launcher.idle_budgets`):
-all models are replayed in lockstep one hour at a time, each budget's idle spending in that hour is
-recorded, and its rate moves; each model then continues at its budget's rate.
+rate. Every budget is one controller of `policies.idle_budget`, the launcher's own (`launcher.idle_budgets`)
+and `--budget`'s: all models are replayed in lockstep one hour at a time; each budget's idle spending in
+that hour and the step curve of the gaps its models recorded in it are summed, and its rate is chosen
+again; each model then continues at its budget's rate.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from policies import idle_budget
+from policies.types import GapHistory, ScalingSpec
 from tracesim.arrivals import generate_arrivals, load_service_times
 from tracesim.engine import ModelResult, _Replay, prepare
 from tracesim.run import SimConfig, SimReport, mix_for, summarise
@@ -81,7 +83,10 @@ def _replays(
 
 
 def _serve(conn: Connection, jobs: list[tuple[ModelTrace, int, str | None]], config: SimConfig, policy: str) -> None:
+    """One worker: advance its models to the instant sent, each at its budget's rate; answer, per budget,
+    its models' idle GPU-seconds so far and the step curve of the gaps they recorded in the step."""
     replays = _replays(jobs, config, load_service_times(config.service_csv), policy)
+    before = [np.asarray(r.gaps.counts if r.gaps is not None else (), dtype=np.float64) for r, _ in replays]
     while True:
         msg = conn.recv()
         if msg is None:
@@ -89,14 +94,18 @@ def _serve(conn: Connection, jobs: list[tuple[ModelTrace, int, str | None]], con
             return
         stop_s, rates = msg
         spent: dict[str, float] = {}
-        for rep, budget in replays:
+        steps: dict[str, list[tuple[GapHistory | None, ScalingSpec, np.ndarray]]] = {}
+        for k, (rep, budget) in enumerate(replays):
             if budget is None:
                 rep.advance(stop_s)
                 continue
             rep.set_rate(rates[budget])
             rep.advance(stop_s)
             spent[budget] = spent.get(budget, 0.0) + rep.res.idle_gpu_s
-        conn.send(spent)
+            now = np.asarray(rep.gaps.counts if rep.gaps is not None else (), dtype=np.float64)
+            steps.setdefault(budget, []).append((rep.gaps, rep.spec, now - before[k]))
+            before[k] = now
+        conn.send({b: (spent[b], idle_budget.step_curve_s(steps[b], rates[b])) for b in spent})
 
 
 def run_tenant_budgets(
@@ -127,7 +136,7 @@ def run_tenant_budgets(
         proc.start()
         pipes.append(parent)
         procs.append(proc)
-    start_rate = mix_for(policy).exchange_rate
+    start_rate = min(mix_for(policy).exchange_rate, float(idle_budget.RATES[-1]))
     states = {name: idle_budget.new_state(start_rate, 0.0) for name in per_day}
     rates: dict[str, list[float]] = {name: [] for name in per_day}
     cumulative = dict.fromkeys(per_day, 0.0)
@@ -139,12 +148,14 @@ def run_tenant_budgets(
             for conn in pipes:
                 conn.send((t, {name: s.rate for name, s in states.items()}))
             total: dict[str, float] = dict.fromkeys(per_day, 0.0)
+            curves = {name: np.zeros(idle_budget.NRATES + 1) for name in per_day}
             for conn in pipes:
-                for name, spent in conn.recv().items():
+                for name, (spent, curve) in conn.recv().items():
                     total[name] += spent
+                    curves[name] += curve
             for name, gpu_h_per_day in per_day.items():
-                spent_state = idle_budget.record_idle(states[name], t - 1e-6, total[name] - cumulative[name])
-                states[name] = idle_budget.step(spent_state, t, gpu_h_per_day)
+                spent_state = idle_budget.record_idle(states[name], total[name] - cumulative[name])
+                states[name] = idle_budget.step(spent_state, t, gpu_h_per_day, curves[name])
                 rates[name].append(states[name].rate)
             cumulative = total
         results: list[ModelResult] = []

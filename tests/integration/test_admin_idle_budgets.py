@@ -78,7 +78,7 @@ async def test_a_tenant_idle_budget_is_set_validated_and_shown(
     now_s = clock()
     async with redis_client.pipeline(transaction=True) as pipe:
         for name, per_day, idle_s in ((SITE_BUDGET, 100.0, 7200.0), ("chem", 12.5, 3600.0)):
-            queue_write(pipe, keys, name, None, record_idle(new_state(0.02, now_s - 600), now_s - 60, idle_s), per_day)
+            queue_write(pipe, keys, name, None, record_idle(new_state(0.02, now_s - 600), idle_s), per_day)
         await pipe.execute()
     status = (await api.get("/v1/status")).json()
     shown = {b["budget"]: b for b in status["idle_budgets"]}

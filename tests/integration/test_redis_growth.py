@@ -8,16 +8,19 @@ import redis.asyncio as aioredis
 from launcher.idle_budgets import IdleBudgets
 from launcher.metrics import LauncherMetrics
 from launcher.settings import LauncherSettings
+from policies import currency
+from policies.types import ScalingSpec
 from slurmless.settings import RedisSettings, SettingsError, load_settings
-from warmpool.idle_budgets import IDLE_BUDGET_MAX_FIELDS
+from warmpool.idle_budgets import IDLE_BUDGET_MAX_FIELDS, STEP_FIELD_MAX_FLOATS
 from warmpool.instances import InstanceRecord, InstanceState
 from warmpool.keys import DEMAND_RETENTION_SLOTS, DEMAND_SLOT_S, IDLE_HIST_MAX_MIN, SITE_BUDGET, Keys
 from warmpool.models import ModelStore
-from warmpool.redisio import awaited
+from warmpool.redisio import awaited, text
 from warmpool.routing import Routing
 from warmpool.specs import ModelSpec
 
 NOW_S = 1_750_000_000.0
+VIEW = ScalingSpec(name="m")
 KEYS = Keys()
 
 
@@ -70,16 +73,26 @@ def test_sentinel_urls_are_refused_with_one_line_and_tls_urls_accepted(monkeypat
 
 
 async def test_an_idle_budget_keeps_a_bounded_window(redis_client: aioredis.Redis) -> None:
-    """Three days of ticks with an instance held idle: the budget's hash holds its window, never more."""
+    """Three days of ticks with an instance held idle and gaps recorded all along: the budget's hash holds
+    one day of hourly step curves, never more, and no field grows."""
     keys = Keys("growth-ib:")
     settings = LauncherSettings(idle_budget_gpu_hours_per_day=10.0)
     budgets = IdleBudgets(redis_client, keys, settings, LauncherMetrics())
     specs = {"m": ModelSpec(name="m", source="/models/m")}
     held = [InstanceRecord(id="i1", model="m", state=InstanceState.READY)]
     start_s = NOW_S - NOW_S % 3600
+    hist = currency.empty_history()
     sizes: list[int] = []
+    longest: list[int] = []
     for minute in range(0, 3 * 24 * 60, 10):
-        await budgets.rates(specs, held, {"m": {"i1": 0}}, start_s + 60.0 * minute)
-        sizes.append(int(await awaited(redis_client.hlen(keys.idle_budget(SITE_BUDGET)))))
+        hist = currency.observe(hist, [minute % currency.CELLS], [1.0], [30.0])  # a gap every 10 minutes
+        priced = [("m", hist, VIEW)]
+        await budgets.rates(specs, held, {"m": {"i1": 0}}, start_s + 60.0 * minute, priced.copy)
+        key = keys.idle_budget(SITE_BUDGET)
+        sizes.append(int(await awaited(redis_client.hlen(key))))
+        fields = [text(f) for f in await awaited(redis_client.hkeys(key))]
+        longest.append(max([int(await awaited(redis_client.hstrlen(key, f))) for f in fields]))
     assert max(sizes) <= IDLE_BUDGET_MAX_FIELDS
-    assert sizes[-1] >= IDLE_BUDGET_MAX_FIELDS - 2  # the bound is reached, not merely respected by a new budget
+    assert sizes[-1] == IDLE_BUDGET_MAX_FIELDS  # the bound is reached, not merely respected by a new budget
+    assert max(longest) <= STEP_FIELD_MAX_FLOATS * 25  # a repr'd float is at most 24 characters and a space
+    assert budgets.states[SITE_BUDGET].steps[-1].curve_s[-1] > 0  # the gaps were priced
