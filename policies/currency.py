@@ -4,8 +4,8 @@ The operator states one exchange rate `rate` (idle GPU-seconds worth one user-se
 an idle budget that sets it. The default budget is `DEFAULT_BUDGET_SHARE` x what a fixed 10-minute
 keep-alive would have spent on the site's recorded gaps: `site_rate` is the largest rate of a grid whose
 counterfactual spending on those gaps (`budget_terms`, from the same histories) stays within it;
-`budget_rate` does it for one model; `adjust_rate` is the launcher's multiplicative controller for a
-budget in GPU-hours per day. Every term that keeps or starts a replica is priced with the rate:
+`budget_rate` does it for one model; a budget in GPU-hours per day is `policies.idle_budget`'s, from
+`spend_curve_s` of the gaps recorded. Every term that keeps or starts a replica is priced with the rate:
 
 - Keep-alive: per model, a distribution of idle gaps conditioned on the time of week the gap starts
   (`GapHistory`), with the user-seconds a cold start at each gap's end would have made requests wait.
@@ -334,15 +334,3 @@ def prewarm_threshold(hist: GapHistory | None, spec: ScalingSpec, rate: float, s
     """
     value_s = rate * _priced(hist, spec, rate)[1]
     return min(1.0 + 1e-9, (slot_s + spec.reload_idle_s) / (slot_s + value_s)) if value_s > 0 else math.inf
-
-
-def adjust_rate(rate: float, spent_idle_s: float, budget_idle_s: float, *, gain: float = 1.0) -> float:
-    """The exchange rate after a period that spent `spent_idle_s` against `budget_idle_s`.
-
-    A multiplicative step on the Lagrange multiplier: overspending makes idle time dearer (the rate, in
-    idle GPU-seconds per user-second, falls), underspending cheaper. Bounded to [RATE_MIN, RATE_MAX].
-    """
-    if budget_idle_s <= 0:
-        return RATE_MIN
-    step = gain * math.log(max(budget_idle_s, 1e-9) / max(spent_idle_s, 1e-9))
-    return min(RATE_MAX, max(RATE_MIN, rate * math.exp(max(-1.0, min(1.0, step)))))

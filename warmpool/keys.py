@@ -43,8 +43,9 @@
 {p}tlim:{tenant}:conc      zset   "gw|request" of one tenant's keys in flight -> start (tenant quota)
 {p}tgpu:{tenant}           zset   instance id -> GPUs, of the tenant's submitted instances (GPU budget)
 {p}tgpuh:{tenant}:{day}    string GPU-hours granted to the tenant's jobs on one UTC day
-{p}ibudget:{tenant}        hash   an idle GPU-hour budget's rate in force, idle GPU-s since, and the last day's hourly
-                                  step curves (launcher; `_site` for the site's); at most `IDLE_BUDGET_MAX_FIELDS` fields
+{p}ibudget:{tenant}        hash   an idle GPU-hour budget's rate in force, idle GPU-s since, and the last day's
+                                  hourly step curves (launcher; `_site` for the site's); at most
+                                  `IDLE_BUDGET_MAX_FIELDS` fields
 {p}async:{rid}             hash   async request: state, body, result
 {p}asyncq                  zset   async request id -> claim deadline (epoch s), 0 when unclaimed
 {p}file:{fid}              hash   uploaded or result file: tenant, filename, purpose, bytes, created_at, expires_at

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -90,22 +89,6 @@ def test_prewarm_threshold_falls_as_the_rate_rises() -> None:
     assert thresholds == sorted(thresholds, reverse=True)
     assert thresholds[-1] < 0.5
     assert thresholds[0] > 1.0  # so cheap a wait that no slot is worth warming
-
-
-@pytest.mark.parametrize(("spent", "direction"), [(2.0, -1), (0.5, 1), (1.0, 0)])
-def test_the_multiplier_moves_against_overspending(spent: float, direction: int) -> None:
-    new = currency.adjust_rate(0.1, spent * 3600.0, 3600.0)
-    assert math.copysign(1, new - 0.1) == direction or (direction == 0 and new == pytest.approx(0.1))
-
-
-def test_the_multiplier_is_bounded() -> None:
-    rate = 1.0
-    for _ in range(100):
-        rate = currency.adjust_rate(rate, 0.0, 3600.0)
-    assert rate == currency.RATE_MAX
-    for _ in range(100):
-        rate = currency.adjust_rate(rate, 1e9, 3600.0)
-    assert rate == currency.RATE_MIN
 
 
 def test_decide_holds_with_the_currency_window_and_says_why() -> None:

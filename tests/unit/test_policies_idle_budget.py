@@ -47,7 +47,7 @@ def test_it_does_not_wind_up_without_history() -> None:
     assert state.rate == pytest.approx(float(ib.RATES[-1]))
     curve = priced(36_000.0, state.rate)  # 10 GPU-h at the floor, 158 at the top, against 24 a day
     state = ib.step(ib.record_idle(state, float(curve[-1])), T0 + 49 * 3600.0, 24.0, curve)
-    chosen = int(np.flatnonzero(ib.RATES == state.rate)[0])
+    chosen = int(np.flatnonzero(np.isclose(ib.RATES, state.rate))[0])
     assert curve[chosen] <= 24.0 * 3600.0 < curve[chosen + 1]
     assert state.rate < 2e-3
 
