@@ -9,7 +9,8 @@ budget's rate: its owner tenant's when that tenant has an idle budget, else the 
 
 At each hourly step a budget is handed the step curve of the gaps its models recorded since their
 previous step: only each model's gap counts at that step are kept, here in memory (after a restart the
-first step of a model prices nothing). Each budget's state (its rate, the last day's step curves and
+first step prices the gaps recorded since the launcher started; a model budgeted later prices nothing at
+its first step). Each budget's state (its rate, the last day's step curves and
 residuals) lives in Redis (`warmpool.idle_budgets`), so a standby launcher that takes over carries on.
 """
 
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 from launcher.metrics import LauncherMetrics
 from launcher.settings import LauncherSettings
 from policies import idle_budget
-from policies.currency import FloatArray
+from policies.currency import CELLS, FloatArray
 from policies.idle_budget import BudgetState
 from policies.types import GapHistory, ScalingSpec
 from warmpool.idle_budgets import decode, queue_write
@@ -37,10 +38,11 @@ from warmpool.tenants import TenantStore
 S = InstanceState
 IDLE_STATES = frozenset({S.STARTING, S.LOADING, S.READY})
 """States in which an instance holds its GPUs (the job runs) and may serve nothing."""
-MAX_STEP_S = 60.0
+MAX_STEP_S = 900.0
 """A longer time between two ticks is not counted: the launcher was away, and did not see what was held."""
 TENANT_REFRESH_S = 30.0
 """How often tenants' budgets are re-read."""
+_ENDED = (S.DRAINING.value, S.GONE.value, S.FAILED.value)
 
 Priced = Callable[[], Iterable[tuple[str, GapHistory | None, ScalingSpec]]]
 """Every base model's gap history and policy view, read only when a budget steps."""
@@ -50,19 +52,40 @@ def idle_gpu_s(
     records: Iterable[InstanceRecord],
     specs: Mapping[str, ModelSpec],
     inflight: Mapping[str, Mapping[str, int]],
-    step_s: float,
+    since_s: float,
+    now_s: float,
 ) -> dict[str, float]:
-    """Per model, the GPU-seconds its instances were held without serving over `step_s`."""
+    """Per model, the GPU-seconds its instances were held without serving over [`since_s`, `now_s`].
+
+    An instance holds its GPUs from its job's start (its `starting` timestamp) until it drains, ends or
+    fails (now while it has not): what the simulator counts, whenever between two ticks that happened.
+    A ready instance with requests in flight at this tick served since it became ready (or over the
+    whole step); its loading before that was idle.
+    """
     out: dict[str, float] = {}
     for record in records:
         spec = specs.get(record.model)
-        if spec is None or record.state not in IDLE_STATES:
+        started_s = record.timestamps.get(S.STARTING.value)
+        if spec is None or started_s is None or started_s >= now_s:
             continue
+        ends = [record.timestamps[k] for k in _ENDED if k in record.timestamps]
         if record.state is S.READY and inflight.get(record.model, {}).get(record.id, 0) > 0:
+            ends.append(record.timestamps.get(S.READY.value, started_s))  # serving since it became ready
+        if ends:
+            end_s = min(ends)
+        elif record.state in IDLE_STATES:
+            end_s = now_s
+        else:
             continue
-        gpus = spec.resources.gpus * spec.resources.nodes
-        out[record.model] = out.get(record.model, 0.0) + step_s * gpus
+        held_s = min(end_s, now_s) - max(started_s, since_s)
+        if held_s > 0:
+            gpus = spec.resources.gpus * spec.resources.nodes
+            out[record.model] = out.get(record.model, 0.0) + held_s * gpus
     return out
+
+
+def _counts(hist: GapHistory | None) -> FloatArray:
+    return np.asarray(hist.counts, dtype=np.float64) if hist is not None else np.zeros(CELLS)
 
 
 def budget_of(spec: ModelSpec, tenant_budgets: Mapping[str, float], site_budget: float | None) -> str | None:
@@ -108,13 +131,16 @@ class IdleBudgets:
         if site is not None:
             budgets[SITE_BUDGET] = site
         self.budgets = budgets
-        step_s = 0.0 if self._last_s is None else min(MAX_STEP_S, max(0.0, now_s - self._last_s))
+        since_s = now_s if self._last_s is None else max(self._last_s, now_s - MAX_STEP_S)
+        first = self._last_s is None
         self._last_s = now_s
         if not budgets:
             return {}
         owner = {name: budget_of(spec, self._tenants, site) for name, spec in specs.items()}
         spent: dict[str, float] = {}
-        for model, seconds in idle_gpu_s(records, specs, inflight, step_s).items():
+        if first:
+            self._remember_counts(owner, priced)  # the first hour's gaps are those recorded from now on
+        for model, seconds in idle_gpu_s(records, specs, inflight, since_s, now_s).items():
             if (b := owner.get(model)) is not None:
                 spent[b] = spent.get(b, 0.0) + seconds
         await self._advance(budgets, spent, owner, priced, now_s)
@@ -157,6 +183,11 @@ class IdleBudgets:
         for name in [b for b in self.states if b not in budgets]:
             del self.states[name]  # a budget removed: its rate no longer applies
 
+    def _remember_counts(self, owner: Mapping[str, str | None], priced: Priced) -> None:
+        for model, hist, _spec in priced():
+            if owner.get(model) is not None:
+                self._counts[model] = _counts(hist)
+
     def _step_curves(
         self, stepping: set[str], rates: Mapping[str, float], owner: Mapping[str, str | None], priced: Priced
     ) -> dict[str, FloatArray]:
@@ -169,7 +200,7 @@ class IdleBudgets:
             budget = owner.get(model)
             if budget is None or budget not in stepping:
                 continue
-            now = np.asarray(hist.counts if hist is not None else (), dtype=np.float64)
+            now = _counts(hist)
             before = self._counts.get(model)
             if before is not None and before.shape == now.shape:
                 steps[budget].append((hist, spec, now - before))

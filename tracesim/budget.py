@@ -86,6 +86,7 @@ def _serve(conn: Connection, jobs: list[tuple[ModelTrace, int]], config: SimConf
         for k, r in enumerate(replays):
             r.set_rate(rate)
             r.advance(stop_s)
+            r.learn(stop_s)
             now = _counts(r)
             steps.append((r.gaps, r.spec, now - before[k]))
             before[k] = now

@@ -243,6 +243,12 @@ class _Replay:
         self.dec = Decision(replicas=0, reasons=())
 
     # -- learning ---------------------------------------------------------------------------
+    def learn(self, t: float) -> None:
+        """Fold what was observed before `t` into the gap history and forecast now (they are otherwise
+        folded when a decision needs them): a runner reading `gaps` at `t` then sees what a gateway had
+        recorded by `t`. Decisions do not change: each folds at least this much before it is made."""
+        self._learn_until(t)
+
     def _learn_until(self, t: float) -> None:
         upto = min(int(t // WINDOW_S), self.p.window_counts.size)
         p = self.p

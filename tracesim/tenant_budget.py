@@ -101,6 +101,7 @@ def _serve(conn: Connection, jobs: list[tuple[ModelTrace, int, str | None]], con
                 continue
             rep.set_rate(rates[budget])
             rep.advance(stop_s)
+            rep.learn(stop_s)
             spent[budget] = spent.get(budget, 0.0) + rep.res.idle_gpu_s
             now = np.asarray(rep.gaps.counts if rep.gaps is not None else (), dtype=np.float64)
             steps.setdefault(budget, []).append((rep.gaps, rep.spec, now - before[k]))

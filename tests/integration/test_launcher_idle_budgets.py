@@ -105,7 +105,7 @@ async def test_each_budget_moves_its_own_rate_and_prices_its_models(client: aior
 
         # Two GPUs idle for 2.5 hours: 5 GPU-h against 0.5 a day (overspent, idle is dearer: the rate fell
         # to the grid's floor) and against 1000 a day (underspent: the rate rose to its top). Two hourly
-        # steps each: the first prices nothing (no counts seen before it), the second the gaps of its hour.
+        # steps each, each pricing the gaps of its hour.
         views = {v.budget: v for v in await read_views(client, keys, [SITE_BUDGET, "lab", "other"], now_s)}
         assert set(views) == {SITE_BUDGET, "lab"}
         lab, site = views["lab"], views[SITE_BUDGET]
@@ -120,7 +120,8 @@ async def test_each_budget_moves_its_own_rate_and_prices_its_models(client: aior
             assert [s.end_s // 3600 for s in state.steps] == [T0 // 3600 + 1, T0 // 3600 + 2]  # whole hours
             assert all(s.end_s % 3600 <= TICK_S for s in state.steps)  # at the first tick of each
             first, second = (np.asarray(s.curve_s) for s in state.steps)
-            assert not first.any()
+            # The gaps of each hour since the launcher started: two in the first, three in the second.
+            assert 0 < first[-1] < second[-1]
             # Three 20-minute gaps of its one model, held longer as idle gets cheaper: each budget prices
             # its own model's gaps only (two models would double it).
             assert 0 < second[0] <= second[-1] <= 3 * (1200 + 60)

@@ -35,7 +35,8 @@ from launcher.desired import MIX, policy_spec
 from launcher.history import HistoryStore
 from launcher.settings import LauncherSettings
 from launcher.site_rate import HOUR_S
-from policies.currency import DEFAULT_BUDGET_SHARE, site_rate
+from policies import idle_budget
+from policies.currency import CELLS, DEFAULT_BUDGET_SHARE, site_rate
 from policies.types import GapHistory
 from slurmless.localredis import LocalRedis
 from testing.fakecluster import FakeCluster
@@ -70,6 +71,8 @@ GRID_S = 600.0
 STEP_S = 1e-3
 """As the simulator does, an instant at which a decision would stand (a deadline hit exactly) is retried
 this much later."""
+BUDGET_GPU_H = 8.0
+"""An idle budget (GPU-hours a day) the slice's one model overspends at some hours and underspends at others."""
 TICKS: list[float] = []
 RATES: list[float] = []
 """The site's default rates the simulator chose, hour by hour (the default's parity test)."""
@@ -110,22 +113,46 @@ class Timeline:
     prewarms: int = 0
 
 
-def simulated(times: np.ndarray, end_s: float, *, site_share: float | None = None) -> Timeline:
+def simulated(
+    times: np.ndarray, end_s: float, *, site_share: float | None = None, budget_gpu_h: float | None = None
+) -> Timeline:
     """The simulator's replay of the slice (`slurmless simulate`'s own engine): at the fixed `RATE`, or
     with `site_share` as `slurmless simulate`'s default replays it (`tracesim.budget`): the rate chosen
     again every hour by `policies.currency.site_rate` from the gap history as it stands, starting at
-    the default rate."""
+    the default rate; or under an idle budget of `budget_gpu_h` a day as `slurmless simulate --budget`
+    replays it: every hour, the step curve of the gaps recorded in the hour and the idle spent in it are
+    handed to `policies.idle_budget`, which chooses the rate."""
     spec = _spec()
     pspec = policy_spec(spec, expected_cold_start_s=QUEUE_S + LOAD_S, default_keepalive_s=600.0)
     counts = np.bincount((times // 600.0).astype(np.int64), minlength=int(end_s // 600)).astype(np.float64)
     arr = Arrivals(times, np.ones(times.size), np.zeros(times.size), counts)
     prep = prepare(arr, end_s, pspec, 64)
     cold = ColdStartModel(QUEUE_S, 0.0, LOAD_S, 0.0)
-    rate = RATE if site_share is None else MIX.exchange_rate
+    rate = RATE if site_share is None and budget_gpu_h is None else MIX.exchange_rate
     replay = _Replay(
         "trace-69", "slurmless", prep, replace(MIX, exchange_rate=rate), pspec, cold, np.random.default_rng(0), (), True
     )
-    if site_share is None:
+    if budget_gpu_h is not None:
+        replay.start()
+        state = idle_budget.new_state(rate, 0.0)
+        before = np.zeros(CELLS)
+        spent_s = 0.0
+        t = 0.0
+        while t < end_s:
+            t = min(t + HOUR_S, end_s)
+            replay.set_rate(state.rate)
+            replay.advance(t)
+            replay.learn(t)
+            assert replay.gaps is not None
+            now = np.asarray(replay.gaps.counts)
+            curve = idle_budget.step_curve_s([(replay.gaps, pspec, now - before)], state.rate)
+            before = now
+            state = idle_budget.record_idle(state, replay.res.idle_gpu_s - spent_s)
+            spent_s = replay.res.idle_gpu_s
+            state = idle_budget.step(state, t, budget_gpu_h, curve)
+            RATES.append(state.rate)
+        res = replay.finish()
+    elif site_share is None:
         res = replay.run()
     else:
         replay.start()
@@ -154,7 +181,13 @@ async def client(redis_server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
 
 
 async def launched(
-    client: aioredis.Redis, prefix: str, times: np.ndarray, end_s: float, *, site_share: float | None = None
+    client: aioredis.Redis,
+    prefix: str,
+    times: np.ndarray,
+    end_s: float,
+    *,
+    site_share: float | None = None,
+    budget_gpu_h: float | None = None,
 ) -> Timeline:
     """The same slice through the real launcher (real Redis, `FakeSlurm`), on a fake clock."""
     keys = Keys(prefix)
@@ -162,8 +195,9 @@ async def launched(
         job_name_prefix="par-",
         default_queue_wait_s=QUEUE_S,
         default_load_s=LOAD_S,
-        exchange_rate=RATE if site_share is None else MIX.exchange_rate,
+        exchange_rate=RATE if site_share is None and budget_gpu_h is None else MIX.exchange_rate,
         idle_budget_share=site_share,
+        idle_budget_gpu_hours_per_day=budget_gpu_h,
         allow_loopback_engines=True,
         gone_retention_s=30 * 86_400.0,
     )
@@ -304,6 +338,22 @@ async def test_the_default_site_budget_prices_what_the_simulator_does(client: ai
     assert len(ours.changes) == len(sim.changes)
     # A replica started just before the slice's end is ready at its end in the replay (cut there), never
     # in the launcher's drive, which stops at the end.
+    np.testing.assert_allclose(ours.ready, [r for r in sim.ready if r < end_s], atol=2 * STEP_S)
+
+
+async def test_an_idle_gpu_hour_budget_prices_what_the_simulator_does(client: aioredis.Redis) -> None:
+    """A site budget of `BUDGET_GPU_H` idle GPU-hours a day: every hour the launcher and the simulator's
+    `--budget` stepping hand `policies.idle_budget` the step curve of the hour's gaps and the idle spent,
+    and both decide alike while the rate swings between the grid's floor and top."""
+    times, end_s = _arrivals()
+    RATES.clear()
+    sim = simulated(times, end_s, budget_gpu_h=BUDGET_GPU_H)
+    assert len(set(RATES)) >= 4 and min(RATES) < 1e-3 and max(RATES) == 1.0
+    ours = await launched(client, f"par{secrets.token_hex(3)}:", times, end_s, budget_gpu_h=BUDGET_GPU_H)
+    assert len(sim.ready) >= 20
+    for i, (a, b) in enumerate(zip(ours.changes, sim.changes, strict=False)):
+        assert a[1] == b[1] and abs(a[0] - b[0]) <= 2 * STEP_S, (i, a, b)
+    assert len(ours.changes) == len(sim.changes)
     np.testing.assert_allclose(ours.ready, [r for r in sim.ready if r < end_s], atol=2 * STEP_S)
 
 
