@@ -86,7 +86,8 @@ def _serve(conn: Connection, jobs: list[tuple[ModelTrace, int]], config: SimConf
         for k, r in enumerate(replays):
             r.set_rate(rate)
             r.advance(stop_s)
-            r.learn(stop_s)
+            if priced:
+                r.learn(stop_s)  # the gaps recorded up to the step, as the launcher reads them
             now = _counts(r)
             steps.append((r.gaps, r.spec, now - before[k]))
             before[k] = now
