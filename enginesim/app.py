@@ -145,7 +145,7 @@ class Engine:
         self.on_crash = on_crash
         self.ready_at = clock() + config.load_time_s
         self._ready = config.load_time_s <= 0
-        self.scheduler = Scheduler(config.max_running)
+        self.scheduler = Scheduler(config.max_running, by_priority=config.scheduling_policy == "priority")
         self.counters = EngineCounters()
         self.loras: dict[str, str] = dict(config.lora_modules)
         self.created = int(time.time())
@@ -255,6 +255,7 @@ class Engine:
             finish_reason=finish_reason,
             stream=stream,
             include_usage=include_usage,
+            priority=_optional_int(payload, "priority") or 0,
         )
 
     async def handle_completion(self, scope: Scope, receive: Receive, send: Send, chat: bool) -> None:
@@ -291,7 +292,7 @@ class Engine:
             if completion.stream:
                 # vLLM starts a streaming response before the request is scheduled.
                 await send(SSE_START)
-            await self.scheduler.acquire()
+            await self.scheduler.acquire(completion.priority)
             acquired = True
             if completion.stream:
                 await self._stream(completion, send, progress)

@@ -37,7 +37,9 @@ class SimConfig:
     inter_token_ms: time between two tokens (0 emits as fast as the event loop allows).
     tokens_per_chunk: tokens carried by one streamed chunk.
     default_max_tokens: completion length when the request sets no ``max_tokens``.
-    max_running: requests generating at once; more wait in a FIFO queue.
+    max_running: requests generating at once; more wait in line.
+    scheduling_policy: vLLM's ``--scheduling-policy``: ``fcfs`` (the line is by arrival) or
+        ``priority`` (by each request's ``priority`` field, lower first, then arrival).
     crash_after: after this many inference requests, the next one kills the process.
     hang_after: after this many inference requests, later ones and ``/health`` never answer.
     graceful_shutdown_s: how long a stopping server lets in-flight requests finish.
@@ -57,6 +59,7 @@ class SimConfig:
     tokens_per_chunk: int = 1
     default_max_tokens: int = 64
     max_running: int = VLLM_DEFAULT_MAX_NUM_SEQS
+    scheduling_policy: str = "fcfs"
     crash_after: int | None = None
     hang_after: int | None = None
     graceful_shutdown_s: float = 5.0
@@ -126,6 +129,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     vllm.add_argument("--lora-modules", nargs="+", type=_parse_lora_module, default=[])
     vllm.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     vllm.add_argument("--dtype", default="auto")
+    vllm.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs")
 
     sim = parser.add_argument_group("simulator flags (env ENGINESIM_<NAME>)")
     sim.add_argument("--sim-load-time-s", type=float, default=env_float("LOAD_TIME_S", 2.0))
@@ -166,6 +170,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         tokens_per_chunk=args.sim_tokens_per_chunk,
         default_max_tokens=args.sim_default_max_tokens,
         max_running=args.sim_max_running if args.sim_max_running is not None else args.max_num_seqs,
+        scheduling_policy=args.scheduling_policy,
         crash_after=args.sim_crash_after,
         hang_after=args.sim_hang_after,
         graceful_shutdown_s=args.sim_graceful_shutdown_s,

@@ -57,6 +57,8 @@ class Completion:
     finish_reason: str
     stream: bool
     include_usage: bool
+    priority: int = 0
+    """vLLM's request priority: lower is admitted first under ``--scheduling-policy priority``."""
 
 
 def completion_body(completion: Completion, text: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import contextlib
 import math
 import socket
@@ -178,6 +179,31 @@ async def test_scheduler_caps_running_and_grants_fifo() -> None:
     await second
     assert order == ["first", "second"]
     scheduler.release()
+    assert (scheduler.running, scheduler.waiting) == (0, 0)
+
+
+@pytest.mark.parametrize(("by_priority", "expected"), [(True, ["interactive", "batch"]), (False, ["batch", "interactive"])])
+async def test_scheduler_priority_policy_admits_a_lower_priority_value_first(
+    by_priority: bool, expected: list[str]
+) -> None:
+    # vLLM's --scheduling-policy priority: a later interactive request (0) is admitted before a queued
+    # batch line (10); first-come-first-served ignores the field.
+    scheduler = Scheduler(max_running=1, by_priority=by_priority)
+    await scheduler.acquire()
+    order: list[str] = []
+
+    async def take(name: str, priority: int) -> None:
+        await scheduler.acquire(priority)
+        order.append(name)
+        scheduler.release()
+
+    batch = asyncio.create_task(take("batch", 10))
+    await wait_until(lambda: scheduler.waiting == 1)
+    interactive = asyncio.create_task(take("interactive", 0))
+    await wait_until(lambda: scheduler.waiting == 2)
+    scheduler.release()
+    await asyncio.gather(batch, interactive)
+    assert order == expected
     assert (scheduler.running, scheduler.waiting) == (0, 0)
 
 
@@ -461,6 +487,29 @@ async def test_waiting_queue_and_client_disconnect_mid_stream_release_the_slot()
     assert engine.counters.finished["abort"] == 1
     assert engine.counters.finished["length"] == 1
     assert 0 < engine.counters.generation_tokens < 2000 + 3
+
+
+async def test_priority_policy_serves_a_queued_interactive_request_before_queued_batch_lines() -> None:
+    config = parse_args(["--scheduling-policy", "priority", "--served-model-name", "sim", "--max-num-seqs", "1"])
+    app = build_app(dataclasses.replace(config, load_time_s=0, inter_token_ms=5))
+    engine = engine_of(app)
+    done: list[str] = []
+
+    async def post(client: httpx.AsyncClient, name: str, max_tokens: int = 4, **extra: Any) -> None:
+        body = chat_body(max_tokens=max_tokens, ignore_eos=True, **extra)
+        answer = await client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200
+        done.append(name)
+
+    async with real_server(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT) as client:
+        holder = asyncio.create_task(post(client, "holder", max_tokens=40))
+        await wait_until(lambda: engine.scheduler.running == 1)
+        lines = [asyncio.create_task(post(client, f"line{i}", priority=10)) for i in range(3)]
+        await wait_until(lambda: engine.scheduler.waiting == 3)
+        interactive = asyncio.create_task(post(client, "interactive"))
+        await wait_until(lambda: engine.scheduler.waiting == 4)
+        await asyncio.gather(holder, interactive, *lines)
+    assert done[:2] == ["holder", "interactive"]
 
 
 async def test_client_leaving_the_waiting_queue_is_an_abort_without_a_slot() -> None:
