@@ -279,6 +279,8 @@ class Engine:
         except ApiError as exc:
             await _send_body(send, exc.status, exc.body(), JSON_HEADERS)
             return
+        priorities = self.counters.priorities
+        priorities[completion.priority] = priorities.get(completion.priority, 0) + 1
         await self._run(completion, receive, send)
 
     async def _run(self, completion: Completion, receive: Receive, send: Send) -> None:

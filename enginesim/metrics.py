@@ -20,6 +20,8 @@ class EngineCounters:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_REASONS, 0))
+    priorities: dict[int, int] = field(default_factory=dict)
+    """Completion requests started, by their ``priority`` field (0 when absent)."""
 
     def finish(self, reason: str, prompt_tokens: int, generation_tokens: int) -> None:
         """Count one request that ended with ``reason`` (``stop``, ``length`` or ``abort``)."""

@@ -95,6 +95,8 @@ class BatchRunner:
         self._taking = 0
         """Takes on their way to Redis (counted with `running` against `max_in_flight`)."""
         self._last_sweep_s = 0.0
+        self._priority = {"priority": self.settings.line_priority} if self.settings.line_priority else {}
+        """The engine priority every line and workflow step carries (`line_priority`)."""
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -212,6 +214,9 @@ class BatchRunner:
             request = self._line_file(bid).read(take.line)
             body = request["body"]
             body["model"] = target.upstream_name
+            # A line's own `priority` never reaches the engine: it could outrank interactive requests.
+            body.pop("priority", None)
+            body.update(self._priority)
             custom_id = str(request["custom_id"])
             call = Call(
                 path=rec.doc.endpoint,
@@ -285,7 +290,7 @@ class BatchRunner:
         async def step(model: str, path: str, step_body: dict[str, Any]) -> dict[str, Any]:
             call = Call(
                 path=path,
-                body=orjson.dumps({**step_body, "model": target.upstream_name}),
+                body=orjson.dumps({**step_body, "model": target.upstream_name, **self._priority}),
                 target=target,
                 stream=False,
                 arrived_s=self.clock(),

@@ -35,6 +35,10 @@ class BatchSettings(BaseModel):
     """Batch lines one instance runs while it also serves interactive requests (an instance without any runs
     up to `headroom_fraction` of its cap); every batch line's tokens add to its neighbours' latency. None:
     no limit but the headroom."""
+    line_priority: int = Field(10, ge=0)
+    """vLLM request `priority` of every batch line (lower is served first; interactive requests are 0, the
+    launcher starts engines with `--scheduling-policy priority`), so that an engine admits a waiting
+    interactive request before waiting batch lines. Overrides a line's own value; 0 sends none."""
     line_lease_s: float = Field(30.0, gt=0)
     """A claimed line whose runner has not renewed its lease for this long is run again by another runner."""
     line_attempts: int = Field(3, ge=1)

@@ -77,9 +77,23 @@ def json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def _client_priority(value: object) -> None:
+    """Refuse an engine priority other than the default 0.
+
+    Engines run with vLLM's priority scheduling (lower is served first) and batch lines carry a larger
+    value (`gateway.batch.line_priority`), so a tenant's own value could jump ahead of other tenants.
+    Refused with a 400 rather than dropped, so that a client relying on it learns it has no effect.
+    """
+    if value is not None and (value != 0 or isinstance(value, bool)):
+        raise BadRequest(
+            "'priority' is set by the server; leave it out (or 0).", param="priority", code="invalid_value"
+        )
+
+
 def parse_json(body: bytes, endpoint: Endpoint) -> Parsed:
     """The payload, its model and whether it streams; `BadRequest` for anything malformed."""
     payload = json_object(body)
+    _client_priority(payload.get("priority"))
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")

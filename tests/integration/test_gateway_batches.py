@@ -143,6 +143,7 @@ async def test_batch_runs_good_lines_and_reports_bad_ones(redis_client: aioredis
     key = await api_key(redis_client)
     c = client(gw, key)
     lines: list[object] = [chat_line(i) for i in range(5)]
+    lines[1]["body"]["priority"] = -100  # type: ignore[index]
     lines.insert(2, b"{not json")
     lines.append({"custom_id": "wrong-url", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m"}})
     lines.append(chat_line(0))  # a custom_id used twice
@@ -158,6 +159,8 @@ async def test_batch_runs_good_lines_and_reports_bad_ones(redis_client: aioredis
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     out = await rows(c, done.output_file_id)
     assert sorted(r["custom_id"] for r in out) == [f"req-{i}" for i in range(5)]
+    # Every line reached the engine with the batch priority (`line_priority`), a line's own value ignored.
+    assert sim.engine.counters.priorities == {BatchSettings().line_priority: 5}
     for r in out:
         assert r["error"] is None and r["response"]["status_code"] == 200
         assert r["response"]["body"]["object"] == "chat.completion"

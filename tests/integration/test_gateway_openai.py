@@ -178,6 +178,31 @@ async def test_errors_are_openai_shaped(redis_client: aioredis.Redis, gw: Served
     sync.close()
 
 
+async def test_a_client_priority_cannot_jump_the_engine_queue(
+    redis_client: aioredis.Redis, gw: Served, sim: Sim
+) -> None:
+    # Engines schedule by vLLM's `priority` (lower first) and batch lines carry a larger one: a tenant's own
+    # value is refused before it reaches the engine (0, the default, passes).
+    await register_model(redis_client, "chat", served_name="chat-model")
+    await add_instance(redis_client, "chat", sim)
+    key = await api_key(redis_client)
+    async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {key}"}) as h:
+        for path, body in (
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+            ("/v1/completions", {"prompt": "x", "max_tokens": 2}),
+        ):
+            for priority in (-100, 5, True, "0"):
+                refused = await h.post(path, json={"model": "chat-model", "priority": priority, **body})
+                assert refused.status_code == 400, (path, priority)
+                error = refused.json()["error"]
+                assert (error["type"], error["param"]) == ("invalid_request_error", "priority")
+            assert sim.engine.counters.priorities == ({} if path.endswith("chat/completions") else {0: 1})
+            ok = await h.post(path, json={"model": "chat-model", "priority": 0, **body})
+            assert ok.status_code == 200
+    assert sim.engine.counters.priorities == {0: 2}
+    assert await settled(redis_client) == CLEAN
+
+
 async def test_models_listing_has_state_and_respects_visibility(
     redis_client: aioredis.Redis, gw: Served, sim: Sim
 ) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import contextlib
+import dataclasses
 import math
 import socket
 import struct
@@ -182,7 +182,9 @@ async def test_scheduler_caps_running_and_grants_fifo() -> None:
     assert (scheduler.running, scheduler.waiting) == (0, 0)
 
 
-@pytest.mark.parametrize(("by_priority", "expected"), [(True, ["interactive", "batch"]), (False, ["batch", "interactive"])])
+@pytest.mark.parametrize(
+    ("by_priority", "expected"), [(True, ["interactive", "batch"]), (False, ["batch", "interactive"])]
+)
 async def test_scheduler_priority_policy_admits_a_lower_priority_value_first(
     by_priority: bool, expected: list[str]
 ) -> None:
