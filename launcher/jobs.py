@@ -73,6 +73,8 @@ def job_spec(
     lead_s = settings.batch_signal_lead_s if batch else settings.signal_lead_s
     lead, settle, drain, kill = signal_timing(lead_s, shortest_s)
     engine_args = dict(spec.engine_args)
+    if settings.engine_priority_scheduling:
+        engine_args.setdefault("--scheduling-policy", "priority")
     engine_env = dict(settings.engine_env)
     if enable_lora:
         # Adapters are loaded at run time (launcher/lora.py); vLLM refuses that without the variable.

@@ -52,6 +52,11 @@ class LauncherSettings(BaseModel):
     """Admin-chosen lines run before the engine (module loads, apptainer wrappers)."""
     engine_env: dict[str, str] = Field(default_factory=dict)
     """Extra environment for the engine in every job (HF_HOME; ENGINESIM_* in tests)."""
+    engine_priority_scheduling: bool = True
+    """Start every engine with vLLM's `--scheduling-policy priority` (unless the model's `engine_args` name a
+    policy), so that an engine admits waiting interactive requests (priority 0) before waiting batch lines
+    (`gateway.batch.line_priority`). Every engine, because any warm instance may run a batch's lines and
+    batches start after engines do; with every request at 0 the policy is first-come-first-served."""
     helper_python: str = "python3"
     """Python the job script's helpers (free port, callbacks) run with on the compute node."""
     health_timeout_s: float = 3.0

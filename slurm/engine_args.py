@@ -258,6 +258,8 @@ ENGINE_OPTIONS: Mapping[str, Option] = {
     "--enable-prefix-caching": Option(Kind.FLAG, negatable=True),
     "--enable-chunked-prefill": Option(Kind.FLAG, negatable=True),
     "--enforce-eager": Option(Kind.FLAG),
+    # Scheduling: the launcher sets `priority` unless a model names it (`launcher.engine_priority_scheduling`).
+    "--scheduling-policy": _choice("fcfs", "priority"),
     # Numerics.
     "--dtype": _choice("auto", "bfloat16", "float", "float16", "float32", "half"),
     "--kv-cache-dtype": _choice(*KV_CACHE_DTYPES),

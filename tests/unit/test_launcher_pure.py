@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from launcher.desired import ModelLoad, desired_replicas
 from launcher.history import p95
 from launcher.jobs import job_spec, new_instance_id, new_token, signal_timing
+from slurm.engine_args import EngineArgValue
 from slurm.jobscript import render_job_script
 from slurmless.settings import LauncherSettings
 from warmpool.specs import ModelSpec, Policy, Resources
@@ -62,6 +65,29 @@ def test_a_two_minute_job_renders_with_a_fitting_signal_lead(tmp_path: Path) -> 
     assert "#SBATCH --time=2" in script
     assert "#SBATCH --comment=slurmless:abc123" in script
     assert "--enable-lora" in script
+    # Batch lines carry a larger vLLM priority than interactive requests: the engine must order by it.
+    assert "--scheduling-policy priority" in script
+
+
+@pytest.mark.parametrize(
+    ("setting", "model_args", "expected"),
+    [(True, {}, "priority"), (True, {"--scheduling-policy": "fcfs"}, "fcfs"), (False, {}, None)],
+)
+def test_engines_schedule_by_priority_unless_the_model_or_the_site_says_otherwise(
+    tmp_path: Path, setting: bool, model_args: dict[str, EngineArgValue], expected: str | None
+) -> None:
+    settings = LauncherSettings(job_output_dir=tmp_path, engine_priority_scheduling=setting)
+    job = job_spec(
+        spec().model_copy(update={"engine_args": model_args}),
+        instance_id="abc123",
+        settings=settings,
+        callback_url="http://127.0.0.1:8099",
+        callback_token=new_token(),
+        engine_api_key=new_token(),
+        partition=None,
+        qos=None,
+    )
+    assert job.engine_args.get("--scheduling-policy") == expected
 
 
 def test_cold_model_with_waiting_requests_wants_one_replica() -> None:
