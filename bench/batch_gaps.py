@@ -1,14 +1,21 @@
 """A large batch in the gaps: interactive warm-path TTFT with and without a batch running, and the batch's integrity.
 
-One engine simulator (model `m`, instance cap `--cap`), Redis and one `python -m queue_gateway` (its
+One engine simulator (model `m`, instance cap `--cap`), started by the launcher as a job of the real
+local Slurm cluster (`--engine slurm`, the default: `bench.slurm_target`; `direct`: started here and
+registered as a ready instance), Redis and one `python -m queue_gateway` (its
 batch runner on, `--max-in-flight` lines at once, `--headroom` of the cap, at most `--beside` lines on
 an instance that also serves interactive requests; `off`: only the headroom, as before that limit).
 The interactive load is the warm-path benchmark's closed loop (`bench.warm_path.run_level`, our raw-socket client) at
 `--streams` streams. Windows alternate: without a batch (before it is created), with the batch
 running, and without again once it finished; the ratio is TTFT with / TTFT without, medians of the
 windows, in the same run. Then the batch's output is checked: every `custom_id` exactly once.
+`--priority on off`: engines started with vLLM's `--scheduling-policy priority` and batch lines sent
+with `gateway.batch.line_priority` 10 (`on`), or first-come-first-served and no priority (`off`);
+`--max-num-seqs`: the engine's own running cap (below the instance cap, the engine queues, and its
+scheduling policy decides who waits).
 
-    .venv/bin/python -m bench.batch_gaps [--lines 10000] [--streams 10] [--runner gateway] [--beside 2 off] [--repeat 3]
+    .venv/bin/python -m bench.batch_gaps [--lines 10000] [--streams 10] [--runner gateway] [--beside 2 off] \
+        [--priority on off] [--max-num-seqs 12] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import uvloop
 
 from bench.procs import Child, python, start, wait_line
 from bench.report import median, table, write_json
+from bench.slurm_target import start_slurm_slurmless
 from bench.targets import MODEL, Layout, Target, start_engine, start_slurmless
 from bench.warm_path import Sample, run_level
+from slurm.localcluster import LocalCluster
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -63,6 +72,15 @@ def parse_args() -> argparse.Namespace:
         default=["2"],
         help="gateway.batch.beside_interactive for each mode (`off`: no limit but the headroom); modes alternate",
     )
+    p.add_argument(
+        "--priority",
+        nargs="+",
+        default=["on"],
+        choices=["on", "off"],
+        help="engine priority scheduling with batch lines at line_priority 10 (on), or FCFS (off); slurm engine only",
+    )
+    p.add_argument("--engine", choices=["slurm", "direct"], default="slurm", help="how the engine simulator starts")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="the engine's running cap (default: 4096)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each mode, modes alternating")
     p.add_argument(
         "--paired",
@@ -71,7 +89,10 @@ def parse_args() -> argparse.Namespace:
         "the machine's drift over minutes cancels out; the ratio is then running / paused",
     )
     p.add_argument("--no-pin", action="store_true")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.engine == "direct" and args.priority != ["off"]:
+        p.error("--engine direct starts a first-come-first-served engine: use --priority off")
+    return args
 
 
 def batch_input(lines: int, max_tokens: int) -> bytes:
@@ -172,7 +193,44 @@ async def run(target: Target, args: argparse.Namespace, pause: Callable[[bool], 
     }
 
 
-def run_mode(runner: str, beside: str, args: argparse.Namespace, layout: Layout, log_dir: Path) -> dict[str, Any]:
+def start_target(
+    priority: str,
+    args: argparse.Namespace,
+    layout: Layout,
+    log_dir: Path,
+    env: dict[str, str],
+    cluster: LocalCluster | None,
+) -> Target:
+    """The gateway in front of a warm engine simulator: a Slurm job of the launcher, or started here."""
+    seqs = args.max_num_seqs or 4096
+    if cluster is None:
+        engine = start_engine(
+            log_dir, layout, inter_token_ms=args.inter_token_ms, tokens_per_chunk=1, max_num_seqs=seqs
+        )
+        target = start_slurmless(engine, log_dir, layout, cap=args.cap, env=env)
+        target.children[:0] = engine.children
+        return target
+    engine_argv = ["--max-num-seqs", str(seqs), "--sim-inter-token-ms", str(args.inter_token_ms)]
+    return start_slurm_slurmless(
+        cluster,
+        log_dir,
+        layout,
+        engine_argv=engine_argv,
+        cap=args.cap,
+        env=env,
+        launcher={"engine_priority_scheduling": priority == "on", "tick_s": 1.0},
+    )
+
+
+def run_mode(
+    runner: str,
+    beside: str,
+    priority: str,
+    args: argparse.Namespace,
+    layout: Layout,
+    log_dir: Path,
+    cluster: LocalCluster | None,
+) -> dict[str, Any]:
     """A fresh engine, Redis and gateway (and worker), one measurement."""
     files_dir = Path(tempfile.mkdtemp(prefix="bench-batch-files-"))
     env = {
@@ -183,20 +241,21 @@ def run_mode(runner: str, beside: str, args: argparse.Namespace, layout: Layout,
         "SLURMLESS_GATEWAY__BATCH__HEADROOM_FRACTION": str(args.headroom),
         "SLURMLESS_GATEWAY__BATCH__FILE_MAX_LINES": str(max(args.lines, 50_000)),
         "SLURMLESS_GATEWAY__BATCH__RUNNER": "true" if runner == "gateway" else "false",
+        "SLURMLESS_GATEWAY__BATCH__LINE_PRIORITY": "10" if priority == "on" else "0",
     }
-    engine = start_engine(log_dir, layout, inter_token_ms=args.inter_token_ms, tokens_per_chunk=1)
     target: Target | None = None
     worker: Child | None = None
     try:
-        target = start_slurmless(engine, log_dir, layout, cap=args.cap, env=env)
+        target = start_target(priority, args, layout, log_dir, env, cluster)
         if runner == "worker":
             assert target.redis_url is not None
+            prefix = {} if target.redis_key_prefix is None else {"SLURMLESS_REDIS__KEY_PREFIX": target.redis_key_prefix}
             worker = start(
                 "batch-worker",
                 [python(), "-m", "queue_gateway.batch_worker"],
                 log_dir=log_dir,
                 cores=layout.proxy,
-                env={"SLURMLESS_REDIS__URL": target.redis_url, **env},
+                env={"SLURMLESS_REDIS__URL": target.redis_url, **env, **prefix},
                 unset_prefixes=("SLURMLESS_",),
                 capture_stdout=True,
                 cwd=files_dir,
@@ -215,23 +274,24 @@ def run_mode(runner: str, beside: str, args: argparse.Namespace, layout: Layout,
             worker.stop()
         if target is not None:
             target.stop()
-        engine.stop()
         shutil.rmtree(files_dir, ignore_errors=True)
 
 
-def main() -> None:
-    args = parse_args()
-    layout = Layout(engine=None, proxy=None) if args.no_pin else Layout(engine=[0], proxy=[1])
-    if not args.no_pin:
-        os.sched_setaffinity(0, {0})
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+def run_modes(
+    args: argparse.Namespace, layout: Layout, log_dir: Path, cluster: LocalCluster | None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     results: dict[str, dict[str, Any]] = {}
     tables: list[str] = []
-    modes = [(r, b, i) for i in range(args.repeat) for r in args.runner for b in args.beside]
-    for runner, beside, rnd in modes:
-        print(f"batch lines run by: {runner}, beside interactive: {beside} (run {rnd})", flush=True)
-        result = results[f"{runner}-{beside}-{rnd}"] = run_mode(runner, beside, args, layout, log_dir)
+    modes = [(r, b, p, i) for i in range(args.repeat) for r in args.runner for b in args.beside for p in args.priority]
+    for runner, beside, priority, rnd in modes:
+        print(
+            f"batch lines run by: {runner}, beside interactive: {beside}, priority {priority} (run {rnd})", flush=True
+        )
+        result = results[f"{runner}-{beside}-{priority}-{rnd}"] = run_mode(
+            runner, beside, priority, args, layout, log_dir, cluster
+        )
         result["load_avg"] = os.getloadavg()
+        result["priority"] = priority
         without, with_ = result["paused"] or result["without"], result["with"]
         baseline = "paused (interleaved)" if result["paused"] else "without batch"
         rows = []
@@ -241,18 +301,36 @@ def main() -> None:
             rows.append([metric, a, b, b / a if a else float("nan")])
         result["table"] = rows
         tables.append(
-            f"Run {rnd}, batch lines run by the {runner}, beside interactive {beside}, load average "
-            f"{result['load_avg'][0]:.1f}: {result['batch']['status']} in {result['batch_s']:.1f} s "
+            f"Run {rnd}, batch lines run by the {runner}, beside interactive {beside}, priority {priority}, "
+            f"load average {result['load_avg'][0]:.1f}: {result['batch']['status']} in {result['batch_s']:.1f} s "
             f"({result['lines_per_s']:.0f} lines/s), {result['results']} results, {result['lost']} lost, "
             f"{result['duplicates']} duplicated; interactive windows inside the batch: "
             f"{result['windows_inside_batch']}\n" + table(["metric", baseline, "with batch", "ratio"], rows)
         )
+    return results, tables
+
+
+def main() -> None:
+    args = parse_args()
+    layout = Layout(engine=None, proxy=None) if args.no_pin else Layout(engine=[0], proxy=[1])
+    if not args.no_pin:
+        os.sched_setaffinity(0, {0})
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    cluster = None
+    if args.engine == "slurm":
+        cluster = LocalCluster(gpus=4)
+        cluster.start()
+    try:
+        results, tables = run_modes(args, layout, log_dir, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     print()
     print(
         f"Interactive warm path at {args.streams} streams ({args.max_tokens} tokens, "
-        f"engine {args.inter_token_ms} ms/token, cap {args.cap}), median of windows; "
-        f"batch of {args.lines} lines ({args.batch_max_tokens} tokens each), "
-        f"at most {args.max_in_flight} in flight, below {args.headroom:g} of the cap; load average "
+        f"engine {args.inter_token_ms} ms/token, cap {args.cap}, engine {args.engine}, max-num-seqs "
+        f"{args.max_num_seqs or 4096}), median of windows; batch of {args.lines} lines ({args.batch_max_tokens} "
+        f"tokens each), at most {args.max_in_flight} in flight, below {args.headroom:g} of the cap; load average "
         f"{os.getloadavg()[0]:.1f}"
     )
     print("\n\n".join(tables))

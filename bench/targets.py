@@ -56,6 +56,8 @@ class Target:
     """Processes outside the children's sessions whose CPU counts for this target (slurmless's Redis)."""
     redis_url: str | None = None
     """slurmless's Redis."""
+    redis_key_prefix: str | None = None
+    """Its key prefix, when not the default."""
 
     @property
     def base_url(self) -> str:
@@ -81,7 +83,9 @@ class Layout:
     proxy: Sequence[int] | None
 
 
-def start_engine(log_dir: Path, layout: Layout, *, inter_token_ms: float, tokens_per_chunk: int) -> Target:
+def start_engine(
+    log_dir: Path, layout: Layout, *, inter_token_ms: float, tokens_per_chunk: int, max_num_seqs: int = 4096
+) -> Target:
     """The engine simulator: the `direct` target, and the upstream of every other."""
     key = "engine-" + secrets.token_hex(8)
     child = start(
@@ -99,7 +103,7 @@ def start_engine(log_dir: Path, layout: Layout, *, inter_token_ms: float, tokens
             "--api-key",
             key,
             "--max-num-seqs",
-            "4096",
+            str(max_num_seqs),
             "--sim-load-time-s",
             "0",
             "--sim-inter-token-ms",
