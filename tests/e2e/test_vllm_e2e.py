@@ -153,6 +153,23 @@ def test_other_routes_workflows_and_a_batch_on_real_vllm(e2e: E2E) -> None:
     out = [json.loads(x) for x in c.files.content(batch.output_file_id).text.splitlines()]
     assert sorted(r["custom_id"] for r in out) == [f"e2e-{i}" for i in range(5)]
     assert all(r["response"]["status_code"] == 200 for r in out)
+    # The lines went with vLLM priority 10 (`gateway.batch.line_priority`) to an engine the launcher started
+    # with `--scheduling-policy priority`; an interactive request (priority 0) on the same engine is served.
+    job_id = slurmless_jobs(e2e)[0].split()[0]
+    script = subprocess.run(
+        ["scontrol", "write", "batch_script", job_id, "-"],
+        env={**os.environ, **e2e.slurm_env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "--scheduling-policy priority" in script
+    interactive = c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+    assert interactive.choices[0].message.content is not None
+    with httpx.Client(base_url=e2e.base_url, headers=auth, timeout=120) as h:
+        jump = h.post("/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "priority": -1})
+        assert jump.status_code == 400 and jump.json()["error"]["param"] == "priority"
 
 
 def test_idle_model_scales_to_zero(e2e: E2E) -> None:
