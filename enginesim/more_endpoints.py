@@ -137,6 +137,7 @@ class MoreEndpoints:
                 "messages": _responses_messages(payload.get("input")),
                 "max_tokens": payload.get("max_output_tokens"),
                 "stream": payload.get("stream", False),
+                "priority": payload.get("priority"),
             }
             c = engine.plan(chat, chat=True)
             if not engine.start_request():
@@ -145,7 +146,7 @@ class MoreEndpoints:
             return _error(exc)
         rid, msg_id = engine.new_id("resp"), engine.new_id("msg")
         if not c.stream:
-            await engine.scheduler.acquire()
+            await engine.scheduler.acquire(c.priority)
             try:
                 await asyncio.sleep(
                     engine.config.first_token_delay_ms / 1000 + engine.config.inter_token_ms / 1000 * c.num_tokens
@@ -167,7 +168,7 @@ class MoreEndpoints:
             return _event(kind, seq - 1, **fields)
 
         yield ev("response.created", response=_response_doc(c, "", "in_progress", rid, msg_id))
-        await engine.scheduler.acquire()
+        await engine.scheduler.acquire(c.priority)
         generated = 0
         try:
             yield ev("response.in_progress", response=_response_doc(c, "", "in_progress", rid, msg_id))
