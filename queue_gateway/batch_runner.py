@@ -201,6 +201,9 @@ class BatchRunner:
             started = True
         return started
 
+    def _step_priority(self, path: str) -> dict[str, int]:
+        return {} if path in ("/tokenize", "/detokenize") else self._priority
+
     def _line_file(self, bid: str) -> LineFile:
         lf = self._lines.get(bid)
         if lf is None:
@@ -290,7 +293,8 @@ class BatchRunner:
         async def step(model: str, path: str, step_body: dict[str, Any]) -> dict[str, Any]:
             call = Call(
                 path=path,
-                body=orjson.dumps({**step_body, "model": target.upstream_name, **self._priority}),
+                # (Tokenizing is not scheduled: only generation steps carry the batch priority.)
+                body=orjson.dumps({**step_body, "model": target.upstream_name, **self._step_priority(path)}),
                 target=target,
                 stream=False,
                 arrived_s=self.clock(),
