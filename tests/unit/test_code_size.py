@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from testing.pyast import parse_file
+
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_PACKAGES = ("queue_gateway", "launcher", "warmpool", "policies", "slurm", "tracesim", "slurmless", "enginesim")
 MAX_MODULE_LINES = 700
@@ -20,7 +22,7 @@ def product_modules() -> list[Path]:
 
 
 def class_sizes(path: Path) -> dict[str, int]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse_file(path)
     return {
         node.name: (node.end_lineno or node.lineno) - node.lineno + 1
         for node in ast.walk(tree)

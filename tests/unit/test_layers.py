@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from testing.pyast import parse_file
+
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = {
     "policies": 0,
@@ -36,7 +38,7 @@ NEVER = {"queue_gateway": {"slurm"}}
 def imported(path: Path) -> set[str]:
     """Top-level package names of everything `path` imports (relative imports are its own package)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parse_file(path)):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -11,6 +11,7 @@ from launcher.settings import LauncherSettings
 from queue_gateway.settings import GatewaySettings, MetricsSettings
 from slurm.settings import DevClusterSettings, SlurmSettings
 from slurmless.settings import Settings, load_settings
+from testing.pyast import parse_file
 from warmpool.settings import RedisSettings, RegistrySettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def test_environment_variable_names_are_unchanged(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("path", SECTION_MODULES)
 def test_a_components_settings_do_not_import_the_composition_root(path: str) -> None:
-    tree = ast.parse((ROOT / path).read_text())
+    tree = parse_file(ROOT / path)
     imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
         alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
