@@ -3,7 +3,8 @@
 CPython before 3.11.8 checks the recursion depth around turning a parsed tree into Python objects, and
 a garbage collection that runs a finaliser in between (likely late in a long test session) makes that
 check fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). The
-collector is paused for the parse.
+collector is paused for the parse, and a parse that still meets the error (another thread's conversion
+interleaved with this one) is tried once more: the check starts afresh on every parse.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ def parse_file(path: Path) -> ast.Module:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return ast.parse(source, filename=str(path))
+        try:
+            return ast.parse(source, filename=str(path))
+        except SystemError:
+            return ast.parse(source, filename=str(path))
     finally:
         if enabled:
             gc.enable()
