@@ -10,7 +10,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -168,26 +168,6 @@ def make_settings(redis_url: str, root: Path) -> Settings:
             check_paths_locally=True,
         ),
     )
-
-
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_roots(tmp_path_factory.mktemp("admin"))
-
-
-@pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def admin_server(redis_server: LocalRedis, model_root: Path, clock: Clock) -> Iterator[AdminServer]:
-    server = AdminServer(make_settings(redis_server.url, model_root), clock)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

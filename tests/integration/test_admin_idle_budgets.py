@@ -5,15 +5,13 @@ Runs against the admin API server of `test_admin_api` (a real uvicorn server and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from policies.idle_budget import new_state, record_idle
-from slurmless.localredis import LocalRedis
 from tests.integration.test_admin_api import (
     ADMIN_TOKEN,
     AdminServer,
@@ -21,33 +19,11 @@ from tests.integration.test_admin_api import (
     bearer,
     error_of,
     make_key,
-    make_model_roots,
-    make_settings,
     make_tenant,
     snapshot,
 )
 from warmpool.idle_budgets import queue_write
 from warmpool.keys import SITE_BUDGET, Keys
-
-
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_roots(tmp_path_factory.mktemp("idle-budgets"))
-
-
-@pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def admin_server(redis_server: LocalRedis, model_root: Path, clock: Clock) -> Iterator[AdminServer]:
-    server = AdminServer(make_settings(redis_server.url, model_root), clock)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ Runs against the admin API server of `test_admin_api` (a real uvicorn server and
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from slurmless.localredis import LocalRedis
 from tests.integration.test_admin_api import (
     ADMIN_TOKEN,
     AdminServer,
@@ -21,34 +20,12 @@ from tests.integration.test_admin_api import (
     bearer,
     error_of,
     make_key,
-    make_model_roots,
-    make_settings,
     make_tenant,
     snapshot,
 )
 from warmpool.keys import Keys
 
 LLAMA = "llama-8b"
-
-
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_roots(tmp_path_factory.mktemp("tenants"))
-
-
-@pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def admin_server(redis_server: LocalRedis, model_root: Path, clock: Clock) -> Iterator[AdminServer]:
-    server = AdminServer(make_settings(redis_server.url, model_root), clock)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
